@@ -1,0 +1,57 @@
+"""symconv: convolution layers with built-in geometric priors.
+
+Exports are loaded on first use (PEP 562), so ``import symconv`` imports only torch and
+numpy; optional dependencies (keras, tensorflow, matplotlib, ...) load only where used.
+Keras layers live in :mod:`symconv.keras`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    # the framework-agnostic plan
+    "SymmetryPlan": "symconv.symmetry",
+    "make_plan": "symconv.symmetry",
+    "parse_symmetry_string": "symconv.symmetry",
+    # torch layers
+    "SymmetricConv1d": "symconv.nn.symmetric",
+    "SymmetricConv2d": "symconv.nn.symmetric",
+    "SymmetricConv3d": "symconv.nn.symmetric",
+    "OrbitPool": "symconv.nn.orbit",
+    "flip_permutation": "symconv.nn.orbit",
+    "ConvTwist": "symconv.nn.twist",
+    "GlobalConv1d": "symconv.nn.global_conv",
+    "TopKPool": "symconv.nn.pooling",
+    # model surgery
+    "convert": "symconv.convert",
+    "ConversionReport": "symconv.convert",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'symconv' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
+
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from symconv.convert import ConversionReport, convert
+    from symconv.nn.global_conv import GlobalConv1d
+    from symconv.nn.orbit import OrbitPool, flip_permutation
+    from symconv.nn.pooling import TopKPool
+    from symconv.nn.symmetric import SymmetricConv1d, SymmetricConv2d, SymmetricConv3d
+    from symconv.nn.twist import ConvTwist
+    from symconv.symmetry import SymmetryPlan, make_plan, parse_symmetry_string

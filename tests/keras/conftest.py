@@ -1,0 +1,14 @@
+"""Keras tests: skipped when keras is not installed; the backend is set in tests/conftest.py."""
+
+import pytest
+
+keras = pytest.importorskip("keras")
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    keras.utils.set_random_seed(0)
+
+
+def backend() -> str:
+    return keras.backend.backend()
