@@ -31,7 +31,22 @@ _EXPORTS = {
     "ConversionReport": "symconv.convert",
 }
 
-__all__ = sorted(_EXPORTS) + ["__version__"]
+__all__ = [  # noqa: RUF022 - grouped as in _EXPORTS
+    "ConversionReport",
+    "ConvTwist",
+    "GlobalConv1d",
+    "OrbitPool",
+    "SymmetricConv1d",
+    "SymmetricConv2d",
+    "SymmetricConv3d",
+    "SymmetryPlan",
+    "TopKPool",
+    "__version__",
+    "convert",
+    "flip_permutation",
+    "make_plan",
+    "parse_symmetry_string",
+]
 
 
 def __getattr__(name: str) -> Any:

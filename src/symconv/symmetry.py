@@ -97,8 +97,10 @@ def canonical_key(key: object, ndim: int) -> str:
             f"{', '.join(map(repr, allowed))}"
         )
     letters = key.strip().lower()
-    if not letters or any(ch not in _LETTERS for ch in letters) or len(set(letters)) != len(
-        letters
+    if (
+        not letters
+        or any(ch not in _LETTERS for ch in letters)
+        or len(set(letters)) != len(letters)
     ):
         raise ValueError(
             f"unknown symmetry key {key!r}; allowed keys for a {ndim}-D layer: "
@@ -178,9 +180,7 @@ def _count_for(key: str, value: object, orbit_size: int, out_channels: int) -> i
             )
         pct = Fraction(match.group(1))
         if pct > 100:
-            raise ValueError(
-                f"symmetry[{key!r}] = {value!r} is outside 0%-100%"
-            )
+            raise ValueError(f"symmetry[{key!r}] = {value!r} is outside 0%-100%")
         # Round down to whole orbits: a percentage never over-commits channels.
         return math.floor(pct * out_channels / 100 / orbit_size) * orbit_size
     count = int(value)
@@ -300,7 +300,7 @@ class SymmetryPlan:
     def free_weight_shape(
         self, in_per_group: int, kernel_size: tuple[int, ...], layout: str = "torch"
     ) -> tuple[int, ...]:
-        """Shape of the free kernel: torch ``(n_free, in/groups, *k)``, keras ``(*k, in/groups, n_free)``."""
+        """Free kernel shape: torch ``(n_free, in/g, *k)``, keras ``(*k, in/g, n_free)``."""
         if layout == "torch":
             return (self.n_free, in_per_group, *kernel_size)
         if layout == "keras":

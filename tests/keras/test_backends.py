@@ -24,4 +24,6 @@ def test_keras_suite_on_torch_backend() -> None:
         capture_output=True,
         text=True,
     )
-    assert proc.returncode == 0, f"Keras tests failed on the torch backend:\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0, (
+        f"Keras tests failed on the torch backend:\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}"
+    )

@@ -1,18 +1,32 @@
-"""PyTorch layers: one module per family."""
+"""PyTorch layers, one module per family (loaded on first use)."""
 
-from symconv.nn.global_conv import GlobalConv1d
-from symconv.nn.orbit import OrbitPool, flip_permutation
-from symconv.nn.pooling import TopKPool
-from symconv.nn.symmetric import SymmetricConv1d, SymmetricConv2d, SymmetricConv3d
-from symconv.nn.twist import ConvTwist
+from __future__ import annotations
 
-__all__ = [
-    "ConvTwist",
-    "GlobalConv1d",
-    "OrbitPool",
-    "SymmetricConv1d",
-    "SymmetricConv2d",
-    "SymmetricConv3d",
-    "TopKPool",
-    "flip_permutation",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "SymmetricConv1d": "symconv.nn.symmetric",
+    "SymmetricConv2d": "symconv.nn.symmetric",
+    "SymmetricConv3d": "symconv.nn.symmetric",
+    "OrbitPool": "symconv.nn.orbit",
+    "flip_permutation": "symconv.nn.orbit",
+    "ConvTwist": "symconv.nn.twist",
+    "GlobalConv1d": "symconv.nn.global_conv",
+    "TopKPool": "symconv.nn.pooling",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'symconv.nn' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,0 +1,91 @@
+"""Invariance tools for symmetric layers: orbit pooling and flip permutations.
+
+A symmetric layer is flip-*equivariant*: flipping its input flips its output and
+permutes the channels inside each orbit. Pooling over the members of every orbit
+(:class:`OrbitPool`) removes the permutation, leaving channels that transform like
+ordinary images under the flips of their orbit's group; a global spatial pooling after
+that makes them flip-*invariant*.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from symconv.symmetry import SymmetryPlan
+
+__all__ = ["OrbitPool", "flip_permutation"]
+
+_MODES = ("max", "mean")
+
+
+def _plan_of(source: SymmetryPlan | nn.Module, argname: str) -> SymmetryPlan:
+    if isinstance(source, SymmetryPlan):
+        return source
+    plan = getattr(source, "plan", None)
+    if isinstance(plan, SymmetryPlan):
+        return plan
+    raise TypeError(
+        f"{argname} must be a SymmetryPlan or a layer with a `.plan` (e.g. SymmetricConv2d), "
+        f"got {type(source).__name__}"
+    )
+
+
+def flip_permutation(layer_or_plan: SymmetryPlan | nn.Module, axes: str) -> tuple[Tensor, Tensor]:
+    """Channel permutation a reflection of the input induces on a symmetric layer's output.
+
+    Returns ``(perm, equivariant)``: a long tensor and a bool tensor of shape
+    ``(out_channels,)`` such that, for the channels where ``equivariant`` is true,
+    ``layer(x.flip(dims))[:, c] == layer(x).flip(dims)[:, perm[c]]`` where ``dims`` are the
+    tensor dimensions of ``axes`` (``'h'`` = width = last, ``'v'`` = height, ``'z'`` =
+    depth). See :meth:`symconv.symmetry.SymmetryPlan.flip_permutation`.
+    """
+    plan = _plan_of(layer_or_plan, "layer_or_plan")
+    perm, equivariant = plan.flip_permutation(axes)
+    return torch.from_numpy(perm), torch.from_numpy(equivariant)
+
+
+class OrbitPool(nn.Module):
+    """Max or mean over the members of each orbit of a symmetric layer's output.
+
+    Args:
+        layer_or_plan: the symmetric layer whose output this pools, or its plan.
+        mode: ``'max'`` or ``'mean'``.
+
+    Shapes: input ``(N, out_channels, *spatial)``, output ``(N, plan.n_orbits, *spatial)``
+    with channel ``f`` pooling orbit ``f`` (free filter ``f``); plain channels are orbits
+    of one and pass through unchanged, last.
+    """
+
+    def __init__(self, layer_or_plan: SymmetryPlan | nn.Module, mode: str = "max") -> None:
+        super().__init__()
+        if mode not in _MODES:
+            raise ValueError(f"mode={mode!r} is not allowed; use one of {_MODES}")
+        self.plan = _plan_of(layer_or_plan, "layer_or_plan")
+        self.mode = mode
+
+    @property
+    def out_channels(self) -> int:
+        return self.plan.n_orbits
+
+    def forward(self, input: Tensor) -> Tensor:
+        if input.dim() < 2 or input.shape[1] != self.plan.out_channels:
+            raise ValueError(
+                f"OrbitPool expects input of shape (N, {self.plan.out_channels}, ...), got "
+                f"{tuple(input.shape)}"
+            )
+        pieces = []
+        for block in self.plan.blocks:
+            members = input[:, block.start : block.stop].unflatten(
+                1, (block.n_orbits, block.orbit_size)
+            )
+            pieces.append(members.amax(2) if self.mode == "max" else members.mean(2))
+        if self.plan.n_plain:
+            pieces.append(input[:, self.plan.n_symmetric :])
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_channels={self.plan.out_channels}, out_channels={self.out_channels}, "
+            f"mode={self.mode!r}"
+        )

@@ -1,0 +1,358 @@
+"""Reflection-symmetric convolutions: weight sharing *between* filters.
+
+``SymmetricConv1d/2d/3d`` are drop-in replacements for ``nn.Conv1d/2d/3d``. A
+``symmetry`` spec (see :mod:`symconv.symmetry`) says which output channels come in
+orbits of reflected copies of one free filter; only the free filters are parameters.
+
+Shapes (``k`` the kernel size, ``g`` the groups)::
+
+    weight           (plan.n_free, in_channels / g, *k)    free filters (a Parameter)
+    bias             (plan.n_bias,)                        free biases (a Parameter) or None
+    expanded_weight  (out_channels, in_channels / g, *k)   the kernel the convolution uses
+    expanded_bias    (out_channels,)
+    input            (N, in_channels, *spatial)
+    output           (N, out_channels, *spatial_out)
+
+The expanded kernel is one gather from the free one (an index computed once per layer),
+differentiable, so every optimiser step, DDP gradient sync and ``torch.nn.init`` call acts
+on the free parameters. When no gradient can reach the parameters (``torch.no_grad``,
+``torch.inference_mode``, or frozen parameters) the expanded kernel is cached, so inference
+costs what a plain convolution costs; the cache is keyed on the parameters' identity,
+storage and version counter, so in-place optimiser steps, ``load_state_dict``, ``.to()``
+and ``torch.nn.init`` invalidate it. Writes through ``param.data`` bypass the version
+counter: call :meth:`clear_cache` after those.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+from torch.nn import init
+
+from symconv.symmetry import SymmetryPlan, SymmetrySpec, make_plan
+
+__all__ = ["SymmetricConv1d", "SymmetricConv2d", "SymmetricConv3d"]
+
+
+class _SymmetricConvNd:
+    """Shared implementation; concrete classes mix it into ``nn.ConvNd``."""
+
+    _ndim: ClassVar[int]
+    _plain_cls: ClassVar[type[nn.modules.conv._ConvNd]]
+
+    plan: SymmetryPlan
+    weight: nn.Parameter
+    bias: nn.Parameter | None
+
+    def _setup_symmetry(self, plan: SymmetryPlan) -> None:
+        """Swap the full parameters ``nn.ConvNd`` made for the free ones."""
+        factory = {"device": self.weight.device, "dtype": self.weight.dtype}
+        self.plan = plan
+        in_per_group = self.in_channels // self.groups
+        self.weight = nn.Parameter(
+            torch.empty(plan.free_weight_shape(in_per_group, self.kernel_size), **factory)
+        )
+        if self.bias is not None:
+            self.bias = nn.Parameter(torch.empty(plan.n_bias, **factory))
+        # Plain tensors, not buffers: buffers would be broadcast by DDP on every forward
+        # and saved in state_dict; these are derived from the plan, moved in `_apply`.
+        self._gather_index = (
+            None
+            if plan.is_trivial
+            else torch.from_numpy(plan.gather_index(in_per_group, self.kernel_size))
+        )
+        self._bias_index = torch.from_numpy(plan.bias_index.copy()) if plan.share_bias else None
+        self._cache: tuple[tuple[Any, ...], Tensor, Tensor | None] | None = None
+        self.reset_parameters()
+
+    # -- parameters ----------------------------------------------------------------------
+    def reset_parameters(self) -> None:
+        """Initialise the free parameters exactly as ``nn.ConvNd`` does its full ones.
+
+        The free kernel has the full kernel's fan-in, so the expanded kernel has the
+        same per-entry distribution as a plain convolution's.
+        """
+        if getattr(self, "plan", None) is None:
+            return  # called by nn.ConvNd.__init__ before the free parameters exist
+        with torch.no_grad():
+            init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+            if self.bias is not None:
+                fan_in, _ = init._calculate_fan_in_and_fan_out(self.weight)
+                bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
+                init.uniform_(self.bias, -bound, bound)
+        self.clear_cache()
+
+    def clear_cache(self) -> None:
+        """Drop the cached expanded kernel (needed only after writes through ``.data``)."""
+        self._cache = None
+
+    def _apply(self, fn, recurse: bool = True):  # type: ignore[no-untyped-def]
+        module = super()._apply(fn, recurse)  # type: ignore[misc]
+        # Follow the parameters to their device; never pass integer indices through `fn`
+        # (``to_empty`` would fill them with garbage).
+        device = self.weight.device
+        if self._gather_index is not None:
+            self._gather_index = self._gather_index.to(device)
+        if self._bias_index is not None:
+            self._bias_index = self._bias_index.to(device)
+        self._cache = None
+        return module
+
+    # -- expansion -----------------------------------------------------------------------
+    def _expand(self) -> tuple[Tensor, Tensor | None]:
+        weight, bias = self.weight, self.bias
+        full_w = weight if self._gather_index is None else weight.reshape(-1)[self._gather_index]
+        if bias is None or self._bias_index is None:
+            return full_w, bias
+        return full_w, bias[self._bias_index]
+
+    def _can_cache(self) -> bool:
+        if torch.compiler.is_compiling():
+            return False
+        if not torch.is_grad_enabled():
+            return True
+        params = [self.weight] + ([self.bias] if self.bias is not None else [])
+        return not any(p.requires_grad for p in params)
+
+    def _cache_key(self) -> tuple[Any, ...]:
+        key: list[Any] = [torch.is_inference_mode_enabled()]
+        for p in (self.weight, self.bias):
+            if p is not None:
+                key += [id(p), p.data_ptr(), p._version, p.dtype, p.device]
+        return tuple(key)
+
+    def expanded(self) -> tuple[Tensor, Tensor | None]:
+        """``(expanded_weight, expanded_bias)`` as the forward pass uses them."""
+        if self._gather_index is None and (self.bias is None or self._bias_index is None):
+            return self.weight, self.bias
+        if not self._can_cache():
+            return self._expand()
+        key = self._cache_key()
+        if self._cache is None or self._cache[0] != key:
+            with torch.no_grad():
+                w, b = self._expand()
+            self._cache = (key, w, b)
+        return self._cache[1], self._cache[2]
+
+    @property
+    def expanded_weight(self) -> Tensor:
+        """The full kernel ``(out_channels, in_channels / groups, *kernel_size)``."""
+        return self.expanded()[0]
+
+    @property
+    def expanded_bias(self) -> Tensor | None:
+        """The full bias ``(out_channels,)``, or ``None`` without bias."""
+        return self.expanded()[1]
+
+    def forward(self, input: Tensor) -> Tensor:
+        """``(N, in_channels, *spatial)`` -> ``(N, out_channels, *spatial_out)``."""
+        weight, bias = self.expanded()
+        return self._conv_forward(input, weight, bias)  # type: ignore[attr-defined]
+
+    # -- conversion ----------------------------------------------------------------------
+    def _conv_kwargs(self) -> dict[str, Any]:
+        return {
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "kernel_size": self.kernel_size,
+            "stride": self.stride,
+            "padding": self.padding,
+            "dilation": self.dilation,
+            "groups": self.groups,
+            "bias": self.bias is not None,
+            "padding_mode": self.padding_mode,
+            "device": self.weight.device,
+            "dtype": self.weight.dtype,
+        }
+
+    def to_conv(self) -> nn.modules.conv._ConvNd:
+        """A plain ``nn.ConvNd`` with the expanded kernel: same outputs, for deployment."""
+        conv = self._plain_cls(**self._conv_kwargs())
+        with torch.no_grad():
+            weight, bias = self._expand()
+            conv.weight.copy_(weight)
+            if bias is not None:
+                conv.bias.copy_(bias)
+        return conv
+
+    @classmethod
+    def from_conv(
+        cls, conv: nn.Module, symmetry: SymmetrySpec, share_bias: bool = True
+    ) -> _SymmetricConvNd:
+        """A symmetric layer with ``conv``'s hyper-parameters and the closest symmetric weights.
+
+        Each free filter is the average of its orbit's members with their reflection
+        undone (the least-squares projection), so a ``conv`` that already has the
+        symmetry is reproduced exactly. Raises ``ValueError`` when the spec does not fit.
+        """
+        if not isinstance(conv, cls._plain_cls) or isinstance(conv, _SymmetricConvNd):
+            raise TypeError(
+                f"{cls.__name__}.from_conv needs a plain nn.{cls._plain_cls.__name__}, got "
+                f"{type(conv).__name__}"
+            )
+        if conv.transposed:  # pragma: no cover - ConvNd classes are never transposed
+            raise TypeError("transposed convolutions are not supported")
+        kwargs = {
+            "in_channels": conv.in_channels,
+            "out_channels": conv.out_channels,
+            "kernel_size": conv.kernel_size,
+            "stride": conv.stride,
+            "padding": conv.padding,
+            "dilation": conv.dilation,
+            "groups": conv.groups,
+            "bias": conv.bias is not None,
+            "padding_mode": conv.padding_mode,
+            "device": conv.weight.device,
+            "dtype": conv.weight.dtype,
+        }
+        layer = cls(**kwargs, symmetry=symmetry, share_bias=share_bias)
+        with torch.no_grad():
+            layer.weight.copy_(layer._project(conv.weight, layer._gather_index, layer.plan.n_free))
+            if conv.bias is not None:
+                if layer._bias_index is None:
+                    layer.bias.copy_(conv.bias)
+                else:
+                    layer.bias.copy_(
+                        layer._project(conv.bias, layer._bias_index, layer.plan.n_bias)
+                    )
+        layer.clear_cache()
+        return layer
+
+    @staticmethod
+    def _project(full: Tensor, index: Tensor | None, n_rows: int) -> Tensor:
+        """Adjoint of the gather divided by the multiplicities: the orbit average."""
+        if index is None:
+            return full.detach().clone()
+        index = index.to(full.device).reshape(-1)
+        flat = full.detach().reshape(-1)
+        size = n_rows * (full.numel() // full.shape[0])
+        sums = flat.new_zeros(size).index_add_(0, index, flat)
+        counts = flat.new_zeros(size).index_add_(0, index, torch.ones_like(flat))
+        return (sums / counts).reshape(n_rows, *full.shape[1:])
+
+    def extra_repr(self) -> str:
+        spec = ", ".join(f"{k!r}: {v!r}" for k, v in self.plan.spec)
+        base = super().extra_repr()  # type: ignore[misc]
+        return f"{base}, symmetry={{{spec}}}, share_bias={self.plan.share_bias}"
+
+
+def _make_init(ndim: int):  # type: ignore[no-untyped-def]
+    def __init__(  # noqa: N807 - assigned as a method
+        self: _SymmetricConvNd,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, ...],
+        stride: int | tuple[int, ...] = 1,
+        padding: str | int | tuple[int, ...] = 0,
+        dilation: int | tuple[int, ...] = 1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        symmetry: SymmetrySpec = None,
+        share_bias: bool = True,
+    ) -> None:
+        # Validate the spec before nn.ConvNd allocates anything.
+        plan = make_plan(symmetry, out_channels, ndim, groups=groups, share_bias=share_bias)
+        self._plain_cls.__init__(
+            self,
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            groups=groups,
+            bias=bias,
+            padding_mode=padding_mode,
+            device=device,
+            dtype=dtype,
+        )
+        self._setup_symmetry(plan)
+
+    return __init__
+
+
+_DOC = """{dims}-D convolution whose output channels share weights across reflections.
+
+    A drop-in replacement for ``nn.{plain}``: every argument of ``nn.{plain}`` plus
+
+    Args:
+        symmetry: which output channels are reflected copies of a free filter, e.g.
+            ``{example}``: counts (whole orbits) or percentage strings of
+            ``out_channels`` (rounded down to whole orbits). Keys: {keys}. ``None`` or
+            ``{{}}`` gives a plain convolution. The channel layout is ``layer.plan``.
+        share_bias: one bias per orbit (default; makes the layer exactly
+            flip-equivariant) or, when ``False``, a free bias per output channel.
+
+    Shapes: input ``(N, C_in, {sp})``, output ``(N, C_out, {sp_out})``; ``weight`` is the
+    free kernel ``(plan.n_free, C_in / groups, {k})``; ``expanded_weight`` the full one.
+
+    Equivariance: for odd kernels, symmetric padding and sizes the stride divides
+    (``(L + 2 * padding - dilation * (k - 1) - 1) % stride == 0`` on the flipped axes),
+    ``layer(x.flip(axis))[:, c] == layer(x).flip(axis)[:, perm[c]]`` for every channel of
+    an orbit whose key contains the axis, with ``perm`` from
+    :func:`symconv.flip_permutation`.
+
+    Example::
+
+        >>> layer = {name}(8, 16, 3, padding=1, symmetry={example})
+        >>> layer.plan.n_free, tuple(layer.expanded_weight.shape[:2])
+        {example_out}
+    """
+
+
+class SymmetricConv1d(_SymmetricConvNd, nn.Conv1d):
+    _ndim = 1
+    _plain_cls = nn.Conv1d
+    __init__ = _make_init(1)
+    __doc__ = _DOC.format(
+        dims=1,
+        plain="Conv1d",
+        example="{'h': 8}",
+        keys="'h' (the length axis)",
+        sp="L",
+        sp_out="L_out",
+        k="k",
+        name="SymmetricConv1d",
+        example_out="(12, (16, 8))",
+    )
+
+
+class SymmetricConv2d(_SymmetricConvNd, nn.Conv2d):
+    _ndim = 2
+    _plain_cls = nn.Conv2d
+    __init__ = _make_init(2)
+    __doc__ = _DOC.format(
+        dims=2,
+        plain="Conv2d",
+        example="{'h': 2, 'v': 4, 'hv': 8}",
+        keys="'h' (width), 'v' (height), 'hv'",
+        sp="H, W",
+        sp_out="H_out, W_out",
+        k="kH, kW",
+        name="SymmetricConv2d",
+        example_out="(7, (16, 8))",
+    )
+
+
+class SymmetricConv3d(_SymmetricConvNd, nn.Conv3d):
+    _ndim = 3
+    _plain_cls = nn.Conv3d
+    __init__ = _make_init(3)
+    __doc__ = _DOC.format(
+        dims=3,
+        plain="Conv3d",
+        example="{'hvz': 8, 'hz': 4}",
+        keys="'h' (width), 'v' (height), 'z' (depth), 'hv', 'hz', 'vz', 'hvz'",
+        sp="D, H, W",
+        sp_out="D_out, H_out, W_out",
+        k="kD, kH, kW",
+        name="SymmetricConv3d",
+        example_out="(6, (16, 8))",
+    )
