@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import init
 
+from symconv.nn._gather import gather
 from symconv.symmetry import SymmetryPlan, SymmetrySpec, make_plan
 
 __all__ = ["SymmetricConv1d", "SymmetricConv2d", "SymmetricConv3d"]
@@ -104,10 +105,10 @@ class _SymmetricConvNd:
     # -- expansion -----------------------------------------------------------------------
     def _expand(self) -> tuple[Tensor, Tensor | None]:
         weight, bias = self.weight, self.bias
-        full_w = weight if self._gather_index is None else weight.reshape(-1)[self._gather_index]
+        full_w = weight if self._gather_index is None else gather(weight, self._gather_index)
         if bias is None or self._bias_index is None:
             return full_w, bias
-        return full_w, bias[self._bias_index]
+        return full_w, gather(bias, self._bias_index)
 
     def _can_cache(self) -> bool:
         if torch.compiler.is_compiling():

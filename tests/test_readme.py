@@ -1,0 +1,30 @@
+"""The README's opening commands stay true: CI runs the README's test command."""
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _readme_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"```bash\n(.*?)```", text, re.S)
+    assert block, "README must open with a bash block of the two setup commands"
+    return [ln for ln in block.group(1).splitlines() if ln and not ln.startswith("#")]
+
+
+def test_readme_opens_with_two_commands():
+    assert (ROOT / "README.md").read_text().splitlines()[2] == "```bash"
+    commands = _readme_commands()
+    assert len(commands) == 2
+    assert all("pip install torch==2.13.0" in c for c in commands)
+
+
+def test_ci_runs_the_readme_test_command():
+    test_cmd = _readme_commands()[1]
+    steps = [s.strip() for s in test_cmd.split("&&")]
+    ci = (ROOT / ".ci" / "run").read_text()
+    for step in steps:
+        if step.startswith(("python3 -m venv", ". .venv")):
+            continue  # CI makes its own venv the same way
+        assert step in ci, f"{step!r} from the README's test command is missing in .ci/run"
