@@ -536,3 +536,24 @@ def test_cuda_matches_cpu():
     ref = layer(x)
     gpu = copy.deepcopy(layer).cuda()
     torch.testing.assert_close(gpu(x.cuda()).cpu(), ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("nd", [2, 3])
+def test_channels_last_expansion_keeps_layout(nd):
+    torch.manual_seed(15)
+    fmt = torch.channels_last if nd == 2 else torch.channels_last_3d
+    layer = LAYERS[nd](3, 8, 3, padding=1, symmetry={"hv": 4, "h": 2}, dtype=torch.float64)
+    ref_w = layer.expanded_weight.detach().clone()
+    x = torch.randn(2, 3, *([5] * nd), dtype=torch.float64)
+    ref = layer(x)
+    layer = layer.to(memory_format=fmt)
+    w = layer.expanded_weight
+    assert w.is_contiguous(memory_format=fmt)
+    torch.testing.assert_close(w, ref_w, rtol=0, atol=0)
+    torch.testing.assert_close(layer(x.to(memory_format=fmt)), ref)
+    w_free = layer.weight.detach().clone().requires_grad_()
+
+    def fn(wf):
+        return torch.func.functional_call(layer, {"weight": wf, "bias": layer.bias}, (x,))
+
+    assert torch.autograd.gradcheck(fn, (w_free.to(memory_format=fmt),))

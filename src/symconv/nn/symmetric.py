@@ -66,6 +66,7 @@ class _SymmetricConvNd:
             else torch.from_numpy(plan.gather_index(in_per_group, self.kernel_size))
         )
         self._bias_index = torch.from_numpy(plan.bias_index.copy()) if plan.share_bias else None
+        self._gather_index_cl: Tensor | None = None  # built on first channels_last use
         self._cache: tuple[tuple[Any, ...], Tensor, Tensor | None] | None = None
         self.reset_parameters()
 
@@ -99,16 +100,45 @@ class _SymmetricConvNd:
             self._gather_index = self._gather_index.to(device)
         if self._bias_index is not None:
             self._bias_index = self._bias_index.to(device)
+        self._gather_index_cl = None
         self._cache = None
         return module
 
     # -- expansion -----------------------------------------------------------------------
     def _expand(self) -> tuple[Tensor, Tensor | None]:
         weight, bias = self.weight, self.bias
-        full_w = weight if self._gather_index is None else gather(weight, self._gather_index)
+        if self._gather_index is None:
+            full_w = weight
+        elif self._is_channels_last(weight):
+            full_w = self._expand_channels_last(weight)
+        else:
+            full_w = gather(weight, self._gather_index)
         if bias is None or self._bias_index is None:
             return full_w, bias
         return full_w, gather(bias, self._bias_index)
+
+    @staticmethod
+    def _is_channels_last(weight: Tensor) -> bool:
+        if weight.dim() not in (4, 5) or weight.is_contiguous():
+            return False
+        fmt = torch.channels_last if weight.dim() == 4 else torch.channels_last_3d
+        return weight.is_contiguous(memory_format=fmt) and not torch.compiler.is_compiling()
+
+    def _expand_channels_last(self, weight: Tensor) -> Tensor:
+        """Gather straight from and into channels_last storage: no layout copies.
+
+        cuDNN and oneDNN would otherwise copy a contiguous kernel to the input's
+        channels_last layout on every call (and ``reshape(-1)`` would copy the free one).
+        """
+        if self._gather_index_cl is None:
+            # Storage position of every logical element of the free kernel, then the
+            # full kernel's indices in the (out, *k, in) order of its own storage.
+            n, cin, *k = weight.shape
+            pos = torch.arange(weight.numel(), device=weight.device).reshape(n, *k, cin)
+            pos = pos.movedim(-1, 1).reshape(-1)
+            self._gather_index_cl = pos[self._gather_index].movedim(1, -1).contiguous()
+        storage_order = weight.movedim(1, -1).reshape(-1)  # a view for channels_last
+        return gather(storage_order, self._gather_index_cl).movedim(-1, 1)
 
     def _can_cache(self) -> bool:
         if torch.compiler.is_compiling():
