@@ -1,0 +1,244 @@
+"""``symconv flow`` and ``symconv filters``: the command-line side of :mod:`symconv.viz`.
+
+Only :mod:`argparse` is imported at module level; torch, Pillow and the drawing code load
+when a command runs, so ``symconv --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+
+__all__ = ["add_parser", "run_filters", "run_flow"]
+
+_PRESET_HELP = {
+    "blur": "the Gaussian kernel [[1,2,1],[2,4,2],[1,2,1]]/16 (eps mixes it with the identity)",
+    "translate-x": "I + eps*A (Sobel x): moves the picture 8*eps px left per step",
+    "translate-y": "I + eps*B (Sobel y): moves the picture 8*eps px down per step",
+    "translate-diag": "I + eps*(A+B): 8*eps px left and 8*eps px down per step",
+    "rotate": "ConvTwist, twist kernels -eps*(B, A): 16*eps/W rad per step, anticlockwise",
+    "scale": "ConvTwist, twist kernels eps*(-A, B): grows by 1/(1-16*eps/W) per step",
+}
+
+
+def _preset_list() -> str:
+    return "\n".join(f"  {name:<15} {text}" for name, text in _PRESET_HELP.items())
+
+
+def _float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register the ``flow`` and ``filters`` subcommands."""
+    flow = subparsers.add_parser(
+        "flow",
+        help="show what a convolution applied many times does to a picture",
+        description=(
+            "Apply a near-identity convolution (a preset or your kernel) to a picture many "
+            "times and draw the picture after 0, M, 2M, ..., N steps side by side. The "
+            "frames are the arrays symconv.viz.flow_frames returns."
+        ),
+        epilog=(
+            "presets (eps = multiple of the Sobel generators; W = picture width):\n"
+            f"{_preset_list()}\n\n"
+            "Padding decides what enters the frame: replicate (default) smears the edge\n"
+            "pixels inwards, reflect brings in a mirror image, zeros brings in black (as\n"
+            "nn.Conv2d does) and with it stripes from the sharp black edge."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    what = flow.add_mutually_exclusive_group()
+    what.add_argument("--preset", metavar="NAME", help="a preset (see --list-presets)")
+    what.add_argument(
+        "--kernel", metavar="FILE", help="JSON file with a k x k list of numbers, k odd"
+    )
+    what.add_argument("--list-presets", action="store_true", help="list the presets and exit")
+    flow.add_argument(
+        "--eps",
+        type=_float,
+        default=None,
+        help="strength of the preset (default: the preset's; twist presets: 0.4 / W)",
+    )
+    flow.add_argument(
+        "--steps", type=int, default=None, help="applications N (default: per preset)"
+    )
+    flow.add_argument(
+        "--every", type=int, default=None, help="draw a frame every M steps (default: N / 6)"
+    )
+    src = flow.add_mutually_exclusive_group()
+    src.add_argument("--image", metavar="PATH", help="any picture Pillow reads (made grey)")
+    src.add_argument(
+        "--digit", type=int, metavar="INDEX", help="a digit from the bundled MNIST data"
+    )
+    flow.add_argument(
+        "--size",
+        type=int,
+        default=None,
+        help="resize so the longer side is SIZE px (default: 128; digits stay 28)",
+    )
+    flow.add_argument(
+        "--padding",
+        choices=("zeros", "reflect", "replicate"),
+        default="replicate",
+        help="boundary handling: what enters the frame (default: replicate)",
+    )
+    flow.add_argument("--out", default=None, help="output PNG (default: flow_<preset>.png)")
+    flow.add_argument(
+        "--gif",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="FILE",
+        help="also write an animation (default name: the PNG's with .gif)",
+    )
+    flow.add_argument(
+        "--normalize", action="store_true", help="stretch each frame to its own range"
+    )
+    flow.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    flow.set_defaults(func=run_flow)
+
+    filters = subparsers.add_parser(
+        "filters",
+        help="draw a trained model's filters, each orbit of a symmetric layer in one row",
+        description=(
+            "Draw the filters of one convolution layer of a checkpoint. CHECKPOINT is a "
+            "torch.save'd nn.Module, a dict whose 'model' entry is an nn.Module or a "
+            "state_dict, or a bare state_dict. Symmetric layers are recognised from the "
+            "module, or for a state_dict from a 'symmetry' entry {layer: spec} and an "
+            "'out_channels' entry {layer: count}; other layers are drawn one filter per row."
+        ),
+    )
+    filters.add_argument("checkpoint", metavar="CHECKPOINT")
+    filters.add_argument(
+        "--layer", default=None, help="layer name (default: the first convolution)"
+    )
+    filters.add_argument("--out", default="filters.png", help="output PNG (default: filters.png)")
+    filters.add_argument(
+        "--max-rows",
+        type=int,
+        default=32,
+        help="draw at most this many rows: orbits, then plain filters 8 a row (default: 32)",
+    )
+    filters.add_argument(
+        "--max-in", type=int, default=8, help="draw at most this many input channels (default: 8)"
+    )
+    filters.add_argument(
+        "--list-layers", action="store_true", help="list the drawable layers and exit"
+    )
+    filters.add_argument(
+        "--trust",
+        action="store_true",
+        help="allow a checkpoint that pickles a whole nn.Module (runs code from the file)",
+    )
+    filters.set_defaults(func=run_filters)
+
+
+def _load_picture(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from symconv.viz import images
+
+    if args.size is not None and args.size < 8:
+        raise ValueError(f"--size {args.size} is not allowed; give at least 8")
+    if args.image is not None:
+        pic = images.load_image(args.image)
+        return images.resize_image(pic, args.size or 128), os.path.basename(args.image)
+    if args.digit is not None:
+        pic = images.mnist_digit(args.digit)
+        return (pic if args.size is None else images.resize_image(pic, args.size)), (
+            f"digit {args.digit}"
+        )
+    return images.default_image(args.size or 128), "default picture"
+
+
+def run_flow(args: argparse.Namespace) -> int:
+    """Run ``symconv flow``; returns the exit code."""
+    if args.list_presets:
+        print(_preset_list())
+        return 0
+    if args.preset is None and args.kernel is None:
+        raise ValueError("give --preset NAME or --kernel FILE (see --list-presets)")
+    if args.steps is not None and args.steps < 0:
+        raise ValueError(f"--steps {args.steps} is not allowed; give 0 or more")
+    if args.every is not None and args.every <= 0:
+        raise ValueError(f"--every {args.every} is not allowed; give 1 or more")
+
+    import torch
+
+    from symconv.viz import flow as flow_mod
+
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as err:
+        raise ValueError(f"--device {args.device!r} is not a torch device: {err}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device!r}: CUDA is not available here")
+
+    if args.preset is not None:
+        preset = flow_mod._get_preset(args.preset)
+        what, name = args.preset, args.preset
+    else:
+        if args.eps is not None:
+            raise ValueError("--eps applies to presets only; scale your kernel file instead")
+        what, name = flow_mod.load_kernel(args.kernel), "kernel"
+    pic, source = _load_picture(args)
+
+    # Defaults: a preset's own run (7 frames reaching a visible change); N / 6 otherwise.
+    if args.preset is not None:
+        eps = preset.default_eps(pic.shape) if args.eps is None else args.eps
+        if args.steps is None:
+            _, steps, default_every = preset.defaults(pic.shape, eps)
+        else:
+            steps, default_every = args.steps, max(1, args.steps // 6)
+    else:
+        eps = None
+        steps = 12 if args.steps is None else args.steps
+        default_every = max(1, steps // 6)
+    every = default_every if args.every is None else args.every
+
+    frames = flow_mod.flow_frames(
+        pic, what, steps, every, padding=args.padding, eps=eps, device=device
+    )
+    kept = flow_mod.frame_steps(steps, every)
+    label = (
+        f"{name} eps={eps:.4g}" if eps is not None else f"kernel {os.path.basename(args.kernel)}"
+    )
+    title = f"{label}, {source} {pic.shape[1]}x{pic.shape[0]}, {args.padding} padding"
+    out = args.out or f"flow_{name}.png"
+    layout = flow_mod.save_strip(frames, kept, out, title=title, normalize=args.normalize)
+    message = f"wrote {out} ({layout.n_panels} frames, steps {kept[0]}..{kept[-1]})"
+    if args.preset is not None:
+        rate = preset.rate(eps, pic.shape)
+        message += f"; {preset.unit} per step: {rate:.4g}, total {rate * steps:.4g}"
+        if preset.unit == "rad":
+            message += f" ({math.degrees(rate * steps):.1f} degrees)"
+    if args.gif is not None:
+        gif = args.gif or os.path.splitext(out)[0] + ".gif"
+        n = flow_mod.save_gif(frames, kept, gif, normalize=args.normalize)
+        message += f"; wrote {gif} ({n} frames)"
+    if not all(map(math.isfinite, (float(frames.min()), float(frames.max())))):
+        print("warning: the frames contain inf/NaN: the flow blew up", file=sys.stderr)
+    print(message)
+    return 0
+
+
+def run_filters(args: argparse.Namespace) -> int:
+    """Run ``symconv filters``; returns the exit code."""
+    from symconv.viz import filters as filters_mod
+
+    if args.max_rows < 1 or args.max_in < 1:
+        raise ValueError("--max-rows and --max-in must be >= 1")
+    model = filters_mod.load_checkpoint(args.checkpoint, trust=args.trust)
+    if args.list_layers:
+        for name, info in filters_mod.layers_of(model).items():
+            print(f"{name}: {info.describe()}")
+        return 0
+    result = filters_mod.plot_filters(
+        model, args.out, layer=args.layer, max_rows=args.max_rows, max_in=args.max_in
+    )
+    print(f"wrote {args.out} (layer {result.layer}: {result.describe()})")
+    return 0

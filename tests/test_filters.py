@@ -1,0 +1,277 @@
+"""`symconv filters`: every orbit of a symmetric layer drawn in one row, weights as stored."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from symconv import ConvTwist, SymmetricConv2d
+from symconv.viz import filters as filters_mod
+from symconv.viz.filters import FilterFigure, layers_of, load_checkpoint, plot_filters
+
+pytest.importorskip("PIL")
+from PIL import Image  # noqa: E402
+
+SPEC = {"h": 2, "v": 2, "hv": 4}
+
+
+def tiny_model() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        SymmetricConv2d(2, 11, 3, padding=1, symmetry=SPEC),  # 3 orbits + 3 plain filters
+        nn.ReLU(),
+        nn.Conv2d(11, 4, 3),
+    )
+
+
+def read_png(path) -> np.ndarray:
+    with Image.open(path) as im:
+        assert im.format == "PNG"
+        return np.asarray(im.convert("RGB"))
+
+
+def tile(pixels: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    left, top, right, bottom = box
+    return pixels[top:bottom, left:right]
+
+
+def expected_tile(kernel: np.ndarray, fig: FilterFigure) -> np.ndarray:
+    return filters_mod._kernel_pixels(kernel, fig.zoom, fig.scale)
+
+
+def check_orbit_rows(fig: FilterFigure, layer: SymmetricConv2d, pixels: np.ndarray) -> None:
+    """Each orbit is one row, in member order, and its tiles are the reflected free filter."""
+    plan = layer.plan
+    weight = layer.expanded_weight.detach().double().numpy()
+    orbit_rows = [r for r in fig.rows if r.label.startswith("orbit")]
+    assert len(orbit_rows) == sum(b.n_orbits for b in plan.blocks)
+    for f, row in enumerate(orbit_rows):
+        assert row.channels == tuple(np.flatnonzero(plan.free_index == f))
+        block = plan.block_for_channel(row.channels[0])
+        assert row.label == f"orbit {f} ({block.key})"
+        assert (
+            row.tiles
+            == {"h": ("id", "h"), "v": ("id", "v"), "hv": ("id", "h", "v", "hv")}[block.key]
+        )
+        first = tile(pixels, row.boxes[0][0])
+        for channel, name, boxes in zip(row.channels, row.tiles, row.boxes, strict=True):
+            for i, box in enumerate(boxes):
+                drawn = tile(pixels, box)
+                np.testing.assert_array_equal(drawn, expected_tile(weight[channel, i], fig))
+            # The weight sharing, read off the picture: member = reflected free filter.
+            reflected = tile(pixels, boxes[0])
+            if "h" in name:
+                reflected = reflected[:, ::-1]
+            if "v" in name:
+                reflected = reflected[::-1]
+            np.testing.assert_array_equal(reflected, first)
+    plain = [c for r in fig.rows if r.label.startswith("plain") for c in r.channels]
+    assert plain == list(range(plan.n_symmetric, plan.out_channels))
+
+
+def test_plot_filters_module(tmp_path) -> None:
+    model = tiny_model()
+    fig = plot_filters(model, tmp_path / "f.png")
+    pixels = read_png(tmp_path / "f.png")
+    assert pixels.shape[:2] == (fig.height, fig.width)
+    assert fig.layer == "0" and fig.info.kind == "symmetric"
+    assert [r.label for r in fig.rows] == [
+        "orbit 0 (h)",
+        "orbit 1 (v)",
+        "orbit 2 (hv)",
+        "plain 8-10",
+    ]
+    check_orbit_rows(fig, model[0], pixels)
+    assert fig.scale == pytest.approx(float(model[0].expanded_weight.detach().abs().max()))
+
+
+def test_plot_filters_plain_and_twist_layers(tmp_path) -> None:
+    model = tiny_model()
+    fig = plot_filters(model, tmp_path / "c.png", layer="2", max_in=3)
+    pixels = read_png(tmp_path / "c.png")
+    assert fig.info.kind == "conv" and fig.n_in_shown == 3
+    assert [r.channels for r in fig.rows] == [(0, 1, 2, 3)]
+    w = model[2].weight.detach().double().numpy()
+    for channel, boxes in zip(fig.rows[0].channels, fig.rows[0].boxes, strict=True):
+        assert len(boxes) == 3
+        for i, box in enumerate(boxes):
+            np.testing.assert_array_equal(tile(pixels, box), expected_tile(w[channel, i], fig))
+
+    torch.manual_seed(1)
+    twist = ConvTwist(1, 3)
+    fig = plot_filters(nn.Sequential(twist), tmp_path / "t.png")
+    pixels = read_png(tmp_path / "t.png")
+    assert [r.tiles for r in fig.rows] == [("W", "Wx", "Wy")] * 3
+    for c, row in enumerate(fig.rows):
+        for kernel, boxes in zip(
+            (twist.weight, twist.weight_x, twist.weight_y), row.boxes, strict=True
+        ):
+            expected = expected_tile(kernel[c, 0].detach().double().numpy(), fig)
+            np.testing.assert_array_equal(tile(pixels, boxes[0]), expected)
+
+
+def test_state_dict_with_symmetry(tmp_path) -> None:
+    model = tiny_model()
+    fig = plot_filters(model.state_dict(), tmp_path / "s.png", symmetry={"0": SPEC})
+    check_orbit_rows(fig, model[0], read_png(tmp_path / "s.png"))
+    # Without the spec a state_dict cannot say which filters are shared: drawn as stored.
+    fig = plot_filters(model.state_dict(), tmp_path / "p.png")
+    assert fig.info.kind == "conv" and fig.info.weight.shape[0] == model[0].plan.n_free
+
+
+def test_out_channels_inferred_or_required() -> None:
+    weight = torch.zeros(10, 1, 3, 3)  # hv:50% gives 10 free filters for 13 or 16 channels
+    with pytest.raises(ValueError, match=r"fits 2 channel counts \(13, 16\)"):
+        layers_of({"c.weight": weight}, symmetry={"c": {"hv": "50%"}})
+    layers = layers_of({"c.weight": weight}, symmetry={"c": {"hv": "50%"}}, out_channels={"c": 16})
+    assert layers["c"].plan.out_channels == 16 and layers["c"].weight.shape == (16, 1, 3, 3)
+    layers = layers_of({"c.weight": torch.zeros(5, 1, 3, 3)}, symmetry={"c": {"hv": 4}})
+    assert layers["c"].plan.out_channels == 8
+    with pytest.raises(ValueError, match="has 5 free filters but the weight has 10"):
+        layers_of({"c.weight": weight}, symmetry={"c": {"hv": 4}}, out_channels={"c": 8})
+    with pytest.raises(ValueError, match="no channel count gives symmetry"):
+        layers_of({"c.weight": torch.zeros(1, 1, 3, 3)}, symmetry={"c": {"hv": 8}})
+    with pytest.raises(ValueError, match="symmetry names layers not in the state_dict: 'x'"):
+        layers_of({"c.weight": weight}, symmetry={"x": {"h": 2}})
+
+
+def test_checkpoint_formats(tmp_path) -> None:
+    model = tiny_model()
+    torch.save(model, tmp_path / "module.pt")
+    with pytest.raises(ValueError, match="pass trust=True"):
+        load_checkpoint(tmp_path / "module.pt")
+    loaded = load_checkpoint(tmp_path / "module.pt", trust=True)
+    assert isinstance(loaded, nn.Module)
+
+    torch.save({"model": model.state_dict(), "symmetry": {"0": SPEC}}, tmp_path / "sd.pt")
+    layers = load_checkpoint(tmp_path / "sd.pt")
+    assert layers["0"].plan.n_free == model[0].plan.n_free
+    np.testing.assert_array_equal(
+        layers["0"].weight, model[0].expanded_weight.detach().double().numpy()
+    )
+    torch.save(model.state_dict(), tmp_path / "bare.pt")
+    assert set(load_checkpoint(tmp_path / "bare.pt")) == {"0", "2"}
+
+
+def test_compare_checkpoint_is_rebuilt(tmp_path) -> None:
+    variants = pytest.importorskip("symconv.compare.variants")
+    train = pytest.importorskip("symconv.compare.train")
+    torch.manual_seed(0)
+    built = variants.build_variant("sym", "cnn", 1, 10, width=8, symmetry="hv:50%")
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    config = {
+        "config": {"size": None, "settings": {"model": "cnn", "width": 8, "symmetry": "hv:50%"}}
+    }
+    (tmp_path / "run" / "config.json").write_text(json.dumps(config))
+    path = tmp_path / "run" / "checkpoints" / "sym-run0.pt"
+    torch.save(
+        {"format": train.CHECKPOINT_FORMAT, "variant": "sym", "model": built.model.state_dict()},
+        path,
+    )
+    model = load_checkpoint(path)
+    first = next(m for m in model.modules() if isinstance(m, SymmetricConv2d))
+    reference = next(m for m in built.model.modules() if isinstance(m, SymmetricConv2d))
+    torch.testing.assert_close(first.expanded_weight, reference.expanded_weight)
+    fig = plot_filters(model, tmp_path / "cmp.png")
+    check_orbit_rows(fig, first, read_png(tmp_path / "cmp.png"))
+    (tmp_path / "run" / "config.json").unlink()
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_checkpoint(path)
+
+
+def test_bad_filter_arguments(tmp_path) -> None:
+    model = tiny_model()
+    with pytest.raises(ValueError, match="layer 'nope' is not a 2-D convolution here"):
+        plot_filters(model, tmp_path / "x.png", layer="nope")
+    with pytest.raises(ValueError, match="max_rows=0 is not allowed"):
+        plot_filters(model, tmp_path / "x.png", max_rows=0)
+    with pytest.raises(ValueError, match="found no 2-D convolution"):
+        plot_filters(nn.Linear(2, 2), tmp_path / "x.png")
+    with pytest.raises(TypeError, match="must be an nn.Module or a state_dict"):
+        plot_filters([1, 2], tmp_path / "x.png")
+    with pytest.raises(ValueError, match="symmetry/out_channels apply to state_dicts"):
+        plot_filters(model, tmp_path / "x.png", symmetry={"0": SPEC})
+    with pytest.raises(FileNotFoundError, match="checkpoint .*missing.pt.* does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
+    (tmp_path / "junk.pt").write_text("junk")
+    with pytest.raises(ValueError, match="cannot read checkpoint .*junk.pt"):
+        load_checkpoint(tmp_path / "junk.pt")
+    torch.save([1, 2], tmp_path / "list.pt")
+    with pytest.raises(ValueError, match="holds a list; expected an nn.Module"):
+        load_checkpoint(tmp_path / "list.pt")
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_row_limits_are_noted(tmp_path) -> None:
+    torch.manual_seed(0)
+    layer = SymmetricConv2d(12, 40, 3, symmetry={"h": 20})
+    fig = plot_filters(nn.Sequential(layer), tmp_path / "l.png", max_rows=4, max_in=2)
+    assert len(fig.rows) == 4 and fig.n_in_shown == 2
+    assert all(len(boxes) == 2 for r in fig.rows for boxes in r.boxes)
+
+
+# -- command line ---------------------------------------------------------------------------
+
+
+def run_cli(argv: list[str]) -> int:
+    """``symconv.cli.main`` when the whole CLI imports, else the same wiring locally."""
+    try:
+        import symconv.compare.cli  # noqa: F401
+        from symconv.cli import main
+    except ImportError:
+        import argparse
+        import sys
+
+        from symconv.viz.cli import add_parser
+
+        parser = argparse.ArgumentParser(prog="symconv")
+        add_parser(parser.add_subparsers(dest="command"))
+        args = parser.parse_args(argv)
+        try:
+            return int(args.func(args) or 0)
+        except (ValueError, FileNotFoundError, TypeError) as err:
+            print(f"symconv {args.command}: error: {err}", file=sys.stderr)
+            return 2
+    return main(argv)
+
+
+def test_cli_filters(tmp_path, capsys) -> None:
+    model = tiny_model()
+    ckpt = tmp_path / "ckpt.pt"
+    torch.save({"model": model.state_dict(), "symmetry": {"0": SPEC}}, ckpt)
+    out = tmp_path / "filters.png"
+    assert run_cli(["filters", str(ckpt), "--out", str(out)]) == 0
+    assert "layer 0: symmetric, 11 filters" in capsys.readouterr().out
+    fig = plot_filters(model, tmp_path / "same.png")
+    np.testing.assert_array_equal(read_png(out), read_png(tmp_path / "same.png"))
+    check_orbit_rows(fig, model[0], read_png(out))
+
+    assert run_cli(["filters", str(ckpt), "--list-layers"]) == 0
+    listed = capsys.readouterr().out
+    assert "0: symmetric, 11 filters of 2 x 3 x 3, 6 orbits" in listed and "2: conv" in listed
+
+    torch.save(model, tmp_path / "module.pt")
+    assert run_cli(["filters", str(tmp_path / "module.pt"), "--out", str(out)]) == 2
+    assert "--trust" in capsys.readouterr().err
+    assert run_cli(["filters", str(tmp_path / "module.pt"), "--trust", "--out", str(out)]) == 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (["{tmp}/missing.pt"], "does not exist"),
+        (["{tmp}/ckpt.pt", "--layer", "9"], "layer '9' is not a 2-D convolution"),
+        (["{tmp}/ckpt.pt", "--max-rows", "0"], "--max-rows and --max-in must be >= 1"),
+    ],
+)
+def test_cli_filters_bad_arguments(tmp_path, capsys, argv: list[str], match: str) -> None:
+    torch.save(tiny_model().state_dict(), tmp_path / "ckpt.pt")
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    assert run_cli(["filters", *argv, "--out", str(tmp_path / "o.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("symconv filters: error:") and match in err
+    assert len(err.splitlines()) == 1

@@ -1,0 +1,586 @@
+"""`symconv flow`: presets move a picture as derived in symconv.viz.flow, frames are drawn.
+
+Rates are checked on a Gaussian blob against formulas derived from the kernels:
+``I + eps*A`` moves the centroid exactly ``-8 eps`` px per step along the width (the
+kernel sums to 1, its first moment along ``j`` is ``8 eps``); the rotate preset moves the
+centroid by the exact forward-Euler rotation (angle ``atan(d)`` per step, radius
+``sqrt(1 + d^2)``, ``d = 16 eps / W``), since an odd kernel times a linear coordinate
+maps first moments affinely.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from symconv.viz import flow as flow_mod
+from symconv.viz import images
+from symconv.viz.flow import (
+    GAUSSIAN,
+    PRESETS,
+    SOBEL_X,
+    SOBEL_Y,
+    flow_frames,
+    flow_operator,
+    frame_steps,
+    load_kernel,
+    save_gif,
+    save_strip,
+    strip_layout,
+    validate_kernel,
+)
+
+PIL = pytest.importorskip("PIL")
+from PIL import Image  # noqa: E402
+
+
+def blob(ci: float, cj: float, sigma: float, shape: tuple[int, int] = (64, 64)) -> np.ndarray:
+    i, j = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float64)
+    return np.exp(-((i - ci) ** 2 + (j - cj) ** 2) / (2 * sigma**2))
+
+
+def moments(f: np.ndarray) -> tuple[float, float, float, float, float]:
+    """Mass, centroid (row, column) and variances (row, column) of a picture."""
+    i, j = np.mgrid[0 : f.shape[0], 0 : f.shape[1]].astype(np.float64)
+    m0 = f.sum()
+    ci, cj = (f * i).sum() / m0, (f * j).sum() / m0
+    vi, vj = (f * (i - ci) ** 2).sum() / m0, (f * (j - cj) ** 2).sum() / m0
+    return m0, ci, cj, vi, vj
+
+
+def naive_conv(x: np.ndarray, kernel: np.ndarray, padding: str) -> np.ndarray:
+    """Cross-correlation written from the formula, with numpy padding."""
+    p = kernel.shape[0] // 2
+    mode = {"zeros": "constant", "reflect": "reflect", "replicate": "edge"}[padding]
+    xp = np.pad(x, p, mode=mode)
+    out = np.zeros_like(x, dtype=np.float64)
+    for a in range(kernel.shape[0]):
+        for b in range(kernel.shape[1]):
+            out += kernel[a, b] * xp[a : a + x.shape[0], b : b + x.shape[1]]
+    return out
+
+
+def naive_twist_step(x: np.ndarray, kx: np.ndarray, ky: np.ndarray, padding: str) -> np.ndarray:
+    """One step of the post's formula: x + (X - cx) conv(x, Kx) + (Y - cy) conv(x, Ky)."""
+    h, w = x.shape
+    big_x = 2 * np.arange(w)[None, :] / w - (w - 1) / w
+    big_y = 2 * np.arange(h)[:, None] / h - (h - 1) / h
+    return x + big_x * naive_conv(x, kx, padding) + big_y * naive_conv(x, ky, padding)
+
+
+# -- presets move the picture as claimed ----------------------------------------------------
+
+
+@pytest.mark.parametrize("eps", [1.0, 0.5])
+def test_blur_keeps_centroid_and_adds_variance(eps: float) -> None:
+    f0 = blob(30.0, 34.0, 3.0)
+    frames = flow_frames(f0, "blur", steps=10, every=5, eps=eps)
+    m0, ci, cj, vi, vj = moments(frames[0])
+    for k, frame in zip((5, 10), frames[1:], strict=True):
+        m, ci_k, cj_k, vi_k, vj_k = moments(frame)
+        assert m == pytest.approx(m0, rel=1e-9)
+        assert (ci_k, cj_k) == pytest.approx((ci, cj), abs=1e-9)
+        # The kernel's variance is eps/2 per axis; variances of independent steps add.
+        assert vi_k - vi == pytest.approx(0.5 * eps * k, rel=1e-6)
+        assert vj_k - vj == pytest.approx(0.5 * eps * k, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("preset", "direction"),
+    [("translate-x", (0, -1)), ("translate-y", (1, 0)), ("translate-diag", (1, -1))],
+)
+@pytest.mark.parametrize("eps", [0.02, -0.015])
+def test_translate_moves_centroid_at_8_eps_per_step(
+    preset: str, direction: tuple[int, int], eps: float, device: str
+) -> None:
+    f0 = blob(31.5, 31.5, 3.0)
+    steps = 50
+    frames = flow_frames(f0, preset, steps=steps, every=steps, eps=eps, device=device)
+    m0, ci0, cj0, _, _ = moments(frames[0])
+    m1, ci1, cj1, _, _ = moments(frames[1])
+    assert m1 == pytest.approx(m0, rel=1e-9)
+    # (row, column) displacement: 8 eps px per step along the preset's axis.
+    assert ci1 - ci0 == pytest.approx(8 * eps * steps * direction[0], abs=1e-7)
+    assert cj1 - cj0 == pytest.approx(8 * eps * steps * direction[1], abs=1e-7)
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (48, 72)])
+@pytest.mark.parametrize("eps", [0.01, -0.01])
+def test_rotate_turns_centroid_about_centre(shape: tuple[int, int], eps: float) -> None:
+    h, w = shape
+    ci, cj = (h - 1) / 2, (w - 1) / 2
+    f0 = blob(ci - 4.0, cj + 8.0, 2.0, shape)
+    steps = 240
+    frames = flow_frames(f0, "rotate", steps=steps, every=steps, eps=eps)
+    _, i0, j0, _, _ = moments(frames[0])
+    m0 = frames[0].sum()
+    _, i1, j1, _, _ = moments(frames[1])
+    # Angle measured anticlockwise on screen (rows grow downwards).
+    ang0, ang1 = math.atan2(-(i0 - ci), j0 - cj), math.atan2(-(i1 - ci), j1 - cj)
+    r0, r1 = math.hypot(i0 - ci, j0 - cj), math.hypot(i1 - ci, j1 - cj)
+    d = 16 * eps / w
+    assert ang1 - ang0 == pytest.approx(steps * math.atan(d), rel=1e-7)
+    assert math.copysign(1, ang1 - ang0) == math.copysign(1, eps)  # anticlockwise iff eps > 0
+    assert abs(ang1 - ang0) > 0.3  # a visible turn, not a rounding error
+    assert r1 == pytest.approx(r0 * (1 + d * d) ** (steps / 2), rel=1e-7)
+    assert r1 == pytest.approx(r0, rel=1e-2)  # the distance to the centre is kept
+    assert frames[1].sum() == pytest.approx(m0, rel=1e-9)  # rotation keeps mass
+
+
+@pytest.mark.parametrize(("eps", "grows"), [(0.01, True), (-0.01, False)])
+def test_scale_changes_spread_about_centre(eps: float, grows: bool) -> None:
+    n = 64
+    c = (n - 1) / 2
+    f0 = blob(c, c, 5.0, (n, n))
+    steps = 100
+    frames = flow_frames(f0, "scale", steps=steps, every=steps, eps=eps)
+    i, j = np.mgrid[0:n, 0:n]
+
+    def spread(f: np.ndarray) -> float:
+        return math.sqrt((f * ((i - c) ** 2 + (j - c) ** 2)).sum() / f.sum())
+
+    _, ci, cj, _, _ = moments(frames[1])
+    assert (ci, cj) == pytest.approx((c, c), abs=1e-9)  # the centre stays put
+    ratio = spread(frames[1]) / spread(frames[0])
+    predicted = (1 - 16 * eps / n) ** -steps
+    assert (ratio > 1.2) if grows else (ratio < 0.8)
+    # Continuum prediction; the discrete generator is accurate to ~1% on this blob.
+    assert ratio == pytest.approx(predicted, rel=0.025)
+
+
+@pytest.mark.parametrize("preset", ["rotate", "scale"])
+@pytest.mark.parametrize("padding", ["zeros", "reflect", "replicate"])
+def test_twist_presets_match_the_formula(preset: str, padding: str) -> None:
+    """ConvTwist wiring (centres, kernel signs, aspect factor) against the post's formula."""
+    rng = np.random.default_rng(0)
+    h, w, eps = 12, 16, 0.3
+    x = rng.random((h, w))
+    a, b = np.array(SOBEL_X), np.array(SOBEL_Y)
+    if preset == "rotate":
+        kx, ky = -eps * b, -eps * (h / w) * a
+    else:
+        kx, ky = -eps * a, eps * (h / w) * b
+    expected = naive_twist_step(naive_twist_step(x, kx, ky, padding), kx, ky, padding)
+    frames = flow_frames(x, preset, steps=2, every=2, eps=eps, padding=padding)
+    np.testing.assert_allclose(frames[1], expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("padding", ["zeros", "reflect", "replicate"])
+def test_custom_kernel_matches_naive_reference(padding: str, tmp_path) -> None:
+    rng = np.random.default_rng(1)
+    kernel = rng.normal(size=(5, 5)) * 0.1
+    kernel[2, 2] += 1
+    path = tmp_path / "k.json"
+    path.write_text(json.dumps(kernel.tolist()))
+    x = rng.random((9, 11))
+    expected = x
+    for _ in range(3):
+        expected = naive_conv(expected, kernel, padding)
+    frames = flow_frames(x, load_kernel(path), steps=3, every=1, padding=padding)
+    assert frames.shape == (4, 9, 11)
+    np.testing.assert_array_equal(frames[0], x)
+    np.testing.assert_allclose(frames[3], expected, rtol=1e-12, atol=1e-12)
+
+
+def test_shift_kernel_shows_what_enters_the_frame() -> None:
+    """out[j] = x[j + 1]: the picture moves left one pixel per step; padding fills in."""
+    shift = [[0, 0, 0], [0, 0, 1], [0, 0, 0]]
+    x = np.arange(1.0, 7.0)[None].repeat(3, axis=0)  # columns 1..6
+    zeros = flow_frames(x, shift, steps=2, every=2, padding="zeros")[1]
+    replicate = flow_frames(x, shift, steps=2, every=2, padding="replicate")[1]
+    reflect = flow_frames(x, shift, steps=1, every=1, padding="reflect")[1]
+    np.testing.assert_array_equal(zeros[0], [3, 4, 5, 6, 0, 0])
+    np.testing.assert_array_equal(replicate[0], [3, 4, 5, 6, 6, 6])
+    np.testing.assert_array_equal(reflect[0], [2, 3, 4, 5, 6, 5])
+
+
+def test_blur_preset_is_the_gaussian_kernel() -> None:
+    op = flow_operator("blur", (8, 8))
+    np.testing.assert_allclose(op.kernel[0, 0].numpy(), np.array(GAUSSIAN))
+
+
+@given(steps=st.integers(0, 40), every=st.integers(1, 15))
+def test_frame_steps(steps: int, every: int) -> None:
+    kept = frame_steps(steps, every)
+    assert kept[0] == 0 and kept[-1] == steps
+    assert kept == sorted(set(kept))
+    assert all(b - a == every for a, b in zip(kept[:-2], kept[1:-1], strict=True))
+    assert kept[-1] - kept[-2] <= every if len(kept) > 1 else steps == 0
+
+
+def test_flow_frames_returns_kept_frames_in_order() -> None:
+    x = images.default_image(32)
+    frames = flow_frames(x, "translate-x", steps=7, every=3)
+    assert frames.shape == (4, 32, 32) and frames.dtype == np.float64
+    one_by_one = flow_frames(x, "translate-x", steps=7, every=1)
+    np.testing.assert_array_equal(frames, one_by_one[[0, 3, 6, 7]])
+    np.testing.assert_array_equal(frames[0], x.astype(np.float64))
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_preset_defaults_reach_their_total(name: str) -> None:
+    preset = PRESETS[name]
+    for shape in [(28, 28), (128, 128), (96, 160)]:
+        eps, steps, every = preset.defaults(shape)
+        assert steps == 6 * every  # 7 frames
+        target = preset.total * shape[1] ** preset.width_power
+        assert target <= preset.rate(eps, shape) * steps <= target + preset.rate(eps, shape) * 6
+    x = images.default_image(24)
+    frames = flow_frames(x, name)  # default run
+    assert len(frames) == 7 and np.isfinite(frames).all()
+
+
+# -- bad arguments --------------------------------------------------------------------------
+
+
+def test_bad_flow_arguments() -> None:
+    x = np.zeros((8, 8))
+    with pytest.raises(ValueError, match="unknown preset 'spin'; choose one of blur"):
+        flow_frames(x, "spin", 3, 1)
+    with pytest.raises(ValueError, match="steps=-1 is not allowed"):
+        flow_frames(x, "blur", -1, 1)
+    with pytest.raises(ValueError, match="every=0 is not allowed"):
+        flow_frames(x, "blur", 3, 0)
+    with pytest.raises(TypeError, match="steps must be an int"):
+        flow_frames(x, "blur", 2.5, 1)
+    with pytest.raises(ValueError, match="padding='circular' is not allowed"):
+        flow_frames(x, "blur", 3, 1, padding="circular")
+    with pytest.raises(ValueError, match="eps applies to presets only"):
+        flow_frames(x, np.eye(3), 3, 1, eps=0.1)
+    with pytest.raises(ValueError, match="eps=nan is not allowed"):
+        flow_frames(x, "blur", 3, 1, eps=float("nan"))
+    with pytest.raises(ValueError, match="eps=inf is not allowed"):
+        flow_frames(x, "rotate", eps=float("inf"))  # default steps need a finite eps
+    with pytest.raises(ValueError, match=r"image must be a grey picture of shape \(H, W\)"):
+        flow_frames(np.zeros((2, 8, 8)), "blur", 3, 1)
+    with pytest.raises(ValueError, match="image contains NaN"):
+        flow_frames(np.full((8, 8), np.nan), "blur", 3, 1)
+    with pytest.raises(ValueError, match="steps must be given for a custom kernel"):
+        flow_frames(x, np.eye(3))
+    with pytest.raises(ValueError, match="moves the picture too little"):
+        flow_frames(x, "rotate", eps=0.0)
+    with pytest.raises(ValueError, match="reflect padding needs a picture larger than 2"):
+        flow_frames(np.zeros((2, 8)), np.ones((5, 5)), 1, 1, padding="reflect")
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        ("[[1, 0], [0, 1]]", "kernel size 2 x 2 is even"),
+        ("[[1, 0, 0], [0, 1], [0, 0, 1]]", "row 1 has 2 entries, expected 3"),
+        ('[[1, 0, 0], [0, "a", 0], [0, 0, 1]]', r"entry \[1\]\[1\] = 'a' is not a number"),
+        ("[[1, 0, 0], [0, NaN, 0], [0, 0, 1]]", r"entry \[1\]\[1\] = nan is not finite"),
+        ("[[1, 0, 0], [0, Infinity, 0], [0, 0, 1]]", "is not finite"),
+        ("[[1, 0, 0], [0, true, 0], [0, 0, 1]]", "is not a number"),
+        ("[1, 2, 3]", "row 0 is 1, not a list of numbers"),
+        ("[]", "a kernel must be a non-empty list of rows"),
+        ('{"kernel": 1}', "a kernel must be a non-empty list of rows"),
+        ("[[1, 0, 0], [0, 1, 0", "is not valid JSON"),
+    ],
+)
+def test_malformed_kernel_files(tmp_path, content: str, match: str) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=match) as info:
+        load_kernel(path)
+    assert "bad.json" in str(info.value)  # the message names the file
+
+
+def test_missing_kernel_file(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="kernel file .*nope.json.* does not exist"):
+        load_kernel(tmp_path / "nope.json")
+
+
+def test_validate_kernel_accepts_arrays_and_tensors() -> None:
+    np.testing.assert_array_equal(validate_kernel(torch.eye(3)), np.eye(3))
+    np.testing.assert_array_equal(validate_kernel(np.ones((1, 1))), np.ones((1, 1)))
+    with pytest.raises(ValueError, match="even"):
+        validate_kernel(np.ones((4, 4)))
+
+
+# -- drawing ----------------------------------------------------------------------------
+
+
+def _expected_panel(frame: np.ndarray, zoom: int) -> np.ndarray:
+    pix = np.round(np.clip(frame, 0, 1) * 255).astype(np.uint8)
+    return pix.repeat(zoom, axis=0).repeat(zoom, axis=1)
+
+
+def test_strip_png_has_one_panel_per_frame(tmp_path) -> None:
+    x = images.default_image(40)
+    steps = frame_steps(10, 4)
+    frames = flow_frames(x, "rotate", 10, 4)
+    out = tmp_path / "strip.png"
+    layout = save_strip(frames, steps, out, title="rotate")
+    assert layout == strip_layout(len(steps), (40, 40), title=True)
+    assert layout.n_panels == 4 and layout.zoom == 4  # 40 px panels are enlarged to 160
+    with Image.open(out) as im:
+        assert im.format == "PNG"
+        assert im.size == (4 * 160 + 5 * layout.margin, layout.height)
+        pixels = np.asarray(im.convert("L"))
+    for k, frame in enumerate(frames):
+        left, top, right, bottom = layout.panel_box(k)
+        np.testing.assert_array_equal(pixels[top:bottom, left:right], _expected_panel(frame, 4))
+    # Margins between panels are blank.
+    _, top, right, bottom = layout.panel_box(0)
+    assert (pixels[top:bottom, right : right + layout.margin] == 255).all()
+
+
+def test_strip_normalize_stretches_each_frame(tmp_path) -> None:
+    frames = np.stack([np.linspace(-1, 3, 64).reshape(8, 8)] * 2)
+    layout = save_strip(frames, [0, 1], tmp_path / "n.png", zoom=1, normalize=True)
+    with Image.open(tmp_path / "n.png") as im:
+        pixels = np.asarray(im)
+    left, top, right, bottom = layout.panel_box(1)
+    panel = pixels[top:bottom, left:right]
+    assert panel.min() == 0 and panel.max() == 255
+
+
+def test_gif_has_one_frame_per_kept_step(tmp_path) -> None:
+    x = images.default_image(32)
+    steps = frame_steps(9, 2)
+    frames = flow_frames(x, "blur", 9, 2)
+    out = tmp_path / "a.gif"
+    assert save_gif(frames, steps, out) == len(steps) == 6
+    with Image.open(out) as im:
+        assert im.n_frames == 6
+        layout = strip_layout(1, (32, 32), title=False)
+        im.seek(5)
+        last = np.asarray(im.convert("L"))[layout.label_height :]
+    np.testing.assert_array_equal(last, _expected_panel(frames[5], layout.zoom))
+
+
+def test_drawing_rejects_mismatched_labels(tmp_path) -> None:
+    with pytest.raises(ValueError, match="got 2 frames but 3 step labels"):
+        save_strip(np.zeros((2, 4, 4)), [0, 1, 2], tmp_path / "x.png")
+    with pytest.raises(ValueError, match=r"frames must have shape \(F, H, W\)"):
+        save_gif(np.zeros((4, 4)), [0], tmp_path / "x.gif")
+
+
+# -- pictures -------------------------------------------------------------------------------
+
+
+def test_default_image_is_deterministic_and_asymmetric() -> None:
+    a, b = images.default_image(64), images.default_image(64)
+    assert a.shape == (64, 64) and a.dtype == np.float32
+    np.testing.assert_array_equal(a, b)
+    assert 0 <= a.min() and a.max() <= 1 and a.std() > 0.15
+    for transformed in (a[:, ::-1], a[::-1], np.rot90(a), a.T):
+        assert np.abs(transformed - a).mean() > 0.1  # flips and turns are visible
+    assert images.default_image(48, height=32).shape == (32, 48)
+
+
+def test_default_image_is_resolution_independent() -> None:
+    big = images.default_image(128)
+    small = images.default_image(64)
+    down = big.reshape(64, 2, 64, 2).mean(axis=(1, 3))
+    assert np.abs(down - small).mean() < 0.03
+
+
+def test_load_image_converts_to_grey(tmp_path) -> None:
+    rng = np.random.default_rng(2)
+    rgb = rng.integers(0, 256, (10, 14, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "c.png")
+    grey = images.load_image(tmp_path / "c.png")
+    expected = np.asarray(Image.fromarray(rgb).convert("L"), dtype=np.float32) / 255
+    assert grey.shape == (10, 14)
+    np.testing.assert_array_equal(grey, expected)
+    # Transparent pixels are composited over white.
+    rgba = np.zeros((4, 4, 4), dtype=np.uint8)
+    Image.fromarray(rgba).save(tmp_path / "t.png")
+    np.testing.assert_array_equal(images.load_image(tmp_path / "t.png"), np.ones((4, 4)))
+    # 16-bit grey keeps its full range.
+    Image.fromarray(np.full((3, 3), 65535, dtype=np.uint16)).save(tmp_path / "d.png")
+    np.testing.assert_allclose(images.load_image(tmp_path / "d.png"), 1.0)
+
+
+def test_unreadable_images(tmp_path) -> None:
+    bad = tmp_path / "notes.png"
+    bad.write_text("not a picture")
+    with pytest.raises(ValueError, match="cannot read image .*notes.png"):
+        images.load_image(bad)
+    with pytest.raises(FileNotFoundError, match="image .*missing.png.* does not exist"):
+        images.load_image(tmp_path / "missing.png")
+
+
+def test_resize_image_keeps_aspect() -> None:
+    x = np.random.default_rng(3).random((30, 60)).astype(np.float32)
+    assert images.resize_image(x, 20).shape == (10, 20)
+    assert images.resize_image(x, 120).shape == (60, 120)
+    np.testing.assert_allclose(images.resize_image(np.full((30, 60), 0.5), 20), 0.5, atol=1e-6)
+    with pytest.raises(ValueError, match="size=4 is not allowed"):
+        images.resize_image(x, 4)
+
+
+def test_mnist_digit(monkeypatch, tmp_path) -> None:
+    try:
+        digit = images.mnist_digit(0)
+    except FileNotFoundError:
+        pytest.skip("bundled MNIST data not present")
+    assert digit.shape == (28, 28) and digit.dtype == np.float32
+    assert 0 <= digit.min() and digit.max() <= 1 and digit.max() > 0.5
+    with pytest.raises(ValueError, match="digit index 10000000 is out of range"):
+        images.mnist_digit(10_000_000)
+    with pytest.raises(TypeError, match="digit index must be an int"):
+        images.mnist_digit(1.5)
+    monkeypatch.setattr(images, "_mnist_path", lambda: tmp_path / "none.npz")
+    with pytest.raises(FileNotFoundError, match="bundled MNIST data .*none.npz.* is missing"):
+        images.mnist_digit(0)
+
+
+def test_mnist_digit_reads_both_layouts(monkeypatch, tmp_path) -> None:
+    digits = np.arange(5 * 28 * 28, dtype=np.uint8).reshape(5, 28, 28)
+    np.savez(tmp_path / "one.npz", images=digits, labels=np.arange(5))
+    np.savez(tmp_path / "two.npz", train_images=digits[:3], test_images=digits[3:])
+    for name in ("one.npz", "two.npz"):
+        monkeypatch.setattr(images, "_mnist_path", lambda name=name: tmp_path / name)
+        np.testing.assert_array_equal(images.mnist_digit(4), digits[4] / np.float32(255))
+
+
+# -- command line ---------------------------------------------------------------------------
+
+
+def run_cli(argv: list[str]) -> int:
+    """``symconv.cli.main`` when the whole CLI imports, else the same wiring locally."""
+    try:
+        import symconv.compare.cli  # noqa: F401
+        from symconv.cli import main
+    except ImportError:
+        import argparse
+        import sys
+
+        from symconv.viz.cli import add_parser
+
+        parser = argparse.ArgumentParser(prog="symconv")
+        add_parser(parser.add_subparsers(dest="command"))
+        args = parser.parse_args(argv)
+        try:
+            return int(args.func(args) or 0)
+        except (ValueError, FileNotFoundError, TypeError) as err:
+            print(f"symconv {args.command}: error: {err}", file=sys.stderr)
+            return 2
+    return main(argv)
+
+
+def test_cli_writes_png_and_gif(tmp_path, capsys) -> None:
+    out = tmp_path / "rot.png"
+    argv = ["flow", "--preset", "rotate", "--size", "24", "--steps", "12", "--every", "5"]
+    assert run_cli([*argv, "--out", str(out), "--gif"]) == 0
+    printed = capsys.readouterr().out
+    assert "wrote" in printed and "rot.gif (4 frames)" in printed
+    layout = strip_layout(4, (24, 24))
+    with Image.open(out) as im:
+        assert im.size == (layout.width, layout.height)
+    with Image.open(tmp_path / "rot.gif") as im:
+        assert im.n_frames == 4  # steps 0, 5, 10, 12
+
+
+def test_cli_image_kernel_and_padding(tmp_path) -> None:
+    Image.fromarray(np.full((20, 30), 200, dtype=np.uint8)).save(tmp_path / "in.png")
+    (tmp_path / "k.json").write_text("[[0, 0, 0], [0, 0, 1], [0, 0, 0]]")
+    out = tmp_path / "k.png"
+    argv = ["flow", "--kernel", str(tmp_path / "k.json"), "--image", str(tmp_path / "in.png")]
+    argv += ["--size", "30", "--steps", "3", "--every", "3", "--padding", "zeros"]
+    assert run_cli([*argv, "--out", str(out)]) == 0
+    layout = strip_layout(2, (20, 30))
+    with Image.open(out) as im:
+        pixels = np.asarray(im)
+    left, top, right, bottom = layout.panel_box(1)
+    panel = pixels[top : bottom : layout.zoom, left : right : layout.zoom]
+    # Zero padding: three black columns entered from the right after three shifts left.
+    assert (panel[:, -3:] == 0).all() and (panel[:, :-3] == 200).all()
+
+
+def test_cli_digit(tmp_path) -> None:
+    try:
+        images.mnist_digit(3)
+    except FileNotFoundError:
+        pytest.skip("bundled MNIST data not present")
+    out = tmp_path / "d.png"
+    assert run_cli(["flow", "--preset", "scale", "--digit", "3", "--out", str(out)]) == 0
+    with Image.open(out) as im:
+        assert im.size == (strip_layout(7, (28, 28)).width, strip_layout(7, (28, 28)).height)
+
+
+def test_cli_list_presets(capsys) -> None:
+    assert run_cli(["flow", "--list-presets"]) == 0
+    listed = capsys.readouterr().out
+    assert all(name in listed for name in PRESETS)
+    from symconv.viz.cli import _PRESET_HELP  # kept beside argparse so --help imports no torch
+
+    assert list(_PRESET_HELP) == list(PRESETS)
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (["--preset", "spin"], "unknown preset 'spin'"),
+        (["--steps", "5"], "give --preset NAME or --kernel FILE"),
+        (["--preset", "blur", "--steps", "-1"], "--steps -1 is not allowed"),
+        (["--preset", "blur", "--every", "0"], "--every 0 is not allowed"),
+        (["--preset", "blur", "--image", "{tmp}/missing.png"], "missing.png"),
+        (["--preset", "blur", "--image", "{tmp}/bad.png"], "cannot read image"),
+        (["--kernel", "{tmp}/even.json"], "kernel size 2 x 2 is even"),
+        (["--kernel", "{tmp}/even.json", "--eps", "0.1"], "--eps applies to presets only"),
+        (["--preset", "blur", "--size", "3"], "--size 3 is not allowed"),
+        (["--preset", "blur", "--device", "foo"], "--device 'foo' is not a torch device"),
+        (["--preset", "blur", "--image", "{tmp}/bad.png", "--digit", "1"], None),
+    ],
+)
+def test_cli_bad_arguments(tmp_path, capsys, argv: list[str], match: str | None) -> None:
+    (tmp_path / "bad.png").write_text("text")
+    (tmp_path / "even.json").write_text("[[1, 0], [0, 1]]")
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    if match is None:  # argparse itself refuses (mutually exclusive options)
+        with pytest.raises(SystemExit) as info:
+            run_cli(["flow", *argv])
+        assert info.value.code == 2
+        assert "not allowed with argument" in capsys.readouterr().err
+        return
+    assert run_cli(["flow", *argv, "--out", str(tmp_path / "o.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("symconv flow: error:") and match in err
+    assert len(err.splitlines()) == 1
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_symconv_main_runs_flow(tmp_path) -> None:
+    pytest.importorskip("symconv.compare.cli")
+    from symconv.cli import main
+
+    out = tmp_path / "b.png"
+    assert main(["flow", "--preset", "blur", "--size", "16", "--out", str(out)]) == 0
+    assert out.is_file()
+    assert main(["flow", "--preset", "nope"]) == 2
+
+
+def test_flow_module_imports_no_plotting_libraries() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, symconv.viz, symconv.viz.cli;"
+        "bad = [m for m in ('PIL', 'matplotlib') if m in sys.modules];"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+
+
+def test_flow_on_cuda_matches_cpu() -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    x = images.default_image(32)
+    cpu = flow_frames(x, "rotate", 20, 10)
+    gpu = flow_frames(x, "rotate", 20, 10, device="cuda")
+    np.testing.assert_allclose(gpu, cpu, rtol=1e-9, atol=1e-9)
+
+
+def test_module_constants() -> None:
+    assert flow_mod.PADDING_MODES == ("zeros", "reflect", "replicate")
+    assert set(PRESETS) >= {"blur", "translate-x", "translate-y", "translate-diag", "rotate"}
