@@ -70,3 +70,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from symconv.nn.symmetric import SymmetricConv1d, SymmetricConv2d, SymmetricConv3d
     from symconv.nn.twist import ConvTwist
     from symconv.symmetry import SymmetryPlan, make_plan, parse_symmetry_string
+
+# `symconv.convert` names both a submodule and a function. The first import of the submodule
+# binds the *module* to the package attribute `convert`; importing it here (it needs only
+# torch and numpy) and rebinding the name makes the function win for good.
+from symconv.convert import ConversionReport, convert  # noqa: E402

@@ -1,0 +1,319 @@
+"""One-call model surgery: swap the convolutions of an existing model, in place::
+
+    report = convert(model, "twist")                     # 3x3 convs -> ConvTwist
+    report = convert(model, "symmetric", symmetry={"hv": "50%"})
+    print(report)
+
+``to="twist"`` replaces every ``nn.Conv2d`` with an odd square kernel of size 3 or more,
+padding ``k // 2`` (or ``'same'``) and dilation 1 by a :class:`~symconv.nn.twist.ConvTwist`
+with the same channels, stride, groups, bias, padding mode, device and dtype. With
+``copy_weights=True`` (default) ``W`` and the bias are copied and the twist taps start at
+zero, so the model computes the same function until it trains.
+
+``to="symmetric"`` replaces every ``nn.Conv1d``/``2d``/``3d`` by the matching
+``SymmetricConv1d``/``2d``/``3d`` with the ``symmetry`` spec applied to each layer on its
+own (percentages are of that layer's ``out_channels``); with ``copy_weights=True`` the
+free filters are the least-squares projection of the original ones. Layers the spec
+cannot fit are left alone and listed in the report with the reason.
+
+Only exact ``nn.Conv1d/2d/3d`` instances are candidates by default; a ``predicate(name,
+module) -> bool`` narrows the choice or opts subclasses in. Transposed convolutions and
+layers that are already ``SymmetricConv``/``ConvTwist`` are never converted. Forward hooks
+and parametrizations registered on a replaced layer are not carried over.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import numbers
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from symconv.symmetry import SymmetrySpec, make_plan
+
+__all__ = ["ConversionReport", "convert", "name_matches"]
+
+Predicate = Callable[[str, nn.Module], bool]
+_TARGETS = ("twist", "symmetric")
+
+
+@dataclass
+class ConversionReport:
+    """What :func:`convert` did.
+
+    Attributes:
+        to: ``'twist'`` or ``'symmetric'``.
+        converted: ``(qualified name, old layer, new layer)`` for every replaced layer.
+        skipped: ``(qualified name, reason)`` for every convolution left alone.
+        params_before, params_after: trainable-or-not parameter counts of the model.
+    """
+
+    to: str
+    converted: list[tuple[str, str, str]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    params_before: int = 0
+    params_after: int = 0
+
+    def __len__(self) -> int:
+        return len(self.converted)
+
+    def __bool__(self) -> bool:
+        return bool(self.converted)
+
+    def __str__(self) -> str:
+        lines = [
+            f"convert(to={self.to!r}): {len(self.converted)} converted, "
+            f"{len(self.skipped)} skipped; parameters {self.params_before:,} -> "
+            f"{self.params_after:,} ({self.params_after - self.params_before:+,})"
+        ]
+        if self.converted:
+            w = max(len("layer"), *(len(n) for n, _, _ in self.converted))
+            lines += ["", f"{'layer':<{w}}  before -> after", f"{'-' * w}  {'-' * 15}"]
+            lines += [
+                f"{n or '<root>':<{w}}  {old}\n{'':<{w}}  -> {new}"
+                for n, old, new in self.converted
+            ]
+        if self.skipped:
+            w = max(len("skipped"), *(len(n) for n, _ in self.skipped))
+            lines += ["", f"{'skipped':<{w}}  reason", f"{'-' * w}  {'-' * 6}"]
+            lines += [f"{n or '<root>':<{w}}  {why}" for n, why in self.skipped]
+        return "\n".join(lines)
+
+
+def name_matches(*patterns: str) -> Predicate:
+    """A predicate selecting layers whose qualified name matches any shell-style pattern,
+    e.g. ``convert(model, "twist", predicate=name_matches("layer3.*", "layer4.*"))``."""
+    if not patterns or not all(isinstance(p, str) for p in patterns):
+        raise ValueError(f"name_matches needs one or more string patterns, got {patterns!r}")
+
+    def predicate(name: str, module: nn.Module) -> bool:
+        return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+    return predicate
+
+
+def _summary(module: nn.Module) -> str:
+    n = sum(p.numel() for p in module.parameters())
+    return f"{type(module).__name__}({module.extra_repr()}) [{n:,} params]"
+
+
+def _twist_reason(conv: nn.Conv2d) -> str | None:
+    """Why the default rule leaves ``conv`` alone, or ``None`` if it converts it."""
+    k = conv.kernel_size
+    if k[0] != k[1] or k[0] % 2 == 0:
+        return f"kernel_size={k} is not odd and square"
+    if k[0] == 1:
+        return "1x1 kernel: the odd twist kernels would be identically zero"
+    if tuple(conv.dilation) != (1, 1):
+        return f"dilation={conv.dilation} (ConvTwist needs 1)"
+    if conv.padding != "same" and tuple(conv.padding) != (k[0] // 2,) * 2:
+        return f"padding={conv.padding} is not kernel_size // 2 = {k[0] // 2}"
+    return None
+
+
+def _check_args(
+    model: object,
+    to: object,
+    symmetry: object,
+    share_bias: object,
+    predicate: object,
+    copy_weights: object,
+    init_max: object,
+) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if to not in _TARGETS:
+        raise ValueError(f"to={to!r} is not allowed; use one of {_TARGETS}")
+    if to == "symmetric" and symmetry is None:
+        raise ValueError("to='symmetric' needs a symmetry spec, e.g. symmetry={'hv': '50%'}")
+    if to == "twist" and symmetry is not None:
+        raise ValueError(f"symmetry={symmetry!r} is only used with to='symmetric'")
+    if not isinstance(share_bias, bool):
+        raise TypeError(f"share_bias={share_bias!r} must be a bool")
+    if not isinstance(copy_weights, bool):
+        raise TypeError(f"copy_weights={copy_weights!r} must be a bool")
+    if predicate is not None and not callable(predicate):
+        raise TypeError(f"predicate={predicate!r} must be a callable (name, module) -> bool")
+    if to == "symmetric":
+        _check_spec(symmetry)
+    if (
+        isinstance(init_max, bool)
+        or not isinstance(init_max, numbers.Real)
+        or not init_max >= 0
+        or init_max == float("inf")
+    ):
+        raise ValueError(f"init_max={init_max!r} must be a finite number >= 0")
+
+
+def _check_spec(symmetry: object) -> None:
+    """Reject malformed specs up front; whether a spec fits a layer is decided per layer."""
+    from symconv.symmetry import _count_for, canonical_key, parse_symmetry_string
+
+    spec = parse_symmetry_string(symmetry) if isinstance(symmetry, str) else symmetry
+    if not isinstance(spec, Mapping):
+        raise TypeError(
+            f"symmetry={symmetry!r} must be a dict such as {{'hv': '50%', 'h': 2}} or a string "
+            f"such as 'hv:50%,h:2'; got {type(symmetry).__name__}"
+        )
+    if not spec:
+        raise ValueError(f"symmetry={symmetry!r} selects no channels; nothing to convert")
+    for key, value in spec.items():
+        canon = canonical_key(key, 3)  # every key some layer could take
+        _count_for(key, value, 2 ** len(canon), 1)
+
+
+def convert(
+    model: nn.Module,
+    to: str,
+    *,
+    symmetry: SymmetrySpec = None,
+    share_bias: bool = True,
+    predicate: Predicate | None = None,
+    copy_weights: bool = True,
+    init_max: float = 1.5,
+) -> ConversionReport:
+    """Replace convolutions of ``model`` in place; return a :class:`ConversionReport`.
+
+    Args:
+        model: any ``nn.Module``; its submodules are swapped, the object stays the same.
+        to: ``'twist'`` (``nn.Conv2d`` -> ``ConvTwist``) or ``'symmetric'``
+            (``nn.Conv1d/2d/3d`` -> ``SymmetricConv1d/2d/3d``).
+        symmetry: the spec for ``to='symmetric'`` (see :mod:`symconv.symmetry`), applied to
+            every layer separately.
+        share_bias: ``to='symmetric'``: one bias per orbit.
+        predicate: ``predicate(qualified_name, module) -> bool`` picks which convolutions
+            to convert, instead of the default rule; it is asked about every
+            non-transposed, not yet converted ``nn.ConvNd`` (subclasses included). Chosen
+            layers the target cannot represent are skipped with the reason.
+        copy_weights: start from the original weights (``True``) or from a fresh
+            initialisation.
+        init_max: ``to='twist'``: range of the initial centres.
+
+    A module shared under several names is converted once and replaced everywhere.
+    """
+    _check_args(model, to, symmetry, share_bias, predicate, copy_weights, init_max)
+    from symconv.nn.symmetric import (
+        SymmetricConv1d,
+        SymmetricConv2d,
+        SymmetricConv3d,
+        _SymmetricConvNd,
+    )
+    from symconv.nn.twist import ConvTwist
+
+    report = ConversionReport(to=to, params_before=sum(p.numel() for p in model.parameters()))
+    plain: tuple[type[nn.Module], ...] = (
+        (nn.Conv2d,) if to == "twist" else (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+    )
+    sym_cls = {nn.Conv1d: SymmetricConv1d, nn.Conv2d: SymmetricConv2d, nn.Conv3d: SymmetricConv3d}
+    replacements: dict[int, nn.Module] = {}
+
+    for name, module in model.named_modules():
+        if isinstance(module, ConvTwist | _SymmetricConvNd):
+            report.skipped.append((name, f"already a {type(module).__name__}"))
+            continue
+        if not isinstance(module, nn.modules.conv._ConvNd):
+            continue
+        if module.transposed:
+            report.skipped.append((name, f"transposed convolution ({type(module).__name__})"))
+            continue
+        base = next((c for c in plain if isinstance(module, c)), None)
+        if base is None:
+            report.skipped.append((name, f"{type(module).__name__}: ConvTwist is 2-D only"))
+            continue
+        if predicate is not None:
+            if not predicate(name, module):
+                report.skipped.append((name, "not selected by predicate"))
+                continue
+        elif type(module) is not base:
+            report.skipped.append(
+                (
+                    name,
+                    f"{type(module).__name__} subclasses nn.{base.__name__} (may override "
+                    "forward); select it with predicate to convert it",
+                )
+            )
+            continue
+        elif to == "twist" and (why := _twist_reason(module)) is not None:
+            report.skipped.append((name, why))
+            continue
+        if name == "":
+            report.skipped.append(
+                (
+                    name,
+                    "the model itself is a convolution and cannot be replaced in place; "
+                    "use ConvTwist.from_conv / SymmetricConvNd.from_conv",
+                )
+            )
+            continue
+        try:
+            if to == "twist":
+                new = _to_twist(module, ConvTwist, copy_weights, init_max)
+            else:
+                new = _to_symmetric(module, sym_cls[base], symmetry, share_bias, copy_weights)
+        except ValueError as exc:
+            report.skipped.append((name, str(exc)))
+            continue
+        new.train(module.training)
+        if not module.weight.requires_grad:
+            new.requires_grad_(False)
+        replacements[id(module)] = new
+        report.converted.append((name, _summary(module), _summary(new)))
+
+    # Swap every reference (a module registered under several names is replaced everywhere).
+    for parent in model.modules():
+        for child_name, child in parent._modules.items():
+            if child is not None and id(child) in replacements:
+                parent._modules[child_name] = replacements[id(child)]
+    report.params_after = sum(p.numel() for p in model.parameters())
+    return report
+
+
+def _to_twist(conv: nn.Conv2d, twist_cls: type, copy_weights: bool, init_max: float) -> nn.Module:
+    if copy_weights:
+        return twist_cls.from_conv(conv, init_max=init_max)
+    reason = _twist_reason(conv)
+    if reason is not None and not reason.startswith("1x1"):
+        raise ValueError(reason)
+    return twist_cls(
+        conv.in_channels,
+        conv.out_channels,
+        kernel_size=conv.kernel_size[0],
+        stride=conv.stride,
+        groups=conv.groups,
+        bias=conv.bias is not None,
+        init_max=init_max,
+        padding_mode=conv.padding_mode,
+        device=conv.weight.device,
+        dtype=conv.weight.dtype,
+    )
+
+
+def _to_symmetric(
+    conv: nn.Module, cls: type, symmetry: SymmetrySpec, share_bias: bool, copy_weights: bool
+) -> nn.Module:
+    plan = make_plan(symmetry, conv.out_channels, cls._ndim, conv.groups, share_bias)
+    if plan.n_symmetric == 0:
+        # e.g. '50%' of 6 channels with 'hv' rounds down to no quadruple: nothing would change
+        raise ValueError(
+            f"symmetry={plan.spec_dict()!r} gives no symmetric channels for "
+            f"out_channels={conv.out_channels} (percentages round down to whole orbits)"
+        )
+    if copy_weights:
+        return cls.from_conv(conv, symmetry, share_bias=share_bias)
+    return cls(
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        stride=conv.stride,
+        padding=conv.padding,
+        dilation=conv.dilation,
+        groups=conv.groups,
+        bias=conv.bias is not None,
+        padding_mode=conv.padding_mode,
+        device=conv.weight.device,
+        dtype=conv.weight.dtype,
+        symmetry=symmetry,
+        share_bias=share_bias,
+    )

@@ -1,0 +1,83 @@
+"""Argument checks and shape arithmetic shared by the Keras layers (no keras.src imports)."""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+from typing import Any
+
+_DATA_FORMATS = ("channels_last", "channels_first")
+_PADDINGS = ("valid", "same")
+
+
+def positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name}={value!r} must be a positive integer")
+    return int(value)
+
+
+def int_tuple(name: str, value: object, rank: int) -> tuple[int, ...]:
+    """An int or a sequence of ``rank`` positive ints -> a tuple of ``rank`` ints."""
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        if len(value) != rank:
+            raise ValueError(f"{name}={value!r} must be an int or a sequence of {rank} ints")
+        return tuple(positive_int(name, v) for v in value)
+    return (positive_int(name, value),) * rank
+
+
+def padding_arg(padding: object) -> str:
+    text = padding.lower() if isinstance(padding, str) else padding
+    if text not in _PADDINGS:
+        raise ValueError(f"padding={padding!r} is not allowed; use one of {_PADDINGS}")
+    return str(text)
+
+
+def data_format_arg(data_format: object) -> str:
+    if data_format is None:
+        import keras
+
+        return keras.config.image_data_format()
+    text = data_format.lower() if isinstance(data_format, str) else data_format
+    if text not in _DATA_FORMATS:
+        raise ValueError(f"data_format={data_format!r} is not allowed; use one of {_DATA_FORMATS}")
+    return str(text)
+
+
+def bool_arg(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}={value!r} must be a bool")
+    return value
+
+
+def conv_output_length(
+    length: int | None, kernel: int, stride: int, dilation: int, padding: str
+) -> int | None:
+    """Output length of a convolution along one axis (``None`` stays ``None``)."""
+    if length is None:
+        return None
+    if padding == "same":
+        return (length + stride - 1) // stride
+    return (length - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def independent_initializer(initializer: Any, offset: int) -> Any:
+    """A copy of a Keras initializer whose draws are independent of the original's.
+
+    Keras 3 random initializers seeded with an int *or unseeded* return the same values on
+    every call, so one initializer object must not fill two weights: the copy gets
+    ``seed + offset`` (an int seed, still deterministic) or a fresh default seed
+    (unseeded). Initializers seeded with a ``SeedGenerator`` already differ per call, and
+    non-random ones need no copy: they are returned as they are.
+    """
+    get_config = getattr(initializer, "get_config", None)
+    if get_config is None:
+        return initializer
+    config = dict(get_config())
+    if "seed" not in config:
+        return initializer
+    seed = config["seed"]
+    if isinstance(seed, int) and not isinstance(seed, bool):
+        config["seed"] = seed + offset
+    elif seed is not None:
+        return initializer
+    return type(initializer).from_config(config)

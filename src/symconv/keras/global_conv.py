@@ -1,0 +1,169 @@
+"""Keras 3 ``GlobalConv1D``: the permutation-equivariant set layer, twin of
+:class:`symconv.GlobalConv1d`.
+
+``y_i = act(x_i C + (sum_{j != i} x_j) S / d + b)`` over the positions ``i`` of a set,
+``d = 1`` (``reduction='sum'``) or the number of other positions (``'mean'``), computed
+in ``O(n)``. It is permutation-*equivariant* over ``n`` (the seed's docstring called it
+invariant, which it is not); pool over ``n`` for invariance.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+from keras import ops
+
+from symconv.keras._common import bool_arg, independent_initializer, positive_int
+from symconv.nn.global_conv import check_reduction
+
+__all__ = ["GlobalConv1D"]
+
+
+@keras.saving.register_keras_serializable(package="symconv")
+class GlobalConv1D(keras.layers.Layer):
+    r"""Permutation-equivariant set layer: each position against the sum of all others.
+
+    .. math::
+        y_i = \mathrm{act}\Big(x_i C + \frac{1}{d}\sum_{j \ne i} x_j S + b\Big)
+
+    Args:
+        filters: output features per position.
+        reduction: ``'sum'`` (``d = 1``) or ``'mean'`` (``d = n - 1``, the number of
+            other positions; with a mask, the number of other *valid* positions).
+        activation: a Keras activation (name or callable) applied to the output.
+        use_bias: add a learnable bias ``b``.
+        kernel_initializer, bias_initializer, kernel_regularizer, bias_regularizer,
+        activity_regularizer, kernel_constraint, bias_constraint: as in
+            ``keras.layers.Dense``; the kernel ones apply to both ``C`` and ``S``.
+
+    Weights: ``center`` ``C`` and ``surround`` ``S`` of shape ``(channels, filters)``,
+    ``bias`` ``(filters,)`` (the layout of the torch layer, so interop is a copy).
+
+    Shapes: input ``(batch, n, channels)``, or ``(batch, n)`` read as one channel;
+    output ``(batch, n, filters)``.
+
+    Masking: the layer consumes and propagates a Keras mask ``(batch, n)`` (``True`` at
+    valid positions, e.g. from ``keras.layers.Masking``), or takes ``mask=`` in the call.
+    Masked positions neither enter the sums nor receive output: their output is exactly
+    0 (after the activation). A position without other valid positions has an empty
+    surround, which contributes 0 (for ``n = 1``, ``y_0 = act(x_0 C + b)``).
+    """
+
+    def __init__(
+        self,
+        filters: int,
+        reduction: str = "sum",
+        activation: Any = None,
+        use_bias: bool = True,
+        kernel_initializer: Any = "glorot_uniform",
+        bias_initializer: Any = "zeros",
+        kernel_regularizer: Any = None,
+        bias_regularizer: Any = None,
+        activity_regularizer: Any = None,
+        kernel_constraint: Any = None,
+        bias_constraint: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(activity_regularizer=activity_regularizer, **kwargs)
+        self.filters = positive_int("filters", filters)
+        self.reduction = check_reduction(reduction)
+        self.use_bias = bool_arg("use_bias", use_bias)
+        self.activation = keras.activations.get(activation)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
+        self.kernel_constraint = keras.constraints.get(kernel_constraint)
+        self.bias_constraint = keras.constraints.get(bias_constraint)
+        self.supports_masking = True
+        self.input_spec = keras.layers.InputSpec(min_ndim=2, max_ndim=3)
+
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
+        channels = 1 if len(input_shape) == 2 else input_shape[-1]
+        if channels is None:
+            raise ValueError(
+                f"GlobalConv1D needs a known channel dimension; got input shape "
+                f"{tuple(input_shape)}"
+            )
+        self.input_spec = keras.layers.InputSpec(
+            ndim=len(input_shape), axes={-1: input_shape[-1]} if len(input_shape) == 3 else None
+        )
+        # Two independent draws: one Keras initializer object repeats its values.
+        initializers = (
+            self.kernel_initializer,
+            independent_initializer(self.kernel_initializer, 1),
+        )
+        for name, initializer in zip(("center", "surround"), initializers, strict=True):
+            weight = self.add_weight(
+                name=name,
+                shape=(channels, self.filters),
+                initializer=initializer,
+                regularizer=self.kernel_regularizer,
+                constraint=self.kernel_constraint,
+                trainable=True,
+            )
+            setattr(self, name, weight)
+        if self.use_bias:
+            self.bias = self.add_weight(
+                name="bias",
+                shape=(self.filters,),
+                initializer=self.bias_initializer,
+                regularizer=self.bias_regularizer,
+                constraint=self.bias_constraint,
+                trainable=True,
+            )
+        else:
+            self.bias = None
+
+    def call(self, inputs: Any, mask: Any = None) -> Any:
+        x = inputs
+        if len(x.shape) == 2:
+            x = ops.expand_dims(x, -1)
+        keep = None
+        if mask is not None:
+            keep = ops.expand_dims(ops.cast(mask, "bool"), -1)  # (batch, n, 1)
+            # `where`, not a product: padding may hold inf/NaN, which must not leak.
+            x = ops.where(keep, x, ops.zeros_like(x))
+        # Surround of every position: the total minus the position itself, O(n).
+        surround = ops.sum(x, axis=1, keepdims=True) - x
+        if self.reduction == "mean":
+            if keep is None:
+                others = ops.maximum(ops.cast(ops.shape(x)[1], x.dtype) - 1.0, 1.0)
+            else:
+                count = ops.sum(ops.cast(keep, x.dtype), axis=1, keepdims=True)
+                others = ops.maximum(count - 1.0, 1.0)
+            surround = surround / others
+        outputs = ops.matmul(x, self.center) + ops.matmul(surround, self.surround)
+        if self.use_bias:
+            outputs = outputs + self.bias
+        if self.activation is not None:
+            outputs = self.activation(outputs)
+        if keep is not None:
+            outputs = ops.where(keep, outputs, ops.zeros_like(outputs))
+        return outputs
+
+    def compute_mask(self, inputs: Any, mask: Any = None) -> Any:
+        return mask
+
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
+        return (input_shape[0], input_shape[1], self.filters)
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(
+            {
+                "filters": self.filters,
+                "reduction": self.reduction,
+                "activation": keras.activations.serialize(self.activation),
+                "use_bias": self.use_bias,
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+                "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+                "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
+                "bias_regularizer": keras.regularizers.serialize(self.bias_regularizer),
+                "activity_regularizer": keras.regularizers.serialize(self.activity_regularizer),
+                "kernel_constraint": keras.constraints.serialize(self.kernel_constraint),
+                "bias_constraint": keras.constraints.serialize(self.bias_constraint),
+            }
+        )
+        return config

@@ -1,0 +1,193 @@
+"""GlobalConv1d: a permutation-equivariant layer over sets (the seed's ``GlobalConv1D``).
+
+Every position ``i`` of a length-``n`` sequence is mixed with the *sum* of all the other
+positions through two matrices, a centre ``C`` and a surround ``S``::
+
+    y_i = x_i C + (sum_{j != i} x_j) S + b
+
+The result does not depend on the order of the other positions, so permuting the input
+positions permutes the outputs the same way: the layer is permutation-*equivariant*
+(the seed's docstring called it "invariant", which it is not; follow it with a pooling
+over ``n`` (sum, mean, max, :class:`~symconv.nn.pooling.TopKPool`) for an invariant
+model). It is the "Deep Sets" equivariant layer with a separate centre weight.
+
+The seed computed it as a convolution with a ``2n + 1`` kernel, ``O(n^2)``; here the
+total is computed once and ``x_i`` subtracted from it, ``O(n)``.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn import init
+
+__all__ = ["GlobalConv1d"]
+
+REDUCTIONS = ("sum", "mean")
+
+
+def check_reduction(reduction: object) -> str:
+    """Validate ``reduction`` (shared with the Keras twin, so the message is the same)."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction={reduction!r} is not allowed; use one of {REDUCTIONS}")
+    return str(reduction)
+
+
+def _positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name}={value!r} must be a positive integer")
+    return int(value)
+
+
+class GlobalConv1d(nn.Module):
+    r"""Permutation-equivariant set layer: each position against the sum of all others.
+
+    .. math::
+        y_i = \mathrm{act}\Big(x_i C + \frac{1}{d}\sum_{j \ne i} x_j S + b\Big)
+
+    with ``d = 1`` for ``reduction='sum'`` and ``d = n - 1`` (the number of *other*
+    positions) for ``reduction='mean'``.
+
+    Args:
+        in_channels: features per position.
+        out_channels: output features per position.
+        bias: add a learnable bias ``b``.
+        reduction: ``'sum'`` or ``'mean'`` over the surround.
+        activation: ``None`` or a callable (a function or an ``nn.Module``, which is
+            registered as a sub-module) applied to the output.
+        device, dtype: factory arguments for the parameters.
+
+    Parameters:
+        center: ``C``, ``(in_channels, out_channels)``.
+        surround: ``S``, ``(in_channels, out_channels)``.
+        bias: ``b``, ``(out_channels,)`` or ``None``.
+
+    The ``(in, out)`` layout is the Keras one, so moving weights between this layer and
+    :class:`symconv.keras.GlobalConv1D` is a copy (:mod:`symconv.keras.interop`).
+
+    Shapes: input ``(N, in_channels, n)``, or ``(N, n)`` when ``in_channels == 1``;
+    output ``(N, out_channels, n)``. ``mask`` (optional) is a bool tensor ``(N, n)``,
+    ``True`` at *valid* positions (the Keras convention; the opposite of
+    ``nn.MultiheadAttention``'s ``key_padding_mask``): invalid positions neither enter
+    the sums nor receive output (their output is exactly 0, after the activation), and
+    ``n`` in the mean becomes the number of valid positions.
+
+    A position with no other (valid) position has an empty surround, which contributes
+    0 under both reductions (for ``n = 1``, ``y_0 = act(x_0 C + b)``).
+
+    Example::
+
+        >>> layer = GlobalConv1d(3, 8, reduction="mean")
+        >>> x = torch.randn(4, 3, 10)
+        >>> perm = torch.randperm(10)
+        >>> torch.allclose(layer(x[..., perm]), layer(x)[..., perm], atol=1e-6)
+        True
+    """
+
+    __constants__ = ["in_channels", "out_channels", "reduction"]
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        bias: bool = True,
+        reduction: str = "sum",
+        activation: Callable[[Tensor], Tensor] | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.in_channels = _positive_int("in_channels", in_channels)
+        self.out_channels = _positive_int("out_channels", out_channels)
+        if not isinstance(bias, bool):
+            raise TypeError(f"bias={bias!r} must be a bool")
+        self.reduction = check_reduction(reduction)
+        if activation is not None and not callable(activation):
+            raise TypeError(
+                f"activation={activation!r} must be None or a callable (e.g. nn.ReLU() or "
+                f"torch.tanh), got {type(activation).__name__}"
+            )
+        self.activation = activation
+        factory = {"device": device, "dtype": dtype}
+        self.center = nn.Parameter(torch.empty(in_channels, out_channels, **factory))
+        self.surround = nn.Parameter(torch.empty(in_channels, out_channels, **factory))
+        if bias:
+            self.bias = nn.Parameter(torch.empty(out_channels, **factory))
+        else:
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Uniform in ``+-1/sqrt(2 * in_channels)``: ``nn.Linear``'s init for the layer seen
+        as a linear map of the concatenated features ``[x_i, surround_i]``."""
+        bound = 1 / math.sqrt(2 * self.in_channels)
+        init.uniform_(self.center, -bound, bound)
+        init.uniform_(self.surround, -bound, bound)
+        if self.bias is not None:
+            init.uniform_(self.bias, -bound, bound)
+
+    def _check_input(self, input: Tensor, mask: Tensor | None) -> Tensor:
+        if input.dim() == 2:
+            if self.in_channels != 1:
+                raise ValueError(
+                    f"a 2-D input (N, n) is read as one channel, but in_channels="
+                    f"{self.in_channels}; pass (N, {self.in_channels}, n)"
+                )
+            input = input.unsqueeze(1)
+        if input.dim() != 3 or input.shape[1] != self.in_channels:
+            raise ValueError(
+                f"GlobalConv1d expects input of shape (N, {self.in_channels}, n), got "
+                f"{tuple(input.shape)}"
+            )
+        if mask is not None:
+            if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+                got = f"a {mask.dtype} tensor" if isinstance(mask, Tensor) else type(mask).__name__
+                raise TypeError(f"mask must be a bool tensor of shape (N, n), got {got}")
+            expected = (input.shape[0], input.shape[2])
+            if tuple(mask.shape) != expected:
+                raise ValueError(
+                    f"mask has shape {tuple(mask.shape)}, expected (N, n) = {expected} for "
+                    f"input of shape {tuple(input.shape)}"
+                )
+        return input
+
+    def forward(self, input: Tensor, mask: Tensor | None = None) -> Tensor:
+        """``(N, in_channels, n)`` (or ``(N, n)``) and optional bool ``mask`` ``(N, n)`` ->
+        ``(N, out_channels, n)``."""
+        x = self._check_input(input, mask)
+        keep = None if mask is None else mask.unsqueeze(1)  # (N, 1, n)
+        if keep is not None:
+            # `where`, not a product: padding may hold inf/NaN, which must not leak.
+            x = torch.where(keep, x, x.new_zeros(()))
+        # Surround of every position: the total minus the position itself, O(n).
+        surround = x.sum(dim=2, keepdim=True) - x
+        if self.reduction == "mean":
+            if keep is None:
+                others = max(x.shape[2] - 1, 1)
+            else:
+                others = (keep.sum(dim=2, keepdim=True) - 1).clamp(min=1).to(x.dtype)  # (N, 1, 1)
+            surround = surround / others
+        # (N, n, in) @ (in, out) per term, positions as the batch; F.linear so that autocast
+        # treats the bias like the matrices.
+        out = F.linear(x.transpose(1, 2), self.center.t()) + F.linear(
+            surround.transpose(1, 2), self.surround.t(), self.bias
+        )
+        out = out.transpose(1, 2)
+        if self.activation is not None:
+            out = self.activation(out)
+        if keep is not None:
+            out = torch.where(keep, out, out.new_zeros(()))
+        return out
+
+    def extra_repr(self) -> str:
+        s = f"{self.in_channels}, {self.out_channels}, reduction={self.reduction!r}"
+        if self.bias is None:
+            s += ", bias=False"
+        if self.activation is not None and not isinstance(self.activation, nn.Module):
+            s += f", activation={getattr(self.activation, '__name__', self.activation)!r}"
+        return s

@@ -1,0 +1,554 @@
+"""ConvTwist: a convolution that can learn to rotate and dilate, not only translate and blur.
+
+A small convolution applied many times generates translations (Sobel-like kernels) and
+blurring; it cannot generate rotations or scalings, whose generators depend on position.
+``ConvTwist`` adds the two position-dependent terms (after Liu Yao's "Convolutional Layer
+with a Twist")::
+
+    out = conv(x, W) + (X - cx) * conv(x, Wx) + (Y - cy) * conv(x, Wy)  (+ bias)
+
+* ``W`` is an ordinary kernel, ``Wx`` and ``Wy`` are *odd* kernels (``K(-d) = -K(d)``,
+  centre 0): discrete first-order derivative operators. With ``Wx ~ d/dx`` and
+  ``Wy ~ d/dy`` the sum ``(X - cx) d/dx + (Y - cy) d/dy`` generates a scaling about
+  ``(cx, cy)``; with ``Wx ~ -d/dy`` and ``Wy ~ d/dx`` it generates a rotation.
+* ``X[j] = 2 j / W_out`` and ``Y[i] = 2 i / H_out`` are the column and row of the
+  *output* pixel scaled to ``[0, 2)``; ``cx``, ``cy`` are learnable per output channel.
+  The image centre is at ``X = (W_out - 1) / W_out``, ``Y = (H_out - 1) / H_out``.
+* Padding is ``kernel_size // 2`` on every side, so a stride-1 layer keeps the size.
+
+Implementation: the centres are folded into the plain kernel,
+``conv(x, W) - cx conv(x, Wx) - cy conv(x, Wy) = conv(x, W - cx Wx - cy Wy)``, leaving
+``a + X * b + Y * c`` with fixed grids as the tail; multiplying by constants saves nothing
+of output size for backward. Two paths compute ``a``, ``b``, ``c`` (``impl``):
+
+* ``'stacked'``: *one* convolution with the three kernels stacked along the output axis.
+  A step stores what a plain convolution stores (its input); it does 3x the multiply-adds.
+* ``'split'``: the same three kernels as three convolution calls (same work and memory;
+  faster than one stacked call with oneDNN on CPU at large feature maps).
+* ``'taps'``: ``b`` and ``c`` from the odd kernels' free taps, as a fixed depthwise
+  convolution of differences ``x(p + d) - x(p - d)`` and a 1x1 convolution: 17/9 of the
+  multiply-adds for 3x3, at the price of saving the differences (``(k*k-1)/2`` times the
+  input) for backward.
+
+``'auto'`` takes ``'stacked'`` on CUDA (and other accelerators); on CPU ``'taps'`` for
+outputs of at most 256 pixels and ``'split'`` above (as measured fastest there); see
+``benchmarks/bench_twist.py``.
+
+The odd kernels are parametrised by their free taps only: ``twist_x`` and ``twist_y``
+hold, for every ``(out, in / groups)`` pair, the ``(k * k - 1) / 2`` taps that precede
+the centre in row-major order; the taps after the centre are their negatives in reverse
+order and the centre is zero. Optimisers, weight decay and DDP therefore act on the free
+taps and the kernels stay exactly odd.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import numbers
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn import init
+
+__all__ = ["ConvTwist"]
+
+_PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+_IMPLS = ("auto", "stacked", "split", "taps")
+_GRID_CACHE_SIZE = 16
+# impl='auto' on CPU takes the tap path up to this many output pixels, 'split' above (measured
+# with benchmarks/bench_twist.py: taps wins at 14x14 and 7x7, loses at 28x28 and 56x56).
+_TAPS_MAX_PIXELS_CPU = 256
+
+
+def _positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name}={value!r} must be a positive integer")
+    return int(value)
+
+
+def _pair(name: str, value: object) -> tuple[int, int]:
+    if isinstance(value, tuple | list):
+        if len(value) != 2:
+            raise ValueError(f"{name}={value!r} must be an int or a pair of ints")
+        return (_positive_int(name, value[0]), _positive_int(name, value[1]))
+    v = _positive_int(name, value)
+    return (v, v)
+
+
+def _odd_kernel(free: Tensor, kernel_size: int) -> Tensor:
+    """Free taps ``(..., (k*k-1)/2)`` -> odd kernels ``(..., k, k)`` (e.g. ``(out, in/g, k, k)``).
+
+    Row-major index ``i`` and ``k*k - 1 - i`` are the taps at ``d`` and ``-d``.
+    """
+    centre = free.new_zeros(*free.shape[:-1], 1)
+    flat = torch.cat([free, centre, -free.flip(-1)], dim=-1)
+    return flat.unflatten(-1, (kernel_size, kernel_size))
+
+
+class ConvTwist(nn.Module):
+    r"""A 2-D convolution plus position-weighted odd convolutions that generate rotations and
+    dilations about learnable centres.
+
+    .. math::
+        \text{out} = x \star W + (X - c_x)\,(x \star W_x) + (Y - c_y)\,(x \star W_y) + b
+
+    Usable wherever ``nn.Conv2d(in_channels, out_channels, k, stride, padding=k // 2,
+    groups=groups, bias=bias)`` is.
+
+    Args:
+        in_channels: channels of the input.
+        out_channels: channels of the output.
+        kernel_size: odd size ``k`` of the square kernels (an int or a pair ``(k, k)``).
+        stride: stride (an int or a pair); the grids follow the *output* pixels.
+        groups: blocked connections as in ``nn.Conv2d`` (``groups == in_channels`` for a
+            depthwise layer).
+        bias: add a learnable bias per output channel.
+        init_max: the centres start uniform in ``[-init_max, init_max]``.
+        padding_mode: ``'zeros'``, ``'reflect'``, ``'replicate'`` or ``'circular'``.
+        device, dtype: factory arguments for the parameters.
+        impl: ``'stacked'`` (one convolution of the three stacked kernels), ``'split'``
+            (three convolutions), ``'taps'`` (the odd kernels through their free taps) or
+            ``'auto'``; all compute the same function (see the module docstring).
+
+    Parameters:
+        weight: ``W``, ``(out_channels, in_channels / groups, k, k)``.
+        twist_x, twist_y: the free taps of ``Wx`` and ``Wy``,
+            ``(out_channels, in_channels / groups, (k * k - 1) / 2)``.
+        center_x, center_y: ``cx`` and ``cy``, ``(out_channels,)``, in grid units.
+        bias: ``(out_channels,)`` or ``None``.
+
+    The odd kernels as the forward uses them are the read-only (differentiable) properties
+    :attr:`weight_x` and :attr:`weight_y`; set them with :meth:`set_twist_kernels`.
+
+    Shapes: input ``(N, C_in, H, W)`` or ``(C_in, H, W)``; output ``(N, C_out, H_out, W_out)``
+    with ``H_out = (H - 1) // stride + 1`` (and likewise ``W_out``).
+
+    Example::
+
+        >>> layer = ConvTwist(16, 32, stride=2)
+        >>> layer(torch.randn(4, 16, 28, 40)).shape
+        torch.Size([4, 32, 14, 20])
+    """
+
+    __constants__ = [
+        "in_channels",
+        "out_channels",
+        "kernel_size",
+        "stride",
+        "padding",
+        "groups",
+        "padding_mode",
+        "init_max",
+        "impl",
+    ]
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int] = 3,
+        stride: int | tuple[int, int] = 1,
+        groups: int = 1,
+        bias: bool = False,
+        init_max: float = 1.5,
+        padding_mode: str = "zeros",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        impl: str = "auto",
+    ) -> None:
+        super().__init__()
+        in_channels = _positive_int("in_channels", in_channels)
+        out_channels = _positive_int("out_channels", out_channels)
+        groups = _positive_int("groups", groups)
+        kh, kw = _pair("kernel_size", kernel_size)
+        if kh != kw or kh % 2 == 0:
+            raise ValueError(
+                f"kernel_size={kernel_size!r} must be odd and square (1, 3, 5, ...): the odd "
+                "kernels need a centre tap"
+            )
+        stride = _pair("stride", stride)
+        if in_channels % groups:
+            raise ValueError(f"in_channels={in_channels} is not divisible by groups={groups}")
+        if out_channels % groups:
+            raise ValueError(f"out_channels={out_channels} is not divisible by groups={groups}")
+        if not isinstance(bias, bool):
+            raise TypeError(f"bias={bias!r} must be a bool")
+        if (
+            isinstance(init_max, bool)
+            or not isinstance(init_max, numbers.Real)
+            or not math.isfinite(init_max)
+            or init_max < 0
+        ):
+            raise ValueError(f"init_max={init_max!r} must be a finite number >= 0")
+        if impl not in _IMPLS:
+            raise ValueError(f"impl={impl!r} is not allowed; use one of {_IMPLS}")
+        if padding_mode not in _PADDING_MODES:
+            raise ValueError(
+                f"padding_mode={padding_mode!r} is not allowed; use one of {_PADDING_MODES}"
+            )
+        factory = {"device": device, "dtype": dtype}
+
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = (kh, kh)
+        self.stride = stride
+        self.padding = (kh // 2, kh // 2)
+        self.groups = groups
+        self.padding_mode = padding_mode
+        self.init_max = float(init_max)
+        self.impl = impl
+
+        n_free = (kh * kh - 1) // 2
+        shape = (out_channels, in_channels // groups)
+        self.weight = nn.Parameter(torch.empty(*shape, kh, kh, **factory))
+        self.twist_x = nn.Parameter(torch.empty(*shape, n_free, **factory))
+        self.twist_y = nn.Parameter(torch.empty(*shape, n_free, **factory))
+        self.center_x = nn.Parameter(torch.empty(out_channels, **factory))
+        self.center_y = nn.Parameter(torch.empty(out_channels, **factory))
+        if bias:
+            self.bias = nn.Parameter(torch.empty(out_channels, **factory))
+        else:
+            self.register_parameter("bias", None)
+        # (H_out, W_out, device, dtype) -> (X (W_out,), Y (H_out, 1)); plain tensors, not
+        # buffers: derived data that must stay out of state_dict and DDP broadcasts.
+        self._grids: OrderedDict[tuple[object, ...], tuple[Tensor, Tensor]] = OrderedDict()
+        # (device, dtype) -> the fixed difference kernel of the 'taps' path.
+        self._taps: dict[tuple[object, ...], Tensor] = {}
+        # path -> (parameter versions, kernels), filled only when no gradient is needed.
+        self._kernel_cache: dict[str, tuple[tuple[object, ...], tuple[Tensor | None, ...]]] = {}
+        self.reset_parameters()
+
+    # -- parameters ----------------------------------------------------------------------
+    def reset_parameters(self) -> None:
+        """Initialise as the post does: ``W`` and a kernel ``V`` like ``nn.Conv2d``'s,
+        ``Wx = (V - V.flip(2, 3)) / 2``, ``Wy = Wx`` rotated by 90 degrees
+        (``Wx.transpose(2, 3).flip(3)``, again odd), centres uniform in ``[-init_max,
+        init_max]`` and the bias as ``nn.Conv2d``'s."""
+        n_free = self.twist_x.shape[-1]
+        with torch.no_grad():
+            init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+            full = torch.empty_like(self.weight)
+            init.kaiming_uniform_(full, a=math.sqrt(5))
+            wx = (full - full.flip(2, 3)) / 2
+            wy = wx.transpose(2, 3).flip(3)
+            self.twist_x.copy_(wx.flatten(2)[..., :n_free])
+            self.twist_y.copy_(wy.flatten(2)[..., :n_free])
+            init.uniform_(self.center_x, -self.init_max, self.init_max)
+            init.uniform_(self.center_y, -self.init_max, self.init_max)
+            if self.bias is not None:
+                fan_in, _ = init._calculate_fan_in_and_fan_out(self.weight)
+                bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
+                init.uniform_(self.bias, -bound, bound)
+
+    @property
+    def weight_x(self) -> Tensor:
+        """The odd kernel ``Wx`` ``(out_channels, in_channels / groups, k, k)`` (differentiable)."""
+        return _odd_kernel(self.twist_x, self.kernel_size[0])
+
+    @property
+    def weight_y(self) -> Tensor:
+        """The odd kernel ``Wy`` ``(out_channels, in_channels / groups, k, k)`` (differentiable)."""
+        return _odd_kernel(self.twist_y, self.kernel_size[0])
+
+    def set_twist_kernels(self, weight_x: Tensor, weight_y: Tensor) -> None:
+        """Set the odd kernels ``Wx`` and ``Wy`` (under ``no_grad``).
+
+        Each argument is a tensor broadcastable to ``(out_channels, in_channels / groups,
+        k, k)`` (a single ``(k, k)`` kernel sets every filter) and must be odd: centre 0 and
+        ``K[..., k-1-i, k-1-j] == -K[..., i, j]`` up to rounding (``1e-6`` of the largest
+        entry). Raises ``ValueError`` otherwise.
+        """
+        shape = self.weight.shape
+        n_free = self.twist_x.shape[-1]
+        free = []
+        for name, kernel in (("weight_x", weight_x), ("weight_y", weight_y)):
+            if not isinstance(kernel, Tensor):
+                raise TypeError(f"{name} must be a torch.Tensor, got {type(kernel).__name__}")
+            try:
+                kernel = torch.broadcast_to(kernel.detach(), shape)
+            except RuntimeError:
+                raise ValueError(
+                    f"{name} of shape {tuple(kernel.shape)} does not broadcast to the kernel "
+                    f"shape {tuple(shape)}"
+                ) from None
+            kernel = kernel.to(device=self.twist_x.device, dtype=self.twist_x.dtype)
+            scale = float(kernel.abs().max()) if kernel.numel() else 0.0
+            defect = (kernel + kernel.flip(2, 3)).abs().amax() if kernel.numel() else 0.0
+            if float(defect) > 1e-6 * scale:
+                raise ValueError(
+                    f"{name} is not odd: K(-d) must equal -K(d) and the centre tap must be 0 "
+                    f"(largest violation {float(defect):.3g})"
+                )
+            free.append(((kernel - kernel.flip(2, 3)) / 2).flatten(2)[..., :n_free])
+        with torch.no_grad():
+            self.twist_x.copy_(free[0])
+            self.twist_y.copy_(free[1])
+
+    # -- forward -------------------------------------------------------------------------
+    def _grid(
+        self, h: int, w: int, device: torch.device, dtype: torch.dtype
+    ) -> tuple[Tensor, Tensor]:
+        """``X`` of shape ``(w,)`` and ``Y`` of shape ``(h, 1)``: ``2 j / w`` and ``2 i / h``."""
+        if (
+            torch.compiler.is_compiling()
+            or torch.jit.is_tracing()
+            or torch.onnx.is_in_onnx_export()
+        ):
+            # Traced graphs must compute the grids themselves (and may fold them).
+            return self._make_grid(h, w, device, dtype)
+        key = (h, w, device, dtype)
+        grids = self._grids.get(key)
+        if grids is None:
+            grids = self._make_grid(h, w, device, dtype)
+            self._grids[key] = grids
+            if len(self._grids) > _GRID_CACHE_SIZE:
+                self._grids.popitem(last=False)
+        return grids
+
+    @staticmethod
+    def _make_grid(
+        h: int, w: int, device: torch.device, dtype: torch.dtype
+    ) -> tuple[Tensor, Tensor]:
+        # Computed in at least float32 and rounded once to ``dtype``.
+        exact = torch.promote_types(dtype, torch.float32)
+        gx = (torch.arange(w, device=device, dtype=exact) * 2 / w).to(dtype)
+        gy = (torch.arange(h, device=device, dtype=exact) * 2 / h).to(dtype)
+        return gx, gy.unsqueeze(1)
+
+    def _kernels(self) -> tuple[Tensor, Tensor]:
+        """``W - cx Wx - cy Wy`` as ``(g, out / g, in / g, k, k)`` and the free taps of ``Wx``,
+        ``Wy`` as ``(g, 2, out / g, in / g, (k*k-1)/2)``."""
+        k = self.kernel_size[0]
+        g, out = self.groups, self.out_channels
+        tx = self.twist_x.unflatten(0, (g, out // g))
+        ty = self.twist_y.unflatten(0, (g, out // g))
+        cx = self.center_x.view(g, out // g, 1, 1)
+        cy = self.center_y.view(g, out // g, 1, 1)
+        # The odd kernel is linear in its taps, so the fold W - cx Wx - cy Wy runs on the
+        # (k*k-1)/2 free taps: less work, and autograd keeps taps, not full kernels.
+        w0 = self.weight.view(g, out // g, *self.weight.shape[1:]) + _odd_kernel(
+            torch.addcmul(tx * -cx, ty, -cy), k
+        )
+        return w0, torch.stack([tx, ty], dim=1)
+
+    def fused_weight(self) -> tuple[Tensor, Tensor | None]:
+        """The single convolution's kernel ``(3 * out_channels, in_channels / groups, k, k)``
+        and bias ``(3 * out_channels,)`` (or ``None``) of the ``'stacked'`` path.
+
+        Per group, the rows are that group's ``W - cx Wx - cy Wy``, ``Wx``, ``Wy``, so a
+        grouped convolution keeps every group's three outputs inside its own slice.
+        """
+        w0, free = self._kernels()
+        odd = _odd_kernel(free, self.kernel_size[0])  # (g, 2, out / g, in / g, k, k)
+        # (g, 3, out / g, ...) built contiguous: a strided kernel sends oneDNN down slow paths.
+        weight = torch.cat([w0.unsqueeze(1), odd], dim=1).flatten(0, 2)
+        bias = None
+        if self.bias is not None:
+            g, out = self.groups, self.out_channels
+            b = self.bias.view(g, 1, out // g)
+            bias = torch.cat([b, b.new_zeros(g, 2, out // g)], dim=1).flatten()
+        return weight, bias
+
+    def _path_kernels(self, path: str) -> tuple[Tensor | None, ...]:
+        """The kernels ``path`` convolves with, built from the parameters (differentiably).
+
+        When no gradient can reach the parameters (``no_grad``, ``inference_mode``, frozen
+        parameters) they are cached, so inference does not rebuild them per call; the key
+        holds the parameters' identity, storage and version counter, so optimiser steps,
+        ``load_state_dict``, ``set_twist_kernels`` and ``.to()`` invalidate it (writes
+        through ``.data`` do not: call :meth:`clear_cache` after those).
+        """
+        cacheable = self._can_cache()
+        if cacheable:
+            key = self._cache_key()
+            hit = self._kernel_cache.get(path)
+            if hit is not None and hit[0] == key:
+                return hit[1]
+        with torch.no_grad() if cacheable else contextlib.nullcontext():
+            if path == "stacked":
+                kernels: tuple[Tensor | None, ...] = self.fused_weight()
+            else:
+                w0, free = self._kernels()
+                if path == "split":
+                    odd = _odd_kernel(free.transpose(0, 1), self.kernel_size[0])
+                    kernels = (w0.flatten(0, 1), *odd.flatten(1, 2).unbind(0))
+                else:  # taps: (2 out, in/g * m, 1, 1), column i * m + j for tap j of input i
+                    w1 = free.reshape(2 * self.out_channels, -1, 1, 1)
+                    kernels = (w0.flatten(0, 1), w1)
+        if cacheable:
+            self._kernel_cache[path] = (key, kernels)
+        return kernels
+
+    def _can_cache(self) -> bool:
+        if (
+            torch.compiler.is_compiling()
+            or torch.jit.is_tracing()
+            or torch.onnx.is_in_onnx_export()
+        ):
+            return False
+        if not torch.is_grad_enabled():
+            return True
+        return not any(p.requires_grad for p in self.parameters())
+
+    def _cache_key(self) -> tuple[object, ...]:
+        key: list[object] = [torch.is_inference_mode_enabled()]
+        for p in self.parameters():
+            key += [id(p), p.data_ptr(), p._version, p.dtype, p.device]
+        return tuple(key)
+
+    def clear_cache(self) -> None:
+        """Drop the cached inference kernels (needed only after writes through ``.data``)."""
+        self._kernel_cache.clear()
+
+    def _path(self, input: Tensor) -> str:
+        if self.impl != "auto":
+            return self.impl
+        if input.device.type != "cpu":
+            return "stacked"
+        h, w = input.shape[-2:]
+        pixels = ((h - 1) // self.stride[0] + 1) * ((w - 1) // self.stride[1] + 1)
+        return "taps" if pixels <= _TAPS_MAX_PIXELS_CPU else "split"
+
+    def _differences(self, device: torch.device, dtype: torch.dtype) -> Tensor:
+        """Fixed depthwise kernel ``(in_channels * m, 1, k, k)``: output channel ``i * m + j``
+        is ``x(p + d_j) - x(p - d_j)`` of input channel ``i``, ``d_j`` the ``j``-th free tap."""
+        key = (device, dtype)
+        cached = None if torch.compiler.is_compiling() else self._taps.get(key)
+        if cached is not None:
+            return cached
+        k = self.kernel_size[0]
+        m = (k * k - 1) // 2
+        eye = torch.eye(m, device=device, dtype=dtype)
+        taps = torch.cat([eye, eye.new_zeros(m, 1), -eye.flip(-1)], dim=-1)  # (m, k*k)
+        kernel = taps.view(1, m, 1, k, k).expand(self.in_channels, m, 1, k, k)
+        kernel = kernel.reshape(self.in_channels * m, 1, k, k)
+        if not torch.compiler.is_compiling():
+            self._taps[key] = kernel
+        return kernel
+
+    def forward(self, input: Tensor) -> Tensor:
+        """``(N, in_channels, H, W)`` -> ``(N, out_channels, H_out, W_out)``."""
+        if input.dim() not in (3, 4) or input.shape[-3] != self.in_channels:
+            raise ValueError(
+                f"ConvTwist expects input of shape (N, {self.in_channels}, H, W) or "
+                f"({self.in_channels}, H, W), got {tuple(input.shape)}"
+            )
+        if input.dim() == 3:
+            return self.forward(input.unsqueeze(0)).squeeze(0)
+        if self.padding_mode == "zeros":
+            x, pad = input, self.padding
+        else:
+            p = self.padding[0]
+            x, pad = F.pad(input, (p, p, p, p), mode=self.padding_mode), (0, 0)
+        g, opg = self.groups, self.out_channels // self.groups
+        path = self._path(input)
+        if path == "taps":
+            return self._forward_taps(x, pad)
+        if path == "split":
+            return self._forward_split(x, pad)
+        weight, bias = self._path_kernels("stacked")
+        y = F.conv2d(x, weight, bias, self.stride, pad, 1, g)
+        n, _, h, w = y.shape
+        a, b, c = y.view(n, g, 3, opg, h, w).unbind(2)
+        return self._tail(a, b, c)
+
+    def _forward_split(self, x: Tensor, pad: tuple[int, int]) -> Tensor:
+        """Three convolutions (``W - cx Wx - cy Wy``, ``Wx``, ``Wy``) and the same tail: the
+        stacked path's work and memory, as three calls (faster with oneDNN on CPU)."""
+        g, opg = self.groups, self.out_channels // self.groups
+        w0, wx, wy = self._path_kernels("split")
+        a = F.conv2d(x, w0, self.bias, self.stride, pad, 1, g)
+        b = F.conv2d(x, wx, None, self.stride, pad, 1, g)
+        c = F.conv2d(x, wy, None, self.stride, pad, 1, g)
+        n, _, h, w = a.shape
+        shape = (n, g, opg, h, w)
+        return self._tail(a.view(shape), b.view(shape), c.view(shape))
+
+    def _forward_taps(self, x: Tensor, pad: tuple[int, int]) -> Tensor:
+        """``conv(x, Wx)`` and ``conv(x, Wy)`` from their free taps: a fixed depthwise
+        convolution forms the ``m = (k*k-1)/2`` differences ``x(p + d) - x(p - d)`` per input
+        channel and one grouped 1x1 convolution weighs them: ``2 m / k^2`` of a
+        convolution's multiply-adds instead of 2 (17/9 in all for 3x3, not 3)."""
+        g, opg = self.groups, self.out_channels // self.groups
+        w0, w1 = self._path_kernels("taps")
+        a = F.conv2d(x, w0, self.bias, self.stride, pad, 1, g)
+        if w1.shape[1] == 0:  # 1x1: the odd kernels are empty
+            return a
+        dw = self._differences(x.device, x.dtype)
+        d = F.conv2d(x, dw, None, self.stride, pad, 1, self.in_channels)
+        bc = F.conv2d(d, w1, None, 1, 0, 1, g)
+        n, _, h, w = bc.shape
+        b, c = bc.view(n, g, 2, opg, h, w).unbind(2)
+        return self._tail(a.view(n, g, opg, h, w), b, c)
+
+    def _tail(self, a: Tensor, b: Tensor, c: Tensor) -> Tensor:
+        """``a + X * b + Y * c`` on ``(N, g, out / g, H_out, W_out)`` views."""
+        n, g, opg, h, w = a.shape
+        gx, gy = self._grid(h, w, a.device, a.dtype)
+        # Multiplying by constant grids saves nothing of output size for backward.
+        out = torch.addcmul(torch.addcmul(a, b, gx), c, gy)
+        return out.reshape(n, g * opg, h, w)
+
+    # -- conversion ----------------------------------------------------------------------
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, init_max: float = 1.5, impl: str = "auto") -> ConvTwist:
+        """A ``ConvTwist`` computing the same function as ``conv``: ``W`` (and the bias)
+        copied, the twist taps zero, the centres drawn as usual.
+
+        ``conv`` must be a plain ``nn.Conv2d`` with an odd square kernel, dilation 1 and
+        padding ``k // 2`` (or ``'same'``); any stride, groups, bias and padding mode.
+        """
+        from symconv.nn.symmetric import _SymmetricConvNd
+
+        if not isinstance(conv, nn.Conv2d) or isinstance(conv, _SymmetricConvNd):
+            raise TypeError(
+                f"ConvTwist.from_conv needs a plain nn.Conv2d, got {type(conv).__name__}"
+            )
+        k = conv.kernel_size
+        if k[0] != k[1] or k[0] % 2 == 0:
+            raise ValueError(f"kernel_size={k} is not odd and square")
+        if tuple(conv.dilation) != (1, 1):
+            raise ValueError(f"dilation={conv.dilation} is not supported; ConvTwist needs 1")
+        if conv.padding != "same" and tuple(conv.padding) != (k[0] // 2, k[0] // 2):
+            raise ValueError(
+                f"padding={conv.padding} is not kernel_size // 2 = {k[0] // 2} (or 'same')"
+            )
+        layer = cls(
+            conv.in_channels,
+            conv.out_channels,
+            kernel_size=k[0],
+            stride=conv.stride,
+            groups=conv.groups,
+            bias=conv.bias is not None,
+            init_max=init_max,
+            padding_mode=conv.padding_mode,
+            device=conv.weight.device,
+            dtype=conv.weight.dtype,
+            impl=impl,
+        )
+        with torch.no_grad():
+            layer.weight.copy_(conv.weight)
+            layer.twist_x.zero_()
+            layer.twist_y.zero_()
+            if conv.bias is not None:
+                layer.bias.copy_(conv.bias)
+        return layer
+
+    def extra_repr(self) -> str:
+        s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}"
+        s += f", stride={self.stride}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        if self.bias is None:
+            s += ", bias=False"
+        if self.padding_mode != "zeros":
+            s += f", padding_mode={self.padding_mode!r}"
+        if self.init_max != 1.5:
+            s += f", init_max={self.init_max}"
+        if self.impl != "auto":
+            s += f", impl={self.impl!r}"
+        return s

@@ -1,0 +1,400 @@
+"""convert(): in-place model surgery to ConvTwist and SymmetricConvNd, and its report."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from symconv import ConvTwist, SymmetricConv1d, SymmetricConv2d
+from symconv.convert import ConversionReport, convert, name_matches
+from symconv.nn.symmetric import SymmetricConv3d
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU()
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relu(out + identity)
+
+
+class SmallResNet(nn.Module):
+    """ResNet-style: a 7x7 stem, two BasicBlocks (the second downsamples with a 1x1)."""
+
+    def __init__(self, num_classes: int = 5) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.relu = nn.ReLU()
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        self.layer1 = BasicBlock(8, 8, 1)
+        self.layer2 = BasicBlock(8, 16, 2)
+        self.fc = nn.Linear(16, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer2(self.layer1(x))
+        return self.fc(x.mean((2, 3)))
+
+
+TWISTED = ["conv1", "layer1.conv1", "layer1.conv2", "layer2.conv1", "layer2.conv2"]
+
+
+def _model() -> SmallResNet:
+    torch.manual_seed(0)
+    model = SmallResNet()
+    with torch.no_grad():  # non-trivial BN statistics, so eval mode is a real check
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    return model
+
+
+def _n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_twist_same_function_at_step_zero(train: bool) -> None:
+    model = _model().train(train)
+    ref = copy.deepcopy(model)
+    x = torch.randn(2, 3, 32, 32)
+    report = convert(model, "twist")
+    assert isinstance(report, ConversionReport) and report.to == "twist"
+    assert [n for n, _, _ in report.converted] == TWISTED
+    assert dict(report.skipped) == {
+        "layer2.downsample.0": "1x1 kernel: the odd twist kernels would be identically zero"
+    }
+    for name in TWISTED:
+        layer = model.get_submodule(name)
+        old = ref.get_submodule(name)
+        assert isinstance(layer, ConvTwist)
+        assert (layer.in_channels, layer.out_channels) == (old.in_channels, old.out_channels)
+        assert layer.kernel_size == old.kernel_size and layer.stride == old.stride
+        assert layer.training == train
+        assert torch.equal(layer.weight, old.weight)
+        assert not layer.twist_x.any() and not layer.twist_y.any()
+    assert isinstance(model.layer2.downsample[0], nn.Conv2d)
+    torch.testing.assert_close(model(x), ref(x), rtol=1e-5, atol=1e-5)
+    added = sum(
+        2 * m.weight[:, :, 0, 0].numel() * (m.kernel_size[0] ** 2 - 1) // 2 + 2 * m.out_channels
+        for m in (ref.get_submodule(n) for n in TWISTED)
+    )
+    assert report.params_before == _n_params(ref)
+    assert report.params_after == _n_params(model) == _n_params(ref) + added
+    assert len(report) == 5 and bool(report)
+
+
+def test_twist_trains_after_conversion() -> None:
+    model = _model()
+    convert(model, "twist")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    nn.functional.cross_entropy(model(x), y).backward()
+    opt.step()
+    assert model.layer1.conv1.twist_x.abs().sum() > 0  # the twist terms receive gradient
+    wx = model.layer1.conv1.weight_x
+    assert torch.equal(wx, -wx.flip(2, 3))
+
+
+def test_twist_copy_weights_false() -> None:
+    model = _model()
+    old_weight = model.layer1.conv1.weight.detach().clone()
+    report = convert(model, "twist", copy_weights=False, init_max=0.25)
+    assert len(report) == 5
+    layer = model.layer1.conv1
+    assert isinstance(layer, ConvTwist) and layer.init_max == 0.25
+    assert not torch.equal(layer.weight, old_weight)
+    assert layer.twist_x.abs().sum() > 0
+    assert layer.center_x.abs().max() <= 0.25
+
+
+def test_twist_keeps_dtype_bias_groups_and_frozen() -> None:
+    model = nn.Sequential(
+        nn.Conv2d(4, 8, 3, padding=1, groups=2, padding_mode="circular"),
+        nn.Conv2d(8, 8, 5, padding="same", groups=8, bias=False),
+    ).double()
+    model[1].requires_grad_(False)
+    ref = copy.deepcopy(model)
+    convert(model, "twist")
+    assert all(isinstance(m, ConvTwist) for m in model)
+    assert model[0].groups == 2 and model[0].bias is not None
+    assert model[0].padding_mode == "circular"
+    assert model[0].weight.dtype == torch.float64
+    assert not any(p.requires_grad for p in model[1].parameters())
+    x = torch.randn(1, 4, 9, 7, dtype=torch.float64)
+    torch.testing.assert_close(model(x), ref(x))
+
+
+def test_twist_predicate() -> None:
+    model = _model()
+    report = convert(model, "twist", predicate=name_matches("layer2.conv*"))
+    assert [n for n, _, _ in report.converted] == ["layer2.conv1", "layer2.conv2"]
+    # a predicate may also pick a 1x1 conv (ConvTwist with k = 1) ...
+    model = _model()
+    ref = copy.deepcopy(model)
+    report = convert(model, "twist", predicate=lambda name, m: m.kernel_size == (1, 1))
+    assert [n for n, _, _ in report.converted] == ["layer2.downsample.0"]
+    assert ("conv1", "not selected by predicate") in report.skipped
+    x = torch.randn(1, 3, 16, 16)
+    torch.testing.assert_close(model.eval()(x), ref.eval()(x))
+    # ... but what ConvTwist cannot represent is skipped with the reason
+    model = nn.Sequential(nn.Conv2d(2, 2, 3, padding=2, dilation=2), nn.Conv2d(2, 2, 4))
+    report = convert(model, "twist", predicate=lambda name, m: True)
+    assert not report
+    assert "dilation" in dict(report.skipped)["0"]
+    assert "not odd and square" in dict(report.skipped)["1"]
+    assert all(type(m) is nn.Conv2d for m in model)
+
+
+def test_twist_default_rule_skips() -> None:
+    class MyConv(nn.Conv2d):
+        pass
+
+    model = nn.Sequential(
+        nn.Conv2d(2, 2, 3),  # no padding
+        nn.Conv2d(2, 2, 3, padding=2, dilation=2),
+        nn.Conv2d(2, 2, (3, 1), padding=(1, 0)),
+        nn.ConvTranspose2d(2, 2, 3, padding=1),
+        nn.Conv1d(2, 2, 3, padding=1),
+        MyConv(2, 2, 3, padding=1),
+        SymmetricConv2d(2, 2, 3, padding=1, symmetry={"h": 2}),
+        ConvTwist(2, 2),
+    )
+    report = convert(model, "twist")
+    assert not report and len(report) == 0
+    reasons = dict(report.skipped)
+    assert reasons["0"] == "padding=(0, 0) is not kernel_size // 2 = 1"
+    assert reasons["1"].startswith("dilation=(2, 2)")
+    assert reasons["2"] == "kernel_size=(3, 1) is not odd and square"
+    assert reasons["3"] == "transposed convolution (ConvTranspose2d)"
+    assert reasons["4"] == "Conv1d: ConvTwist is 2-D only"
+    assert reasons["5"].startswith("MyConv subclasses nn.Conv2d")
+    assert reasons["6"] == "already a SymmetricConv2d"
+    assert reasons["7"] == "already a ConvTwist"
+    assert type(model[5]) is MyConv and type(model[0]) is nn.Conv2d
+
+
+def test_converting_twice_does_nothing() -> None:
+    model = _model()
+    convert(model, "twist")
+    state = copy.deepcopy(model.state_dict())
+    again = convert(model, "twist")
+    assert not again
+    assert sum("already a ConvTwist" in why for _, why in again.skipped) == 5
+    assert again.params_before == again.params_after
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state[k])
+
+
+def test_shared_module_replaced_everywhere() -> None:
+    shared = nn.Conv2d(2, 2, 3, padding=1)
+    model = nn.Module()
+    model.a = shared
+    model.blocks = nn.ModuleList([nn.ReLU(), shared])
+    report = convert(model, "twist")
+    assert len(report) == 1
+    assert isinstance(model.a, ConvTwist) and model.blocks[1] is model.a
+
+
+def test_root_conv_is_skipped() -> None:
+    conv = nn.Conv2d(2, 2, 3, padding=1)
+    report = convert(conv, "twist")
+    assert not report and "cannot be replaced in place" in dict(report.skipped)[""]
+
+
+def test_report_str() -> None:
+    report = convert(_model(), "twist")
+    text = str(report)
+    assert text.splitlines()[0].startswith("convert(to='twist'): 5 converted, 1 skipped")
+    assert "layer2.conv1" in text and "ConvTwist(8, 16, kernel_size=(3, 3), stride=(2, 2)" in text
+    assert "Conv2d(8, 16, kernel_size=(3, 3), stride=(2, 2), padding=(1, 1)" in text
+    assert "layer2.downsample.0  1x1 kernel" in text
+
+
+# -- to='symmetric' ---------------------------------------------------------------------------
+def test_symmetric_percentages_per_layer() -> None:
+    model = _model()
+    report = convert(model, "symmetric", symmetry={"hv": "50%"})
+    names = [n for n, _, _ in report.converted]
+    assert names == TWISTED[:3] + ["layer2.conv1", "layer2.conv2", "layer2.downsample.0"]
+    assert not report.skipped
+    assert model.conv1.plan.n_symmetric == 4  # 50% of 8 channels = one quadruple
+    assert model.layer2.conv1.plan.n_symmetric == 8  # 50% of 16 = two quadruples
+    assert model.layer2.downsample[0].plan.n_symmetric == 8
+    assert all(isinstance(model.get_submodule(n), SymmetricConv2d) for n in names)
+    assert report.params_after < report.params_before
+    # each quadruple shares one filter: 3 of every 4 filters disappear
+    saved = sum(
+        m.plan.n_symmetric * 3 // 4 * m.weight[0].numel()
+        for m in (model.get_submodule(n) for n in names)
+    )
+    assert report.params_before - report.params_after == saved
+
+
+def test_symmetric_skips_what_does_not_fit() -> None:
+    model = _model()
+    report = convert(model, "symmetric", symmetry={"hv": 12})
+    skipped = dict(report.skipped)
+    # 12 channels do not fit in 8: the stem and layer1 stay plain, layer2 (16) converts
+    assert set(skipped) == {"conv1", "layer1.conv1", "layer1.conv2"}
+    assert "12" in skipped["conv1"] and "8" in skipped["conv1"]
+    assert type(model.conv1) is nn.Conv2d and isinstance(model.layer2.conv1, SymmetricConv2d)
+    # an orbit straddling two groups
+    model = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1, groups=2))
+    report = convert(model, "symmetric", symmetry={"hv": 4})
+    assert not report and "group" in report.skipped[0][1]
+
+
+def test_symmetric_skips_layers_the_spec_leaves_plain() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(6, 8, 3, padding=1))
+    report = convert(model, "symmetric", symmetry={"hv": "50%"})
+    assert [n for n, _, _ in report.converted] == ["1"]
+    assert report.skipped == [
+        (
+            "0",
+            "symmetry={'hv': '50%'} gives no symmetric channels for out_channels=6 "
+            "(percentages round down to whole orbits)",
+        )
+    ]
+    assert type(model[0]) is nn.Conv2d
+
+
+def test_symmetric_all_dimensions() -> None:
+    model = nn.Sequential(
+        nn.Conv1d(2, 4, 3, padding=1),
+        nn.Conv2d(2, 4, 3, padding=1),
+        nn.Conv3d(2, 4, 3, padding=1),
+        nn.ConvTranspose2d(2, 2, 3),
+    )
+    report = convert(model, "symmetric", symmetry={"h": 2})
+    assert [type(m) for m in model[:3]] == [SymmetricConv1d, SymmetricConv2d, SymmetricConv3d]
+    assert report.skipped == [("3", "transposed convolution (ConvTranspose2d)")]
+    model = nn.Sequential(nn.Conv1d(2, 4, 3), nn.Conv2d(2, 4, 3))
+    report = convert(model, "symmetric", symmetry={"hv": 4})
+    assert [n for n, _, _ in report.converted] == ["1"]
+    assert "'hv'" in dict(report.skipped)["0"]  # a 1-D layer has no 'v' axis
+
+
+def test_symmetric_copy_weights_round_trip() -> None:
+    """A conv whose filters already have the symmetry converts to the same function."""
+    torch.manual_seed(1)
+    sym = SymmetricConv2d(3, 8, 3, padding=1, symmetry={"hv": 4, "h": 2}, share_bias=True)
+    model = nn.Sequential(sym.to_conv())
+    ref = copy.deepcopy(model)
+    convert(model, "symmetric", symmetry={"hv": 4, "h": 2})
+    x = torch.randn(2, 3, 7, 6)
+    torch.testing.assert_close(model(x), ref(x), rtol=1e-5, atol=1e-5)
+    assert model[0].plan.n_free == sym.plan.n_free
+    fresh = nn.Sequential(sym.to_conv())
+    convert(fresh, "symmetric", symmetry={"hv": 4, "h": 2}, copy_weights=False)
+    assert not torch.allclose(fresh(x), ref(x))
+
+
+def test_symmetric_skips_converted_layers() -> None:
+    model = nn.Sequential(SymmetricConv2d(2, 4, 3, symmetry={"h": 2}), ConvTwist(2, 2))
+    report = convert(model, "symmetric", symmetry={"h": 2})
+    assert not report
+    assert report.skipped == [("0", "already a SymmetricConv2d"), ("1", "already a ConvTwist")]
+
+
+# -- arguments ---------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("args", "kwargs", "exc", "match"),
+    [
+        (("resnet", "twist"), {}, TypeError, "model must be a torch.nn.Module, got str"),
+        ((None, "rotate"), {}, ValueError, "to='rotate' is not allowed"),
+        ((None, "symmetric"), {}, ValueError, "to='symmetric' needs a symmetry spec"),
+        ((None, "twist"), {"symmetry": {"h": 2}}, ValueError, "only used with to='symmetric'"),
+        ((None, "twist"), {"share_bias": 1}, TypeError, "share_bias=1 must be a bool"),
+        ((None, "twist"), {"copy_weights": "yes"}, TypeError, "copy_weights='yes'"),
+        ((None, "twist"), {"predicate": "layer1"}, TypeError, "predicate='layer1' must be"),
+        ((None, "twist"), {"init_max": -1}, ValueError, "init_max=-1 must be"),
+        ((None, "twist"), {"init_max": float("nan")}, ValueError, "init_max=nan must be"),
+    ],
+)
+def test_bad_arguments(args: tuple, kwargs: dict, exc: type, match: str) -> None:
+    model = _model()
+    args = tuple(model if a is None else a for a in args)
+    with pytest.raises(exc, match=match):
+        convert(*args, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("symmetry", "exc", "match"),
+    [
+        ({"q": 2}, ValueError, "unknown symmetry key 'q'"),
+        ({"hv": 6}, ValueError, "not a multiple of the orbit size 4"),
+        ({"h": "half"}, ValueError, "is not a percentage"),
+        ("hv=50%", ValueError, "malformed"),
+        ({}, ValueError, "selects no channels"),
+        (["hv"], TypeError, "must be a dict"),
+    ],
+)
+def test_bad_symmetry_spec_fails_up_front(symmetry: object, exc: type, match: str) -> None:
+    model = _model()
+    state = copy.deepcopy(model.state_dict())
+    with pytest.raises(exc, match=match):
+        convert(model, "symmetric", symmetry=symmetry)
+    assert type(model.conv1) is nn.Conv2d and model.state_dict().keys() == state.keys()
+
+
+def test_symmetric_string_spec() -> None:
+    model = _model()
+    report = convert(model, "symmetric", symmetry="hv:50%")
+    assert len(report) == 6 and model.conv1.plan.n_symmetric == 4
+
+
+def test_name_matches_rejects_no_patterns() -> None:
+    with pytest.raises(ValueError, match="one or more string patterns"):
+        name_matches()
+    with pytest.raises(ValueError, match="one or more string patterns"):
+        name_matches("layer1", 3)
+
+
+def test_torchvision_resnet18() -> None:
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(2)
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    ref = copy.deepcopy(model)
+    report = convert(model, "twist")
+    # every 3x3 conv of the 8 BasicBlocks plus the 7x7 stem; the 3 downsample 1x1s stay
+    assert len(report) == 17 and len(report.skipped) == 3
+    x = torch.randn(1, 3, 64, 64)
+    torch.testing.assert_close(model(x), ref(x), rtol=1e-4, atol=1e-4)
+    model = copy.deepcopy(ref)
+    report = convert(model, "symmetric", symmetry={"hv": "25%"})
+    assert len(report) == 20 and not report.skipped
+
+
+def test_top_level_export_is_the_function() -> None:
+    """``symconv.convert`` must be the function even though a submodule has the same name
+    (importing ``symconv.convert`` binds the submodule to the package attribute)."""
+    code = (
+        "import symconv\n"
+        "from symconv.convert import name_matches\n"
+        "from symconv import ConversionReport\n"
+        "assert callable(symconv.convert), symconv.convert\n"
+        "from symconv import convert\n"
+        "assert convert.__name__ == 'convert' and callable(convert)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=120)

@@ -1,0 +1,316 @@
+"""GlobalConv1d and TopKPool: naive references, equivariance, masks, gradients, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from torch import nn
+
+from symconv import GlobalConv1d, TopKPool
+
+DTYPES = [torch.float32, torch.float64]
+
+
+def reference(layer: GlobalConv1d, x: torch.Tensor, mask: torch.Tensor | None = None):
+    """Straight from the formula: an explicit double loop over positions i, j (float64)."""
+    if x.dim() == 2:
+        x = x.unsqueeze(1)
+    n_batch, _, n = x.shape
+    C = layer.center.detach().double()
+    S = layer.surround.detach().double()
+    b = None if layer.bias is None else layer.bias.detach().double()
+    x = x.detach().double()
+    valid = torch.ones(n_batch, n, dtype=torch.bool) if mask is None else mask.cpu()
+    out = torch.zeros(n_batch, layer.out_channels, n, dtype=torch.float64)
+    for s in range(n_batch):
+        n_valid = int(valid[s].sum())
+        for i in range(n):
+            if not valid[s, i]:
+                continue  # receives nothing: output stays 0
+            surround = torch.zeros(layer.in_channels, dtype=torch.float64)
+            for j in range(n):
+                if j != i and valid[s, j]:
+                    surround = surround + x[s, :, j].cpu()
+            if layer.reduction == "mean" and n_valid > 1:
+                surround = surround / (n_valid - 1)
+            y = x[s, :, i].cpu() @ C.cpu() + surround @ S.cpu()
+            if b is not None:
+                y = y + b.cpu()
+            if layer.activation is not None:
+                y = layer.activation(y)
+            out[s, :, i] = y
+    return out
+
+
+# -- GlobalConv1d ------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch", [0, 1, 3])
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+@pytest.mark.parametrize("use_mask", [False, True])
+def test_matches_reference(device, dtype, batch, reduction, use_mask):
+    torch.manual_seed(0)
+    layer = GlobalConv1d(3, 4, reduction=reduction, device=device, dtype=dtype)
+    x = torch.randn(batch, 3, 6, device=device, dtype=dtype)
+    mask = torch.rand(batch, 6, device=device) > 0.4 if use_mask else None
+    if use_mask and batch:
+        mask[0] = False  # an all-padding row
+        mask[0, 2] = True  # ... with one valid position: empty surround
+    out = layer(x, mask)
+    assert out.shape == (batch, 4, 6) and out.dtype == dtype and out.device.type == device
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(out.cpu().double(), reference(layer, x, mask), atol=tol, rtol=tol)
+
+
+@given(
+    n=st.integers(1, 7),
+    cin=st.integers(1, 3),
+    cout=st.integers(1, 3),
+    bias=st.booleans(),
+    reduction=st.sampled_from(["sum", "mean"]),
+    act=st.sampled_from([None, "tanh", "relu"]),
+    seed=st.integers(0, 2**16),
+)
+def test_matches_reference_random_configs(n, cin, cout, bias, reduction, act, seed):
+    torch.manual_seed(seed)
+    activation = {None: None, "tanh": torch.tanh, "relu": nn.ReLU()}[act]
+    layer = GlobalConv1d(
+        cin, cout, bias=bias, reduction=reduction, activation=activation, dtype=torch.float64
+    )
+    x = torch.randn(2, cin, n, dtype=torch.float64)
+    mask = torch.rand(2, n) > 0.3
+    for m in (None, mask):
+        torch.testing.assert_close(layer(x, m), reference(layer, x, m))
+
+
+def test_length_one_has_empty_surround():
+    layer = GlobalConv1d(2, 3, reduction="mean", dtype=torch.float64)
+    x = torch.randn(4, 2, 1, dtype=torch.float64)
+    expected = (x[..., 0] @ layer.center + layer.bias).unsqueeze(-1)
+    torch.testing.assert_close(layer(x), expected)
+    torch.testing.assert_close(GlobalConv1d(2, 3, dtype=torch.float64)(x).shape, (4, 3, 1))
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_permutation_equivariance(reduction):
+    torch.manual_seed(1)
+    layer = GlobalConv1d(3, 5, reduction=reduction, activation=torch.tanh, dtype=torch.float64)
+    x = torch.randn(4, 3, 9, dtype=torch.float64)
+    mask = torch.rand(4, 9) > 0.3
+    for _ in range(5):
+        perm = torch.randperm(9)
+        torch.testing.assert_close(layer(x[..., perm]), layer(x)[..., perm])
+        torch.testing.assert_close(layer(x[..., perm], mask[:, perm]), layer(x, mask)[..., perm])
+
+
+def test_is_not_permutation_invariant():
+    # The seed's docstring called the layer invariant; it is equivariant, not invariant.
+    torch.manual_seed(2)
+    layer = GlobalConv1d(2, 2, dtype=torch.float64)
+    x = torch.randn(1, 2, 5, dtype=torch.float64)
+    perm = torch.tensor([1, 0, 2, 3, 4])
+    assert not torch.allclose(layer(x[..., perm]), layer(x))
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_masked_positions_neither_contribute_nor_receive(reduction):
+    torch.manual_seed(3)
+    layer = GlobalConv1d(2, 3, reduction=reduction, activation=torch.sigmoid)
+    x = torch.randn(2, 2, 7)
+    mask = torch.tensor([[1, 1, 0, 1, 0, 0, 1], [0, 1, 1, 1, 1, 1, 1]], dtype=torch.bool)
+    out = layer(x, mask)
+    # Receive nothing: exactly 0 even though sigmoid(0) != 0.
+    assert torch.equal(out[~mask.unsqueeze(1).expand_as(out)], torch.zeros(int((~mask).sum()) * 3))
+    # Contribute nothing: garbage (even inf/NaN) at padded positions changes nothing.
+    garbage = x.clone()
+    garbage[~mask.unsqueeze(1).expand_as(x)] = float("nan")
+    garbage[0, :, 2] = float("inf")
+    torch.testing.assert_close(layer(garbage, mask), out)
+    # Same as running each set alone, without its padding.
+    for s in range(2):
+        alone = layer(x[s : s + 1, :, mask[s]])
+        torch.testing.assert_close(out[s : s + 1, :, mask[s]], alone)
+
+
+def test_two_dim_input_gets_a_channel_axis():
+    layer = GlobalConv1d(1, 4, dtype=torch.float64)
+    x = torch.randn(3, 5, dtype=torch.float64)
+    torch.testing.assert_close(layer(x), layer(x.unsqueeze(1)))
+    assert layer(x).shape == (3, 4, 5)
+    with pytest.raises(
+        ValueError, match=r"2-D input \(N, n\) is read as one channel.*in_channels=2"
+    ):
+        GlobalConv1d(2, 4)(x)
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_gradcheck(reduction):
+    torch.manual_seed(4)
+    layer = GlobalConv1d(2, 3, reduction=reduction, activation=torch.tanh, dtype=torch.float64)
+    x = torch.randn(2, 2, 5, dtype=torch.float64, requires_grad=True)
+    mask = torch.tensor([[1, 0, 1, 1, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+
+    def fn(x, c, s, b):
+        params = {"center": c, "surround": s, "bias": b}
+        return torch.func.functional_call(layer, params, (x, mask))
+
+    params = [
+        p.detach().clone().requires_grad_() for p in (layer.center, layer.surround, layer.bias)
+    ]
+    assert torch.autograd.gradcheck(fn, (x, *params))
+    assert torch.autograd.gradgradcheck(lambda x: layer(x), (x,))
+
+
+def test_autocast_cpu():
+    layer = GlobalConv1d(3, 4)
+    x = torch.randn(2, 3, 6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), layer(x), atol=0.1, rtol=0.05)
+
+
+def test_parameters_and_repr():
+    layer = GlobalConv1d(3, 5, bias=False, reduction="mean", activation=torch.relu)
+    assert layer.center.shape == layer.surround.shape == (3, 5)
+    assert layer.bias is None
+    assert [n for n, _ in layer.named_parameters()] == ["center", "surround"]
+    assert repr(layer) == "GlobalConv1d(3, 5, reduction='mean', bias=False, activation='relu')"
+    act = nn.GELU()
+    assert GlobalConv1d(3, 5, activation=act).activation is act
+    assert "activation" in dict(GlobalConv1d(3, 5, activation=act).named_children())
+    bound = 1 / np.sqrt(6)
+    assert float(GlobalConv1d(3, 200).center.detach().abs().max()) <= bound
+
+
+def test_state_dict_round_trip():
+    a, b = GlobalConv1d(3, 4, reduction="mean"), GlobalConv1d(3, 4, reduction="mean")
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(2, 3, 5)
+    torch.testing.assert_close(a(x), b(x))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "match"),
+    [
+        (dict(in_channels=0, out_channels=2), ValueError, r"in_channels=0 must be a positive"),
+        (dict(in_channels=2, out_channels=-1), ValueError, r"out_channels=-1 must be a positive"),
+        (dict(in_channels=2.0, out_channels=2), ValueError, r"in_channels=2.0 must be a positive"),
+        (dict(in_channels=True, out_channels=2), ValueError, r"in_channels=True"),
+        (dict(in_channels=2, out_channels=2, bias=1), TypeError, r"bias=1 must be a bool"),
+        (
+            dict(in_channels=2, out_channels=2, reduction="max"),
+            ValueError,
+            r"reduction='max' is not allowed; use one of \('sum', 'mean'\)",
+        ),
+        (
+            dict(in_channels=2, out_channels=2, activation="relu"),
+            TypeError,
+            r"activation='relu' must be None or a callable",
+        ),
+    ],
+)
+def test_invalid_arguments(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        GlobalConv1d(**kwargs)
+
+
+def test_invalid_inputs():
+    layer = GlobalConv1d(3, 2)
+    with pytest.raises(ValueError, match=r"expects input of shape \(N, 3, n\), got \(2, 4, 5\)"):
+        layer(torch.randn(2, 4, 5))
+    with pytest.raises(ValueError, match=r"expects input of shape \(N, 3, n\)"):
+        layer(torch.randn(2, 3, 5, 1))
+    x = torch.randn(2, 3, 5)
+    with pytest.raises(ValueError, match=r"mask has shape \(2, 4\), expected \(N, n\) = \(2, 5\)"):
+        layer(x, torch.ones(2, 4, dtype=torch.bool))
+    with pytest.raises(TypeError, match=r"mask must be a bool tensor.*torch.float32"):
+        layer(x, torch.ones(2, 5))
+
+
+# -- TopKPool ----------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch", [0, 2])
+def test_topk_matches_sorting(device, dtype, batch):
+    x = torch.randn(batch, 3, 8, device=device, dtype=dtype)
+    out = TopKPool(3)(x)
+    assert out.shape == (batch, 3, 3) and out.dtype == dtype
+    # Reference: sort each channel in Python, take the first k.
+    for s in range(batch):
+        for c in range(3):
+            expected = sorted(x[s, c].tolist(), reverse=True)[:3]
+            assert out[s, c].tolist() == expected
+
+
+@given(n=st.integers(1, 9), k=st.integers(1, 9), seed=st.integers(0, 2**16))
+def test_topk_sorted_and_from_input(n, k, seed):
+    k = min(k, n)
+    x = torch.randn(2, 3, n, generator=torch.Generator().manual_seed(seed))
+    out = TopKPool(k)(x)
+    assert (out[..., :-1] >= out[..., 1:]).all()
+    # Every kept value is >= every dropped value, and the values come from the input.
+    if k < n:
+        dropped = x.sort(dim=-1, descending=True).values[..., k:]
+        assert (out[..., -1:] >= dropped.amax(-1, keepdim=True)).all()
+    assert all(
+        v in x[s, c].tolist() for s in range(2) for c in range(3) for v in out[s, c].tolist()
+    )
+    # Permutation-invariant over the pooled axis.
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 1))
+    assert torch.equal(TopKPool(k)(x[..., perm]), out)
+
+
+def test_topk_k1_is_global_max_pool():
+    x = torch.randn(4, 5, 11)
+    torch.testing.assert_close(TopKPool(1)(x), nn.AdaptiveMaxPool1d(1)(x))
+    torch.testing.assert_close(TopKPool(1)(x), x.amax(-1, keepdim=True))
+
+
+def test_topk_gradients_flow_to_selected_entries():
+    x = torch.tensor([[[0.5, 3.0, -1.0, 2.0, 1.0]]], dtype=torch.float64, requires_grad=True)
+    weights = torch.tensor([[[10.0, 1.0]]], dtype=torch.float64)
+    (TopKPool(2)(x) * weights).sum().backward()
+    assert x.grad.tolist() == [[[0.0, 10.0, 0.0, 1.0, 0.0]]]
+    y = torch.randn(2, 3, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(TopKPool(4), (y,))
+
+
+def test_topk_any_leading_dims():
+    x = torch.randn(7)
+    torch.testing.assert_close(TopKPool(2)(x), x.sort(descending=True).values[:2])
+
+
+def test_topk_errors():
+    with pytest.raises(ValueError, match=r"k=0 must be a positive int"):
+        TopKPool(0)
+    with pytest.raises(TypeError, match=r"k=2.0 must be a positive int, got float"):
+        TopKPool(2.0)
+    with pytest.raises(TypeError, match=r"k=True must be a positive int"):
+        TopKPool(True)
+    with pytest.raises(ValueError, match=r"TopKPool\(k=5\) needs at least k values.*length is 4"):
+        TopKPool(5)(torch.randn(2, 3, 4))
+    assert repr(TopKPool(3)) == "TopKPool(k=3)"
+
+
+def test_topk_mask():
+    x = torch.tensor(
+        [[[5.0, -1.0, 9.0, 2.0, -3.0]], [[1.0, 2.0, 3.0, 4.0, 5.0]]], dtype=torch.float64
+    ).requires_grad_()
+    mask = torch.tensor([[1, 1, 0, 1, 1], [0, 0, 0, 0, 1]], dtype=torch.bool)
+    out = TopKPool(3)(x, mask)
+    # Masked 9.0 is never selected; the second set has one valid position: 0-filled slots.
+    assert out.tolist() == [[[5.0, 2.0, -1.0]], [[5.0, 0.0, 0.0]]]
+    out.sum().backward()
+    assert x.grad.tolist() == [[[1.0, 1.0, 0.0, 1.0, 0.0]], [[0.0, 0.0, 0.0, 0.0, 1.0]]]
+    # Same as pooling each set alone, without its padding.
+    y = torch.randn(3, 2, 6)
+    m = torch.rand(3, 6) > 0.3
+    m[:, :3] = True
+    for s in range(3):
+        torch.testing.assert_close(TopKPool(3)(y, m)[s], TopKPool(3)(y[s : s + 1, :, m[s]])[0])
+    with pytest.raises(ValueError, match=r"mask has shape \(3, 5\), expected \(N, L\) = \(3, 6\)"):
+        TopKPool(2)(y, torch.ones(3, 5, dtype=torch.bool))
+    with pytest.raises(TypeError, match=r"mask must be a bool tensor.*torch.int64"):
+        TopKPool(2)(y, torch.ones(3, 6, dtype=torch.long))

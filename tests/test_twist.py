@@ -1,0 +1,666 @@
+"""ConvTwist against a reference written straight from the formula
+
+    out = conv(x, W) + (X - cx) * conv(x, Wx) + (Y - cy) * conv(x, Wy) (+ bias),
+    X[j] = 2 j / W_out,  Y[i] = 2 i / H_out,
+
+plus gradients, oddness under training, init, conversion, autocast, compile, state_dict,
+ONNX, DDP and the post's rotation/scaling demonstration.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import io
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from symconv import ConvTwist
+
+MODES = ("zeros", "reflect", "replicate", "circular")
+IMPLS = ("stacked", "split", "taps")  # the forward paths; 'auto' picks one of them
+
+# Sobel kernels from the post. Under cross-correlation on a grid whose row index grows
+# downwards, A ~ +8 d/d(col) and B ~ -8 d/d(row).
+SOBEL_A = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
+SOBEL_B = torch.tensor([[1.0, 2.0, 1.0], [0.0, 0.0, 0.0], [-1.0, -2.0, -1.0]])
+
+
+# -- the reference ---------------------------------------------------------------------------
+def odd_reference(free: torch.Tensor, k: int) -> torch.Tensor:
+    """Odd kernel from free taps, tap by tap: row-major tap i is +t_i, tap k*k-1-i is -t_i."""
+    out = torch.zeros(*free.shape[:-1], k * k, dtype=free.dtype, device=free.device)
+    for i in range(free.shape[-1]):
+        out[..., i] = free[..., i]
+        out[..., k * k - 1 - i] = -free[..., i]
+    return out.reshape(*free.shape[:-1], k, k)
+
+
+def twist_reference(layer: ConvTwist, x: torch.Tensor) -> torch.Tensor:
+    """Three separate convolutions and explicit grids, exactly as the formula reads."""
+    k = layer.kernel_size[0]
+    p = k // 2
+    if layer.padding_mode == "zeros":
+        xp, pad = x, p
+    else:
+        xp, pad = F.pad(x, (p, p, p, p), mode=layer.padding_mode), 0
+
+    def conv(w: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(xp, w, None, layer.stride, pad, 1, layer.groups)
+
+    a = conv(layer.weight)
+    b = conv(odd_reference(layer.twist_x, k))
+    c = conv(odd_reference(layer.twist_y, k))
+    h, w = a.shape[-2:]
+    X = torch.tensor([[2 * j / w for j in range(w)] for _ in range(h)], dtype=x.dtype)
+    Y = torch.tensor([[2 * i / h for _ in range(w)] for i in range(h)], dtype=x.dtype)
+    X, Y = X.to(x.device), Y.to(x.device)
+    cx = layer.center_x.view(-1, 1, 1)
+    cy = layer.center_y.view(-1, 1, 1)
+    out = a + (X - cx) * b + (Y - cy) * c
+    if layer.bias is not None:
+        out = out + layer.bias.view(-1, 1, 1)
+    return out
+
+
+@st.composite
+def configs(draw: st.DrawFn) -> dict:
+    groups = draw(st.sampled_from([1, 2, 3]))
+    if draw(st.booleans()) and groups > 1:  # depthwise
+        in_c = out_c = groups
+    else:
+        in_c = groups * draw(st.integers(1, 3))
+        out_c = groups * draw(st.integers(1, 3))
+    k = draw(st.sampled_from([1, 3, 5]))
+    mode = draw(st.sampled_from(MODES))
+    lo = k // 2 + 1  # reflect/circular padding need pad < size
+    return {
+        "layer": {
+            "in_channels": in_c,
+            "out_channels": out_c,
+            "kernel_size": k,
+            "stride": draw(st.sampled_from([1, 2])),
+            "groups": groups,
+            "bias": draw(st.booleans()),
+            "padding_mode": mode,
+            "init_max": draw(st.sampled_from([0.0, 1.5])),
+            "impl": draw(st.sampled_from(IMPLS)),
+        },
+        "shape": (
+            draw(st.integers(0, 2)),
+            in_c,
+            draw(st.integers(lo, 11)),
+            draw(st.integers(lo, 11)),
+        ),
+    }
+
+
+def _all_grads(layer: nn.Module, x: torch.Tensor, out: torch.Tensor, gout: torch.Tensor):
+    inputs = [x] + [p for p in layer.parameters()]
+    # k = 1 layers have empty twist taps, which the reference never touches
+    return torch.autograd.grad(out, inputs, gout, allow_unused=True, materialize_grads=True)
+
+
+# -- forward and backward against the reference --------------------------------------------
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cfg=configs(), seed=st.integers(0, 2**16))
+def test_matches_reference(device: str, cfg: dict, seed: int) -> None:
+    torch.manual_seed(seed)
+    layer = ConvTwist(**cfg["layer"], device=device, dtype=torch.float64)
+    x = torch.randn(cfg["shape"], dtype=torch.float64, device=device, requires_grad=True)
+    out = layer(x)
+    ref = twist_reference(layer, x)
+    assert out.shape == ref.shape
+    n, _, h, w = cfg["shape"]
+    s = cfg["layer"]["stride"]
+    assert out.shape == (n, layer.out_channels, (h - 1) // s + 1, (w - 1) // s + 1)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    gout = torch.randn_like(ref)
+    for g, gr in zip(_all_grads(layer, x, out, gout), _all_grads(layer, x, ref, gout), strict=True):
+        torch.testing.assert_close(g, gr, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("impl", ["auto", *IMPLS])
+@pytest.mark.parametrize("batch", [0, 1, 3])
+def test_float32_and_nonsquare(device: str, batch: int, impl: str) -> None:
+    torch.manual_seed(0)
+    layer = ConvTwist(6, 4, groups=2, bias=True, stride=2, device=device, impl=impl)
+    x = torch.randn(batch, 6, 9, 14, device=device)
+    out = layer(x)
+    assert out.shape == (batch, 4, 5, 7)
+    torch.testing.assert_close(out, twist_reference(layer, x), rtol=1e-5, atol=1e-5)
+
+
+def test_x_follows_width_and_y_height() -> None:
+    """W = 0, cx = cy = 0, a width ramp and a unit d/dcol kernel: out = X (or Y) inside."""
+    layer = ConvTwist(1, 1, init_max=0.0).double()
+    ramp = torch.arange(9.0, dtype=torch.float64)
+    x = ramp.view(1, 1, 1, 9).expand(1, 1, 5, 9).contiguous()  # grows along the width
+    with torch.no_grad():
+        layer.weight.zero_()
+    e = torch.zeros(3, 3, dtype=torch.float64)
+    e[1, 2], e[1, 0] = 0.5, -0.5  # central difference along the width: d/dcol = 1 inside
+    layer.set_twist_kernels(e, torch.zeros(3, 3, dtype=torch.float64))
+    out = layer(x)[0, 0, 2, 1:-1]
+    torch.testing.assert_close(out, 2 * torch.arange(1, 8, dtype=torch.float64) / 9)
+    layer.set_twist_kernels(torch.zeros(3, 3, dtype=torch.float64), e)
+    out = layer(x)[0, 0, 1:-1, 4]
+    torch.testing.assert_close(out, 2 * torch.arange(1, 4, dtype=torch.float64) / 5)
+
+
+def test_unbatched_input() -> None:
+    layer = ConvTwist(3, 5, bias=True)
+    x = torch.randn(3, 6, 7)
+    torch.testing.assert_close(layer(x), layer(x.unsqueeze(0)).squeeze(0))
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_gradcheck(impl: str) -> None:
+    torch.manual_seed(1)
+    layer = ConvTwist(4, 2, groups=2, stride=2, bias=True, dtype=torch.float64, impl=impl)
+    x = torch.randn(1, 4, 3, 4, dtype=torch.float64, requires_grad=True)
+    params = list(layer.parameters())
+
+    def fn(x, *ps):
+        return torch.func.functional_call(
+            layer, dict(zip(dict(layer.named_parameters()), ps, strict=True)), x
+        )
+
+    assert torch.autograd.gradcheck(fn, (x, *params), fast_mode=True)
+    if impl == "stacked":  # second order once: the paths share the kernel construction
+        assert torch.autograd.gradgradcheck(fn, (x, *params), fast_mode=True)
+    # and the exact (slow-mode) Jacobian for the input and the twist parameters
+    assert torch.autograd.gradcheck(
+        lambda x, cx, tx: torch.func.functional_call(
+            layer, {"center_x": cx, "twist_x": tx}, x, strict=False
+        ),
+        (x, layer.center_x.detach().requires_grad_(), layer.twist_x.detach().requires_grad_()),
+    )
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_channels_last(device: str, impl: str) -> None:
+    torch.manual_seed(2)
+    layer = ConvTwist(8, 8, groups=2, bias=True, device=device, impl=impl)
+    x = torch.randn(2, 8, 10, 12, device=device)
+    ref = layer(x)
+    cl_layer = copy.deepcopy(layer).to(memory_format=torch.channels_last)
+    xc = x.to(memory_format=torch.channels_last).requires_grad_()
+    out = cl_layer(xc)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    out.sum().backward()
+    assert xc.grad is not None and torch.isfinite(xc.grad).all()
+
+
+class PostConvTwist(nn.Module):
+    """The blog post's layer, as published (numpy grids, ``.data`` antisymmetrisation)."""
+
+    def __init__(self, ni: int, nf: int, init_max: float = 1.5, stride: int = 1) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(ni, nf, kernel_size=3, stride=stride, padding=1, bias=False)
+        self.conv_x = nn.Conv2d(ni, nf, kernel_size=3, stride=stride, padding=1, bias=False)
+        self.conv_y = nn.Conv2d(ni, nf, kernel_size=3, stride=stride, padding=1, bias=False)
+        self.conv_x.weight.data = (self.conv_x.weight - self.conv_x.weight.flip(2).flip(3)) / 2
+        self.conv_y.weight.data = self.conv_x.weight.transpose(2, 3).flip(3)
+        self.center_x = nn.Parameter(torch.empty(nf).uniform_(-init_max, init_max))
+        self.center_y = nn.Parameter(torch.empty(nf).uniform_(-init_max, init_max))
+
+    def forward(self, inpt: torch.Tensor) -> torch.Tensor:
+        self.conv_x.weight.data = (self.conv_x.weight - self.conv_x.weight.flip(2).flip(3)) / 2
+        self.conv_y.weight.data = (self.conv_y.weight - self.conv_y.weight.flip(2).flip(3)) / 2
+        out = self.conv(inpt)
+        _, c, h, w = out.size()
+        XX = torch.from_numpy(np.indices((1, h, w))[2] * 2 / w).type(out.dtype)
+        YY = torch.from_numpy(np.indices((1, h, w))[1] * 2 / h).type(out.dtype)
+        XX = XX - self.center_x.view(-1, 1, 1)
+        YY = YY - self.center_y.view(-1, 1, 1)
+        return out + (XX * self.conv_x(inpt) + YY * self.conv_y(inpt))
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_matches_the_posts_layer(stride: int) -> None:
+    torch.manual_seed(12)
+    post = PostConvTwist(3, 5, stride=stride).double()
+    layer = ConvTwist(3, 5, stride=stride, dtype=torch.float64)
+    with torch.no_grad():
+        layer.weight.copy_(post.conv.weight)
+        layer.center_x.copy_(post.center_x)
+        layer.center_y.copy_(post.center_y)
+    layer.set_twist_kernels(post.conv_x.weight, post.conv_y.weight)
+    x = torch.randn(2, 3, 10, 13, dtype=torch.float64)
+    torch.testing.assert_close(layer(x), post(x), rtol=1e-12, atol=1e-12)
+
+
+# -- parametrisation ---------------------------------------------------------------------------
+def _assert_odd(k: torch.Tensor) -> None:
+    c = k.shape[-1] // 2
+    assert torch.equal(k, -k.flip(-1, -2))
+    assert torch.equal(k[..., c, c], torch.zeros_like(k[..., c, c]))
+
+
+@pytest.mark.parametrize("k", [1, 3, 5, 7])
+def test_init(k: int) -> None:
+    torch.manual_seed(3)
+    layer = ConvTwist(4, 6, kernel_size=k, groups=2, init_max=0.7)
+    assert layer.twist_x.shape == (6, 2, (k * k - 1) // 2)
+    wx, wy = layer.weight_x, layer.weight_y
+    assert wx.shape == wy.shape == layer.weight.shape == (6, 2, k, k)
+    _assert_odd(wx)
+    _assert_odd(wy)
+    assert torch.equal(wy, wx.transpose(2, 3).flip(3))  # the post's 90-degree rotation
+    assert layer.center_x.abs().max() <= 0.7 and layer.center_y.abs().max() <= 0.7
+    if k > 1:
+        assert wx.abs().max() > 0
+        # antisymmetrised kaiming-uniform entries: |Wx| <= 1/sqrt(fan_in)
+        assert wx.abs().max() <= 1 / math.sqrt(2 * k * k) + 1e-7
+
+
+@pytest.mark.parametrize(
+    "make_opt",
+    [
+        lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=0.1),
+        lambda ps: torch.optim.Adam(ps, lr=0.05, weight_decay=0.1),
+        lambda ps: torch.optim.AdamW(ps, lr=0.05, weight_decay=0.1),
+    ],
+    ids=["sgd", "adam", "adamw"],
+)
+def test_kernels_stay_odd_under_training(make_opt) -> None:
+    torch.manual_seed(4)
+    layer = ConvTwist(3, 4, kernel_size=5, bias=True)
+    before = layer.weight_x.detach().clone()
+    opt = make_opt(layer.parameters())
+    x, target = torch.randn(2, 3, 8, 8), torch.randn(2, 4, 8, 8)
+    for _ in range(4):
+        opt.zero_grad()
+        F.mse_loss(layer(x), target).backward()
+        opt.step()
+    assert not torch.equal(layer.weight_x, before)  # training did move the kernels
+    _assert_odd(layer.weight_x.detach())
+    _assert_odd(layer.weight_y.detach())
+
+
+def test_set_twist_kernels() -> None:
+    layer = ConvTwist(2, 3, kernel_size=3)
+    wx = torch.randn(3, 2, 3, 3)
+    wx = wx - wx.flip(2, 3)
+    layer.set_twist_kernels(wx, 0.01 * SOBEL_B)  # a single (k, k) kernel broadcasts
+    torch.testing.assert_close(layer.weight_x, wx / 1)
+    assert torch.equal(layer.weight_y, (0.01 * SOBEL_B).expand(3, 2, 3, 3))
+    assert layer.twist_x.requires_grad  # still a trainable Parameter
+    with pytest.raises(ValueError, match="weight_x is not odd"):
+        layer.set_twist_kernels(torch.ones(3, 3), SOBEL_B)
+    centre = torch.zeros(3, 3)
+    centre[1, 1] = 1.0
+    with pytest.raises(ValueError, match="weight_y is not odd"):
+        layer.set_twist_kernels(SOBEL_A, centre)
+    with pytest.raises(ValueError, match="does not broadcast"):
+        layer.set_twist_kernels(torch.zeros(5, 5), SOBEL_B)
+    with pytest.raises(TypeError, match="weight_x must be a torch.Tensor"):
+        layer.set_twist_kernels([[0.0]], SOBEL_B)
+
+
+# -- arguments -------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "match"),
+    [
+        ({"kernel_size": 4}, ValueError, "kernel_size=4 must be odd"),
+        ({"kernel_size": (3, 5)}, ValueError, "must be odd and square"),
+        ({"kernel_size": 0}, ValueError, "kernel_size=0 must be a positive integer"),
+        ({"stride": 0}, ValueError, "stride=0 must be a positive integer"),
+        ({"stride": (1, 2, 3)}, ValueError, "stride=.* pair"),
+        ({"groups": 3}, ValueError, "in_channels=4 is not divisible by groups=3"),
+        ({"groups": 4, "out_channels": 6}, ValueError, "out_channels=6 is not divisible"),
+        ({"in_channels": 0}, ValueError, "in_channels=0"),
+        ({"out_channels": 2.5}, ValueError, "out_channels=2.5"),
+        ({"bias": 1}, TypeError, "bias=1 must be a bool"),
+        ({"init_max": -1.0}, ValueError, "init_max=-1.0"),
+        ({"init_max": float("nan")}, ValueError, "init_max=nan"),
+        ({"padding_mode": "same"}, ValueError, "padding_mode='same' is not allowed"),
+        ({"impl": "triton"}, ValueError, "impl='triton' is not allowed"),
+    ],
+)
+def test_bad_arguments(kwargs: dict, exc: type, match: str) -> None:
+    args = {"in_channels": 4, "out_channels": 8} | kwargs
+    with pytest.raises(exc, match=match):
+        ConvTwist(**args)
+
+
+def test_bad_input() -> None:
+    layer = ConvTwist(4, 8)
+    with pytest.raises(ValueError, match=r"expects input of shape \(N, 4, H, W\)"):
+        layer(torch.randn(2, 3, 8, 8))
+    with pytest.raises(ValueError, match="got \\(2, 4, 8\\)"):
+        ConvTwist(8, 8)(torch.randn(2, 4, 8))
+
+
+def test_auto_impl_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On CPU 'auto' takes the tap path for small outputs, the split path for larger ones."""
+    calls: list[str] = []
+    layer = ConvTwist(4, 4, bias=True)
+    for path in ("taps", "split"):
+        orig = getattr(layer, f"_forward_{path}")
+        monkeypatch.setattr(
+            layer, f"_forward_{path}", lambda *a, p=path, f=orig: calls.append(p) or f(*a)
+        )
+    small, large = torch.randn(1, 4, 16, 16), torch.randn(1, 4, 17, 16)
+    outs = [layer(small), layer(large)]
+    assert calls == ["taps", "split"]  # 17 x 16 > 256 output pixels
+    for impl in IMPLS:
+        other = copy.deepcopy(layer)
+        other.impl = impl
+        torch.testing.assert_close(other(small), outs[0])
+        torch.testing.assert_close(other(large), outs[1])
+
+
+def test_extra_repr() -> None:
+    r = repr(
+        ConvTwist(4, 8, 5, stride=2, groups=2, padding_mode="reflect", init_max=1.0, impl="taps")
+    )
+    assert r == (
+        "ConvTwist(4, 8, kernel_size=(5, 5), stride=(2, 2), groups=2, bias=False, "
+        "padding_mode='reflect', init_max=1.0, impl='taps')"
+    )
+    assert repr(ConvTwist(2, 2)) == "ConvTwist(2, 2, kernel_size=(3, 3), stride=(1, 1), bias=False)"
+
+
+# -- conversion from nn.Conv2d -----------------------------------------------------------------
+@pytest.mark.parametrize(
+    "conv",
+    [
+        lambda: nn.Conv2d(4, 6, 3, padding=1),
+        lambda: nn.Conv2d(4, 6, 3, stride=2, padding=1, groups=2, bias=False),
+        lambda: nn.Conv2d(6, 6, 5, padding="same", groups=6, padding_mode="reflect"),
+        lambda: nn.Conv2d(3, 4, 7, stride=2, padding=3),
+    ],
+)
+def test_from_conv_same_function(conv) -> None:
+    torch.manual_seed(5)
+    conv = conv()
+    layer = ConvTwist.from_conv(conv)
+    x = torch.randn(2, conv.in_channels, 11, 9)
+    torch.testing.assert_close(layer(x), conv(x), rtol=1e-5, atol=1e-5)
+    assert layer.stride == conv.stride and layer.groups == conv.groups
+    assert (layer.bias is None) == (conv.bias is None)
+    assert layer.padding_mode == conv.padding_mode
+    assert layer.weight.data_ptr() != conv.weight.data_ptr()  # a copy, not shared
+
+
+def test_from_conv_rejects() -> None:
+    with pytest.raises(ValueError, match="padding=\\(0, 0\\) is not kernel_size // 2"):
+        ConvTwist.from_conv(nn.Conv2d(2, 2, 3))
+    with pytest.raises(ValueError, match="dilation"):
+        ConvTwist.from_conv(nn.Conv2d(2, 2, 3, padding=2, dilation=2))
+    with pytest.raises(ValueError, match="not odd and square"):
+        ConvTwist.from_conv(nn.Conv2d(2, 2, (3, 5), padding=(1, 2)))
+    with pytest.raises(TypeError, match="plain nn.Conv2d, got Conv1d"):
+        ConvTwist.from_conv(nn.Conv1d(2, 2, 3, padding=1))
+    with pytest.raises(TypeError, match="plain nn.Conv2d, got ConvTranspose2d"):
+        ConvTwist.from_conv(nn.ConvTranspose2d(2, 2, 3, padding=1))
+
+
+# -- precision, compile, serialisation ----------------------------------------------------------
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast(device: str, dtype: torch.dtype, impl: str) -> None:
+    torch.manual_seed(6)
+    layer = ConvTwist(8, 8, groups=2, bias=True, device=device, impl=impl)
+    x = torch.randn(2, 8, 12, 10, device=device)
+    with torch.autocast(device_type=device, dtype=dtype):
+        out = layer(x)
+    assert out.dtype == dtype
+    ref = twist_reference(layer, x)
+    err = (out.float() - ref).abs().max() / ref.abs().max()
+    assert err < (2e-2 if dtype == torch.bfloat16 else 2e-3)
+    out.float().square().mean().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in layer.parameters())
+
+
+def test_float64_module_matches_float32() -> None:
+    layer = ConvTwist(3, 4, bias=True)
+    x = torch.randn(1, 3, 6, 6)
+    torch.testing.assert_close(copy.deepcopy(layer).double()(x.double()).float(), layer(x))
+
+
+def _compile_works() -> bool:
+    try:
+        torch.compile(lambda t: t * 2)(torch.ones(2))
+    except Exception:  # noqa: BLE001 - no compiler toolchain on this machine
+        return False
+    return True
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("impl", IMPLS)
+def test_torch_compile(impl: str) -> None:
+    if not _compile_works():
+        pytest.skip("torch.compile is not usable here")
+    torch.manual_seed(7)
+    layer = ConvTwist(4, 4, groups=2, stride=2, bias=True, impl=impl)
+    compiled = torch.compile(copy.deepcopy(layer), fullgraph=True)
+    x = torch.randn(2, 4, 8, 6)
+    out, ref = compiled(x), layer(x)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    out.sum().backward()
+    ref.sum().backward()
+    cparams = dict(compiled.named_parameters())
+    for name, p in layer.named_parameters():
+        torch.testing.assert_close(cparams[f"_orig_mod.{name}"].grad, p.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_state_dict_round_trip() -> None:
+    torch.manual_seed(8)
+    layer = ConvTwist(4, 6, kernel_size=5, groups=2, bias=True)
+    x = torch.randn(1, 4, 7, 9)
+    layer(x)  # populate the grid cache: it must not leak into state_dict
+    sd = layer.state_dict()
+    assert set(sd) == {"weight", "twist_x", "twist_y", "center_x", "center_y", "bias"}
+    buf = io.BytesIO()
+    torch.save(sd, buf)
+    buf.seek(0)
+    other = ConvTwist(4, 6, kernel_size=5, groups=2, bias=True)
+    assert not torch.equal(other(x), layer(x))
+    other.load_state_dict(torch.load(buf, weights_only=True))
+    assert torch.equal(other(x), layer(x))
+    buf = io.BytesIO()
+    torch.save(layer, buf)  # whole-module pickling, grid cache included
+    buf.seek(0)
+    assert torch.equal(torch.load(buf, weights_only=False)(x), layer(x))
+
+
+def test_grid_cache() -> None:
+    layer = ConvTwist(2, 2)
+    layer(torch.randn(1, 2, 5, 7))
+    grids = dict(layer._grids)
+    layer(torch.randn(3, 2, 5, 7))
+    assert layer._grids.keys() == grids.keys() and len(grids) == 1
+    (key,) = grids
+    assert key[:2] == (5, 7)
+    assert all(a is b for a, b in zip(layer._grids[key], grids[key], strict=True))
+    layer.double()(torch.randn(1, 2, 5, 7, dtype=torch.float64))
+    assert len(layer._grids) == 2  # keyed on dtype too
+    for i in range(30):
+        layer(torch.randn(1, 2, 3 + i, 3, dtype=torch.float64))
+    assert len(layer._grids) <= 16  # bounded
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_inference_kernel_cache(impl: str) -> None:
+    """Without gradients the kernels are built once; every in-place update invalidates."""
+    torch.manual_seed(13)
+    layer = ConvTwist(4, 4, bias=True, impl=impl)
+    x = torch.randn(2, 4, 9, 8)
+
+    def fresh() -> torch.Tensor:  # grad mode never uses the cache
+        return layer(x).detach()
+
+    with torch.no_grad():
+        out = layer(x)
+        kernels = layer._kernel_cache[impl][1]
+        assert torch.equal(layer(x), out)
+        assert all(a is b for a, b in zip(layer._kernel_cache[impl][1], kernels, strict=True))
+    torch.testing.assert_close(out, fresh())
+    with torch.inference_mode():
+        torch.testing.assert_close(layer(x), out)
+
+    opt = torch.optim.SGD(layer.parameters(), lr=0.1)
+    layer(x).square().sum().backward()
+    opt.step()
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), fresh())
+        assert not torch.allclose(layer(x), out)
+    layer.set_twist_kernels(SOBEL_A, SOBEL_B)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), fresh())
+    layer.load_state_dict(ConvTwist(4, 4, bias=True).state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), fresh())
+    layer.requires_grad_(False)  # frozen parameters are cached in grad mode too
+    layer(x)
+    assert impl in layer._kernel_cache
+    layer.center_x.data.add_(1.0)  # bypasses the version counter
+    layer.clear_cache()
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), layer.double()(x.double()).float())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("impl", IMPLS)
+def test_onnx_export(tmp_path, impl: str) -> None:
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxscript")
+    ort = pytest.importorskip("onnxruntime")
+    torch.manual_seed(9)
+    layer = ConvTwist(4, 6, groups=2, stride=2, bias=True, impl=impl).eval()
+    x = torch.randn(2, 4, 12, 10)
+    path = tmp_path / "twist.onnx"
+    batch = torch.export.Dim("batch", min=1, max=64)
+    torch.onnx.export(layer, (x,), path, dynamo=True, dynamic_shapes={"input": {0: batch}})
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    for n in (2, 5):
+        xn = torch.randn(n, 4, 12, 10)
+        (got,) = sess.run(None, {name: xn.numpy()})
+        torch.testing.assert_close(torch.from_numpy(got), layer(xn).detach(), rtol=1e-4, atol=1e-5)
+
+
+# -- DDP -------------------------------------------------------------------------------------
+def _ddp_model() -> nn.Module:
+    torch.manual_seed(10)
+    return nn.Sequential(
+        ConvTwist(2, 4, bias=True), nn.ReLU(), ConvTwist(4, 4, stride=2, groups=2)
+    ).double()
+
+
+def _ddp_worker(rank: int, world: int, init_file: str, data: str, result: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{init_file}",
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=120),
+    )
+    try:
+        x, target = torch.load(data, weights_only=True)
+        model = nn.parallel.DistributedDataParallel(_ddp_model())
+        opt = torch.optim.SGD(model.parameters(), lr=0.5)
+        part = slice(rank * 2, rank * 2 + 2)
+        F.mse_loss(model(x[part]), target[part]).backward()
+        opt.step()
+        if rank == 0:
+            torch.save(model.module.state_dict(), result)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_matches_single_process(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch.distributed as dist
+    import torch.multiprocessing as mp
+
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available")
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(4, 2, 8, 8, generator=g, dtype=torch.float64)
+    target = torch.randn(4, 4, 4, 4, generator=g, dtype=torch.float64)
+    data, result = str(tmp_path / "data.pt"), str(tmp_path / "result.pt")
+    torch.save((x, target), data)
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")  # loopback: no hostname lookups
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), data, result), nprocs=2, join=True)
+
+    single = _ddp_model()
+    start = copy.deepcopy(single.state_dict())
+    opt = torch.optim.SGD(single.parameters(), lr=0.5)
+    F.mse_loss(single(x), target).backward()  # mean over the whole batch = mean of halves
+    opt.step()
+    ddp_state = torch.load(result, weights_only=True)
+    for name, value in single.state_dict().items():
+        assert not torch.equal(value, start[name])  # the step moved every parameter
+        torch.testing.assert_close(ddp_state[name], value, rtol=1e-10, atol=1e-12)
+
+
+# -- the post's demonstration ---------------------------------------------------------------
+def _blob_stats(img: torch.Tensor) -> tuple[float, float]:
+    """Distance and angle (atan2(row, col) about the image centre) of the intensity centroid."""
+    h, w = img.shape
+    rows = torch.arange(h, dtype=img.dtype).view(-1, 1) - (h - 1) / 2
+    cols = torch.arange(w, dtype=img.dtype).view(1, -1) - (w - 1) / 2
+    m = img.sum()
+    r, c = float((img * rows).sum() / m), float((img * cols).sum() / m)
+    return math.hypot(r, c), math.atan2(r, c)
+
+
+def _flow(weight_x: torch.Tensor, weight_y: torch.Tensor, steps: int, size: int = 48):
+    """Apply the post's near-identity twist ``steps`` times to an off-centre Gaussian blob."""
+    layer = ConvTwist(1, 1, dtype=torch.float64)
+    with torch.no_grad():
+        layer.weight.zero_()
+        layer.weight[0, 0, 1, 1] = 1.0  # W = identity
+        # The image centre, pixel (size - 1) / 2, in grid units 2 j / size.
+        layer.center_x.fill_((size - 1) / size)
+        layer.center_y.fill_((size - 1) / size)
+    layer.set_twist_kernels(weight_x.double(), weight_y.double())
+    idx = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    rows, cols = idx.view(-1, 1), idx.view(1, -1)
+    img = torch.exp(-((rows + 5) ** 2 + (cols - 7) ** 2) / (2 * 3.0**2))[None, None]
+    start = _blob_stats(img[0, 0])
+    with torch.no_grad():
+        for _ in range(steps):
+            img = layer(img)
+    return start, _blob_stats(img[0, 0])
+
+
+# Sobel A ~ 8 d/dcol = 8 (2 / size) d/dX, Sobel B ~ -8 (2 / size) d/dY on the layer's grid.
+EPS, STEPS, SIZE = 0.01, 150, 48
+RATE = EPS * 16 / SIZE  # per-step rate of the generated flow, in radians (or log-scale)
+
+
+def test_post_demo_rotation() -> None:
+    """Wx = eps B ~ -d/dY and Wy = eps A ~ d/dX generate (Y - cy) d/dX - (X - cx) d/dY: a
+    rotation about the centre by +RATE per step in atan2(row, col)."""
+    (r0, a0), (r1, a1) = _flow(EPS * SOBEL_B, EPS * SOBEL_A, STEPS, SIZE)
+    assert abs(r1 - r0) < 0.02 * r0  # keeps its distance from the centre
+    assert a1 - a0 == pytest.approx(STEPS * RATE, rel=0.03)  # 0.5 rad, counter to the rows
+    (_, b0), (_, b1) = _flow(-EPS * SOBEL_B, -EPS * SOBEL_A, STEPS, SIZE)
+    assert b1 - b0 == pytest.approx(-STEPS * RATE, rel=0.03)  # the other direction
+
+
+def test_post_demo_scaling() -> None:
+    """Wx = eps A ~ d/dX and Wy = -eps B ~ d/dY generate (X - cx) d/dX + (Y - cy) d/dY: a
+    contraction towards the centre by (1 + RATE) per step, the angle unchanged."""
+    (r0, a0), (r1, a1) = _flow(EPS * SOBEL_A, -EPS * SOBEL_B, STEPS, SIZE)
+    assert abs(a1 - a0) < 0.01
+    assert r1 / r0 == pytest.approx((1 + RATE) ** -STEPS, rel=0.03)
+    (r0, a0), (r1, a1) = _flow(-EPS * SOBEL_A, EPS * SOBEL_B, STEPS, SIZE)
+    assert abs(a1 - a0) < 0.01
+    assert r1 / r0 == pytest.approx((1 - RATE) ** -STEPS, rel=0.03)  # expansion
