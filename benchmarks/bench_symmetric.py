@@ -187,7 +187,10 @@ def main() -> None:
     parser.add_argument("--channels-last", action="store_true", help="channels_last for fp32 too")
     parser.add_argument("--no-3d", action="store_true")
     parser.add_argument("--markdown", default=None, help="write the table to this file")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     args.batch = args.batch or (64 if args.device == "cuda" else 8)
     args.precisions = args.precisions.split(",")
     args.shapes_2d = (

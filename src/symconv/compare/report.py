@@ -1,0 +1,248 @@
+"""Results of ``symconv compare``: summary statistics, the terminal table, files, plots.
+
+Files are written atomically (a temporary file in the same folder, then ``os.replace``),
+so an interrupted run never leaves a half-written ``results.json``. Plots need
+matplotlib; without it they are skipped with a note.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "format_table",
+    "plot_learning_curves",
+    "plot_robustness",
+    "summarise",
+    "write_csv",
+    "write_json",
+]
+
+#: Per-run numbers that get a mean and a standard deviation over the runs.
+SCALAR_METRICS = ("images_per_s", "train_seconds", "peak_memory_mb")
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float | None]:
+    clean = [float(v) for v in values]
+    mean = sum(clean) / len(clean)
+    if len(clean) < 2:
+        return mean, None
+    var = sum((v - mean) ** 2 for v in clean) / (len(clean) - 1)  # sample std over seeds
+    return mean, math.sqrt(var)
+
+
+def summarise(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Mean and sample standard deviation (``None`` for one run) over ``runs``."""
+    if not runs:
+        raise ValueError("summarise needs at least one run")
+    mean: dict[str, Any] = {"accuracy": {}}
+    std: dict[str, Any] = {"accuracy": {}}
+    for t in runs[0]["accuracy"]:
+        mean["accuracy"][t], std["accuracy"][t] = _mean_std([r["accuracy"][t] for r in runs])
+    for key in SCALAR_METRICS:
+        mean[key], std[key] = _mean_std([r[key] for r in runs])
+    mean["final_train_loss"], std["final_train_loss"] = _mean_std(
+        [r["history"][-1]["train_loss"] for r in runs]
+    )
+    return {"mean": mean, "std": std}
+
+
+# -- terminal ----------------------------------------------------------------------------
+
+
+def _params(n: int) -> str:
+    if n >= 10**6:
+        return f"{n / 1e6:.2f}M"
+    if n >= 10**3:
+        return f"{n / 1e3:.1f}k"
+    return str(n)
+
+
+def _pct(mean: float, std: float | None) -> str:
+    return f"{100 * mean:.1f}" if std is None else f"{100 * mean:.1f}±{100 * std:.1f}"
+
+
+def format_table(variants: Mapping[str, Mapping[str, Any]], transforms: Sequence[str]) -> str:
+    """The comparison as aligned text: one row per variant, accuracies in percent."""
+    header = ["variant", "params", *transforms, "img/s", "peak MB"]
+    rows = [header]
+    for name, v in variants.items():
+        m, s = v["mean"], v["std"]
+        rows.append(
+            [
+                name,
+                _params(v["params"]),
+                *(_pct(m["accuracy"][t], s["accuracy"][t]) for t in transforms),
+                f"{m['images_per_s']:.0f}",
+                f"{m['peak_memory_mb']:.0f}",
+            ]
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = []
+    for j, r in enumerate(rows):
+        cells = [c.ljust(widths[i]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(r)]
+        lines.append("  ".join(cells).rstrip())
+        if j == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def format_markdown(variants: Mapping[str, Mapping[str, Any]], transforms: Sequence[str]) -> str:
+    """The same table in Markdown (written to ``table.md`` for READMEs and notes)."""
+    header = ["variant", "params", *transforms, "img/s", "peak MB"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, v in variants.items():
+        m, s = v["mean"], v["std"]
+        cells = [
+            f"`{name}`",
+            _params(v["params"]),
+            *(_pct(m["accuracy"][t], s["accuracy"][t]) for t in transforms),
+            f"{m['images_per_s']:.0f}",
+            f"{m['peak_memory_mb']:.0f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# -- files -------------------------------------------------------------------------------
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _finite(obj: Any) -> Any:
+    """JSON has no NaN/inf: write them as null."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, Mapping):
+        return {str(k): _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def write_json(path: Path, obj: Any) -> None:
+    text = json.dumps(_finite(obj), indent=2, allow_nan=False) + "\n"
+    _atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
+
+
+def write_text(path: Path, text: str) -> None:
+    _atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
+
+
+def csv_rows(
+    variants: Mapping[str, Mapping[str, Any]], transforms: Sequence[str]
+) -> list[dict[str, Any]]:
+    """One row per variant: means, and ``_std`` columns (empty for a single run)."""
+    rows = []
+    for name, v in variants.items():
+        m, s = v["mean"], v["std"]
+        row: dict[str, Any] = {"variant": name, "params": v["params"], "runs": len(v["runs"])}
+        for t in transforms:
+            row[f"acc_{t}"] = m["accuracy"][t]
+            row[f"acc_{t}_std"] = s["accuracy"][t]
+        for key in (*SCALAR_METRICS, "final_train_loss"):
+            row[key] = m[key]
+            row[f"{key}_std"] = s[key]
+        rows.append(row)
+    return rows
+
+
+def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+    _atomic_write(path, lambda p: p.write_text(buf.getvalue(), encoding="utf-8"))
+
+
+# -- plots -------------------------------------------------------------------------------
+
+
+def _pyplot():  # type: ignore[no-untyped-def]
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> None:  # type: ignore[no-untyped-def]
+    def write(tmp: Path) -> None:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+
+    _atomic_write(path, write)
+
+
+def plot_learning_curves(variants: Mapping[str, Mapping[str, Any]], path: Path, title: str) -> bool:
+    """Training loss and clean test accuracy per epoch (mean over runs).
+
+    Returns False (and draws nothing) when matplotlib is not installed.
+    """
+    plt = _pyplot()
+    if plt is None:
+        return False
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for name, v in variants.items():
+        histories = [r["history"] for r in v["runs"]]
+        n = min(len(h) for h in histories)
+        epochs = list(range(1, n + 1))
+        loss = [sum(h[e]["train_loss"] for h in histories) / len(histories) for e in range(n)]
+        acc = [100 * sum(h[e]["test_acc"] for h in histories) / len(histories) for e in range(n)]
+        ax_loss.plot(epochs, loss, marker="o", label=name)
+        ax_acc.plot(epochs, acc, marker="o", label=name)
+    ax_loss.set(xlabel="epoch", ylabel="training loss (label-smoothed)", title="training loss")
+    ax_acc.set(xlabel="epoch", ylabel="test accuracy (%)", title="clean test accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    _save(fig, path)
+    plt.close(fig)
+    return True
+
+
+def plot_robustness(
+    variants: Mapping[str, Mapping[str, Any]], transforms: Sequence[str], path: Path, title: str
+) -> bool:
+    """Grouped bars: accuracy per transformation and variant, with std error bars."""
+    plt = _pyplot()
+    if plt is None:
+        return False
+    names = list(variants)
+    width = 0.8 / max(1, len(names))
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.1 * len(transforms) + 2), 4))
+    for i, name in enumerate(names):
+        m, s = variants[name]["mean"]["accuracy"], variants[name]["std"]["accuracy"]
+        xs = [j + (i - (len(names) - 1) / 2) * width for j in range(len(transforms))]
+        errs = None if s[transforms[0]] is None else [100 * s[t] for t in transforms]
+        ax.bar(xs, [100 * m[t] for t in transforms], width, yerr=errs, capsize=2, label=name)
+    ax.set_xticks(range(len(transforms)), transforms)
+    ax.set(ylabel="test accuracy (%)", ylim=(0, 100))
+    ax.set_title(title, pad=28)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+    ax.legend(ncols=len(names), loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
+    _save(fig, path)
+    plt.close(fig)
+    return True

@@ -1,0 +1,118 @@
+"""The test-time transformations ``symconv compare`` measures robustness under.
+
+All functions take and return float images ``(N, C, H, W)`` with pixel values in
+``[0, 1]`` (before normalisation, so the zero fill of rotations and rescaling is black,
+the background of the bundled digits). Flips and 90-degree rotations are exact
+(``torch.flip``/``torch.rot90``); small rotations and rescaling resample bilinearly about
+the image centre with ``affine_grid``/``grid_sample``, filling with zeros.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["TRANSFORMS", "Transform", "affine", "hflip", "parse_transforms", "rot90", "vflip"]
+
+
+def hflip(images: Tensor) -> Tensor:
+    """Mirror left-right (the width axis)."""
+    return images.flip(-1)
+
+
+def vflip(images: Tensor) -> Tensor:
+    """Mirror top-bottom (the height axis)."""
+    return images.flip(-2)
+
+
+def rot90(images: Tensor, k: int = 1) -> Tensor:
+    """Rotate by ``k`` quarter turns counter-clockwise as displayed (row 0 at the top)."""
+    return torch.rot90(images, k, dims=(-2, -1))
+
+
+def affine(images: Tensor, degrees: float = 0.0, scale: float = 1.0) -> Tensor:
+    """Rotate by ``degrees`` counter-clockwise (as displayed), zoom by ``scale``, about the centre.
+
+    ``scale > 1`` enlarges the content (the borders leave the frame), ``scale < 1`` shrinks
+    it (zeros fill the frame's border). The rotation is a true rotation in pixel units for
+    non-square images too; with ``degrees`` a multiple of 90 on a square image the sample
+    points fall on pixel centres, so it matches :func:`rot90` up to rounding.
+    """
+    if images.dim() != 4:
+        raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
+    if not scale > 0:
+        raise ValueError(f"scale={scale!r} must be positive")
+    n, _, h, w = images.shape
+    rad = math.radians(degrees)
+    cos, sin = math.cos(rad), math.sin(rad)
+    # Output pixel (x, y) (centred, x right, y down) samples the input at
+    # (cos x - sin y, sin x + cos y) / scale: for 90 degrees that is (-y, x), torch.rot90's
+    # map. affine_grid works in coordinates normalised by the half-sizes: hence h/w ratios.
+    theta = torch.tensor(
+        [[cos / scale, -sin / scale * h / w, 0.0], [sin / scale * w / h, cos / scale, 0.0]],
+        dtype=images.dtype if images.is_floating_point() else torch.float32,
+        device=images.device,
+    )
+    grid = F.affine_grid(theta.expand(n, 2, 3), [n, 1, h, w], align_corners=False)
+    return F.grid_sample(
+        images, grid.to(images.dtype), mode="bilinear", padding_mode="zeros", align_corners=False
+    )
+
+
+@dataclass(frozen=True)
+class Transform:
+    """A named test-time transformation ``(N, C, H, W) -> (N, C, H, W)``."""
+
+    name: str
+    description: str
+    fn: Callable[[Tensor], Tensor]
+
+    def __call__(self, images: Tensor) -> Tensor:
+        return self.fn(images)
+
+
+def _rotate(deg: float) -> Callable[[Tensor], Tensor]:
+    return lambda x: affine(x, degrees=deg)
+
+
+def _zoom(scale: float) -> Callable[[Tensor], Tensor]:
+    return lambda x: affine(x, scale=scale)
+
+
+#: The evaluation suite, in table order; ``clean`` is the untouched test split.
+TRANSFORMS: dict[str, Transform] = {
+    t.name: t
+    for t in (
+        Transform("clean", "the test split as is", lambda x: x),
+        Transform("hflip", "mirrored left-right", hflip),
+        Transform("vflip", "mirrored top-bottom", vflip),
+        Transform("rot90", "rotated 90 degrees counter-clockwise", rot90),
+        Transform("rot+15", "rotated 15 degrees counter-clockwise", _rotate(15.0)),
+        Transform("rot-15", "rotated 15 degrees clockwise", _rotate(-15.0)),
+        Transform("scale0.8", "shrunk to 0.8x about the centre", _zoom(0.8)),
+        Transform("scale1.2", "enlarged to 1.2x about the centre", _zoom(1.2)),
+    )
+}
+
+
+def parse_transforms(text: str | None) -> list[str]:
+    """``'hflip,rot90'`` -> ``['clean', 'hflip', 'rot90']`` (``clean`` always first)."""
+    if text is None or text.strip().lower() == "all":
+        return list(TRANSFORMS)
+    names = ["clean"]
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        if item not in TRANSFORMS:
+            raise ValueError(
+                f"unknown transform {item!r} in --transforms; allowed: {', '.join(TRANSFORMS)}"
+            )
+        if item not in names:
+            names.append(item)
+    return names

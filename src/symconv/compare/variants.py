@@ -1,0 +1,188 @@
+"""Layer variants of one base network, selected by name.
+
+``plain``
+    The base network (:mod:`symconv.compare.models`) as built.
+``sym``
+    Its convolutions converted by ``symconv.convert(model, 'symmetric', symmetry=spec)``:
+    a share of the filters of every layer are reflected copies of free filters. This is
+    a *prior* (fewer free parameters, mirrored feature detectors), not a guarantee: each
+    layer is flip-equivariant only up to a permutation of its orbit channels, which the
+    next layer does not undo, so the network as a whole is not flip-invariant.
+``sym-inv``
+    Exactly flip-invariant: every k x k convolution (k > 1) is a :class:`OrbitConv2d`, a
+    :class:`~symconv.SymmetricConv2d` whose filters all lie in orbits of ``key`` (orbit
+    size ``s``; ``s`` times as many output channels) followed by
+    :class:`~symconv.OrbitPool` (max over each orbit). Flipping its input flips its
+    output *without* permuting channels, so the next layer sees ordinary images again;
+    with the flip-commuting architecture of the base networks, the logits of a flipped
+    image equal the logits of the image. Same parameter count as ``plain``, ``s`` times
+    the convolution cost.
+``twist``
+    Its 3x3 convolutions converted by ``symconv.convert(model, 'twist')`` to
+    :class:`~symconv.ConvTwist` (position-dependent kernels that can rotate and scale).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import Tensor, nn
+
+from symconv.compare.models import ConvFactory, build_model, plain_conv
+
+__all__ = ["VARIANTS", "BuiltVariant", "OrbitConv2d", "build_variant", "parse_variants"]
+
+VARIANTS = ("plain", "sym", "sym-inv", "twist")
+_INVARIANT_KEYS = ("h", "v", "hv")
+
+
+def parse_variants(text: str) -> list[str]:
+    """``'plain,sym'`` -> ``['plain', 'sym']``, rejecting unknown or repeated names."""
+    names = [t.strip() for t in str(text).split(",") if t.strip()]
+    if not names:
+        raise ValueError(f"--variants {text!r} names no variant; allowed: {', '.join(VARIANTS)}")
+    for name in names:
+        if name not in VARIANTS:
+            raise ValueError(
+                f"unknown variant {name!r} in --variants; allowed: {', '.join(VARIANTS)}"
+            )
+    if len(set(names)) != len(names):
+        raise ValueError(f"--variants {text!r} repeats a variant")
+    return names
+
+
+class OrbitConv2d(nn.Module):
+    """A symmetric convolution whose output channels transform as ordinary images.
+
+    ``SymmetricConv2d(in_channels, s * out_channels, k, symmetry={key: '100%'})`` then
+    ``OrbitPool(mode='max')`` back to ``out_channels``, with ``s`` the orbit size of
+    ``key`` (2 for ``'h'``/``'v'``, 4 for ``'hv'``). For every flip ``g`` in the group of
+    ``key``: ``layer(g(x)) == g(layer(x))``, channel by channel.
+
+    Shapes: ``(N, in_channels, H, W) -> (N, out_channels, H, W)`` ('same' zero padding,
+    odd ``kernel_size``, stride 1).
+    """
+
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int, key: str = "hv"
+    ) -> None:
+        super().__init__()
+        from symconv.nn.orbit import OrbitPool
+        from symconv.nn.symmetric import SymmetricConv2d
+
+        if key not in _INVARIANT_KEYS:
+            raise ValueError(f"key={key!r} is not allowed; use one of {_INVARIANT_KEYS}")
+        if kernel_size % 2 != 1:
+            raise ValueError(
+                f"kernel_size={kernel_size} must be odd: an even kernel's 'same' padding is "
+                "lopsided and does not commute with flips"
+            )
+        self.key = key
+        orbit = 2 ** len(key)
+        self.conv = SymmetricConv2d(
+            in_channels,
+            orbit * out_channels,
+            kernel_size,
+            padding=kernel_size // 2,
+            bias=False,
+            symmetry={key: orbit * out_channels},
+        )
+        self.pool = OrbitPool(self.conv, mode="max")
+
+    def forward(self, input: Tensor) -> Tensor:
+        return self.pool(self.conv(input))
+
+
+def orbit_conv_factory(key: str) -> ConvFactory:
+    """A conv factory for :mod:`symconv.compare.models` building :class:`OrbitConv2d`.
+
+    1x1 convolutions stay plain: a 1x1 kernel is its own mirror image, so it already maps
+    images that flip to images that flip.
+    """
+    if key not in _INVARIANT_KEYS:
+        raise ValueError(f"invariance key {key!r} is not allowed; use one of {_INVARIANT_KEYS}")
+
+    def conv(in_channels: int, out_channels: int, kernel_size: int) -> nn.Module:
+        if kernel_size == 1:
+            return plain_conv(in_channels, out_channels, 1)
+        return OrbitConv2d(in_channels, out_channels, kernel_size, key)
+
+    return conv
+
+
+@dataclass
+class BuiltVariant:
+    """A variant's network and what building it did (for ``results.json``)."""
+
+    name: str
+    model: nn.Module
+    description: str
+    converted: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _is_spatial_conv(name: str, module: nn.Module) -> bool:
+    # 1x1 convolutions are their own mirror image: symmetric sharing would only copy them.
+    return isinstance(module, nn.Conv2d) and max(module.kernel_size) > 1
+
+
+def build_variant(
+    variant: str,
+    model: str,
+    in_channels: int,
+    num_classes: int,
+    *,
+    size: int = 28,
+    width: int | None = None,
+    symmetry: str = "hv:50%",
+    invariant_key: str = "hv",
+) -> BuiltVariant:
+    """Build ``variant`` of network ``model`` (uses the global torch RNG for the weights).
+
+    ``plain``, ``sym`` and ``twist`` start from the same base network, so under one seed
+    they start from the same weights (``sym`` from their orbit averages, ``twist`` with
+    zero twist terms).
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"variant={variant!r} is not allowed; use one of {VARIANTS}")
+    if variant == "sym-inv":
+        net = build_model(
+            model,
+            in_channels,
+            num_classes,
+            size=size,
+            width=width,
+            conv=orbit_conv_factory(invariant_key),
+        )
+        return BuiltVariant(
+            variant,
+            net,
+            f"every {model} convolution an OrbitConv2d (SymmetricConv2d with all filters in "
+            f"{invariant_key!r} orbits + OrbitPool max): exactly {invariant_key}-flip invariant",
+        )
+    net = build_model(model, in_channels, num_classes, size=size, width=width)
+    if variant == "plain":
+        return BuiltVariant(variant, net, f"the {model} as built")
+    from symconv.convert import convert
+
+    if variant == "sym":
+        report = convert(net, "symmetric", symmetry=symmetry, predicate=_is_spatial_conv)
+        what = f"convert(model, 'symmetric', symmetry={symmetry!r}) on every k x k conv, k > 1"
+    else:
+        report = convert(net, "twist")
+        what = "convert(model, 'twist'): 3x3 convs to ConvTwist"
+    if not report.converted:
+        reasons = "; ".join(f"{n}: {why}" for n, why in report.skipped) or "no convolutions"
+        raise ValueError(f"variant {variant!r} converts no layer of the {model} ({reasons})")
+    return BuiltVariant(
+        variant,
+        net,
+        f"{what}: {len(report.converted)} converted, {len(report.skipped)} left as they are",
+        [n for n, _, _ in report.converted],
+        [(n, why) for n, why in report.skipped],
+    )
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Trainable parameters (the free ones of symmetric layers)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
