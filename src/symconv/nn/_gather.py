@@ -1,10 +1,11 @@
-"""A gather whose backward is one ``index_add`` instead of autograd's ``index_put_``.
+"""A gather with a one-kernel forward (``index_select``) and backward (``index_add``).
 
-``free.reshape(-1)[index]`` differentiates through ``index_put_(accumulate=True)``,
-which on the CPU costs several times the forward gather (measured 2.5 ms against
-0.5 ms for a 256x256x3x3 kernel). Expanding a shared-weight kernel is exactly such a
-gather, done every training step, so it gets its own autograd function. The backward is
-written with differentiable ops, so double backward works.
+``free.reshape(-1)[index]`` runs the generic advanced-indexing kernel forward (5x slower
+than ``index_select`` on a flat view: 4.7 against 0.9 ms for a 512x512x3x3 kernel on one
+CPU thread) and differentiates through ``index_put_(accumulate=True)`` (several times an
+``index_add``). Expanding a shared-weight kernel is exactly such a gather, done every
+training step, so it gets its own autograd function. The backward is written with
+differentiable ops, so double backward works.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from torch import Tensor
 class _Gather(torch.autograd.Function):
     @staticmethod
     def forward(source: Tensor, index: Tensor) -> Tensor:
-        return source.reshape(-1)[index]
+        # index_select on flat views: 5x faster than advanced indexing on the CPU.
+        return source.reshape(-1).index_select(0, index.reshape(-1)).view(index.shape)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:  # type: ignore[no-untyped-def]
