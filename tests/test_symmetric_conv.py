@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import datetime
 import io
 import subprocess
 import sys
@@ -479,7 +480,11 @@ def test_import_symconv_imports_no_optional_dependency():
 # -- DistributedDataParallel ---------------------------------------------------------------
 def _ddp_worker(rank: int, world: int, init_file: str, out_file: str) -> None:
     torch.distributed.init_process_group(
-        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world
+        "gloo",
+        init_method=f"file://{init_file}",
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=120),
     )
     torch.manual_seed(0)
     model = _ddp_model()
@@ -510,8 +515,10 @@ def _ddp_data() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @pytest.mark.timeout(300)
-def test_ddp_matches_single_process(tmp_path):
+def test_ddp_matches_single_process(tmp_path, monkeypatch):
     import torch.multiprocessing as mp
+
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")  # loopback: no hostname lookups
 
     out_file = str(tmp_path / "ddp.pt")
     mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), out_file), nprocs=2, join=True)
