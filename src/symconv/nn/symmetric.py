@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import init
 
+from symconv.nn._cache import caching_allowed, version_key
 from symconv.nn._gather import gather
 from symconv.symmetry import SymmetryPlan, SymmetrySpec, make_plan
 
@@ -140,28 +141,14 @@ class _SymmetricConvNd:
         storage_order = weight.movedim(1, -1).reshape(-1)  # a view for channels_last
         return gather(storage_order, self._gather_index_cl).movedim(-1, 1)
 
-    def _can_cache(self) -> bool:
-        if torch.compiler.is_compiling():
-            return False
-        if not torch.is_grad_enabled():
-            return True
-        params = [self.weight] + ([self.bias] if self.bias is not None else [])
-        return not any(p.requires_grad for p in params)
-
-    def _cache_key(self) -> tuple[Any, ...]:
-        key: list[Any] = [torch.is_inference_mode_enabled()]
-        for p in (self.weight, self.bias):
-            if p is not None:
-                key += [id(p), p.data_ptr(), p._version, p.dtype, p.device]
-        return tuple(key)
-
     def expanded(self) -> tuple[Tensor, Tensor | None]:
         """``(expanded_weight, expanded_bias)`` as the forward pass uses them."""
         if self._gather_index is None and (self.bias is None or self._bias_index is None):
             return self.weight, self.bias
-        if not self._can_cache():
+        params = (self.weight, self.bias)
+        if not caching_allowed(params):
             return self._expand()
-        key = self._cache_key()
+        key = version_key(params)
         if self._cache is None or self._cache[0] != key:
             with torch.no_grad():
                 w, b = self._expand()
@@ -184,24 +171,26 @@ class _SymmetricConvNd:
         return self._conv_forward(input, weight, bias)  # type: ignore[attr-defined]
 
     # -- conversion ----------------------------------------------------------------------
-    def _conv_kwargs(self) -> dict[str, Any]:
+    @staticmethod
+    def _conv_kwargs(conv: nn.modules.conv._ConvNd) -> dict[str, Any]:
+        """The constructor arguments that rebuild ``conv`` (plain or symmetric)."""
         return {
-            "in_channels": self.in_channels,
-            "out_channels": self.out_channels,
-            "kernel_size": self.kernel_size,
-            "stride": self.stride,
-            "padding": self.padding,
-            "dilation": self.dilation,
-            "groups": self.groups,
-            "bias": self.bias is not None,
-            "padding_mode": self.padding_mode,
-            "device": self.weight.device,
-            "dtype": self.weight.dtype,
+            "in_channels": conv.in_channels,
+            "out_channels": conv.out_channels,
+            "kernel_size": conv.kernel_size,
+            "stride": conv.stride,
+            "padding": conv.padding,
+            "dilation": conv.dilation,
+            "groups": conv.groups,
+            "bias": conv.bias is not None,
+            "padding_mode": conv.padding_mode,
+            "device": conv.weight.device,
+            "dtype": conv.weight.dtype,
         }
 
     def to_conv(self) -> nn.modules.conv._ConvNd:
         """A plain ``nn.ConvNd`` with the expanded kernel: same outputs, for deployment."""
-        conv = self._plain_cls(**self._conv_kwargs())
+        conv = self._plain_cls(**self._conv_kwargs(self))
         with torch.no_grad():
             weight, bias = self._expand()
             conv.weight.copy_(weight)
@@ -226,20 +215,7 @@ class _SymmetricConvNd:
             )
         if conv.transposed:  # pragma: no cover - ConvNd classes are never transposed
             raise TypeError("transposed convolutions are not supported")
-        kwargs = {
-            "in_channels": conv.in_channels,
-            "out_channels": conv.out_channels,
-            "kernel_size": conv.kernel_size,
-            "stride": conv.stride,
-            "padding": conv.padding,
-            "dilation": conv.dilation,
-            "groups": conv.groups,
-            "bias": conv.bias is not None,
-            "padding_mode": conv.padding_mode,
-            "device": conv.weight.device,
-            "dtype": conv.weight.dtype,
-        }
-        layer = cls(**kwargs, symmetry=symmetry, share_bias=share_bias)
+        layer = cls(**cls._conv_kwargs(conv), symmetry=symmetry, share_bias=share_bias)
         with torch.no_grad():
             layer.weight.copy_(layer._project(conv.weight, layer._gather_index, layer.plan.n_free))
             if conv.bias is not None:

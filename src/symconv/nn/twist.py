@@ -63,6 +63,132 @@ _GRID_CACHE_SIZE = 16
 _TAPS_MAX_PIXELS_CPU = 256
 
 
+_TO_CHANNELS_LAST = False
+
+
+def _traced() -> bool:
+    return (
+        torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+    )
+
+
+def _windows(r: int, s: int, stride: tuple[int, int], ho: int, wo: int) -> tuple[slice, slice]:
+    """Rows and columns of a padded input that tap ``(r, s)`` of a kernel reads."""
+    return (
+        slice(r, r + stride[0] * (ho - 1) + 1, stride[0]),
+        slice(s, s + stride[1] * (wo - 1) + 1, stride[1]),
+    )
+
+
+def _out_size(xp: Tensor | tuple[int, ...], k: int, stride: tuple[int, int]) -> tuple[int, int]:
+    hp, wp = xp.shape[-2:] if isinstance(xp, Tensor) else xp[-2:]
+    return (hp - k) // stride[0] + 1, (wp - k) // stride[1] + 1
+
+
+def _tap_differences(xp: Tensor, k: int, stride: tuple[int, int], groups: int) -> Tensor:
+    """Padded ``(N, C, H + k - 1, W + k - 1)`` -> ``(N, C * m, H_out, W_out)`` channels-last,
+    channel ``(group, tap j, channel in group)``: ``xp(p + d_j) - xp(p - d_j)`` for the
+    ``m = (k*k-1)/2`` taps ``d_j`` before the centre (row-major)."""
+    n, c, _, _ = xp.shape
+    ho, wo = _out_size(xp, k, stride)
+    m, cg = (k * k - 1) // 2, c // groups
+    # One channels-last buffer, so the 1x1 convolution reads it without a reorder.
+    d = xp.new_empty(n, ho, wo, groups, m, cg).permute(0, 3, 4, 5, 1, 2)
+    xv = xp.unflatten(1, (groups, cg))
+    for j in range(m):
+        r, s = divmod(j, k)
+        plus = xv[(..., *_windows(r, s, stride, ho, wo))]
+        minus = xv[(..., *_windows(k - 1 - r, k - 1 - s, stride, ho, wo))]
+        torch.sub(plus, minus, out=d[:, :, j])
+    return d.flatten(1, 3)
+
+
+def _tap_differences_reference(
+    x: Tensor, k: int, stride: tuple[int, int], groups: int, pad: int
+) -> Tensor:
+    """:func:`_tap_differences` in plain differentiable ops (for tracing and export)."""
+    xp = F.pad(x, (pad, pad, pad, pad)) if pad else x
+    ho, wo = _out_size(xp, k, stride)
+    xv = xp.unflatten(1, (groups, xp.shape[1] // groups))
+    taps = []
+    for j in range((k * k - 1) // 2):
+        r, s = divmod(j, k)
+        plus = xv[(..., *_windows(r, s, stride, ho, wo))]
+        minus = xv[(..., *_windows(k - 1 - r, k - 1 - s, stride, ho, wo))]
+        taps.append(plus - minus)
+    return torch.stack(taps, dim=2).flatten(1, 3)
+
+
+class _TapDifferences(torch.autograd.Function):
+    """:func:`_tap_differences` of the input zero-padded by ``pad``, with the mirrored
+    shifted adds as backward (cheaper than autograd through slices or a depthwise
+    convolution). The backward is built from differentiable ops, so double backward works."""
+
+    @staticmethod
+    def forward(
+        ctx: object, x: Tensor, k: int, stride: tuple[int, int], groups: int, pad: int
+    ) -> Tensor:
+        xp = F.pad(x, (pad, pad, pad, pad)) if pad else x
+        ctx.geometry = (tuple(xp.shape), k, stride, groups, pad)
+        return _tap_differences(xp, k, stride, groups)
+
+    @staticmethod
+    def backward(ctx: object, grad: Tensor) -> tuple[Tensor | None, ...]:
+        (n, c, hp, wp), k, stride, groups, pad = ctx.geometry
+        ho, wo = grad.shape[-2:]
+        m, cg = (k * k - 1) // 2, c // groups
+        gx = grad.new_zeros(n, hp, wp, c).permute(0, 3, 1, 2)
+        gv = grad.unflatten(1, (groups, m, cg))
+        if grad.element_size() < 4 and not torch.is_grad_enabled():
+            # Reduced-precision adds that read one tap out of the interleaved channels-last
+            # gradient are ~8x slower on CPU than from a tap-major copy (measured, bf16).
+            gv = gv.permute(0, 1, 2, 4, 5, 3).contiguous().permute(0, 1, 2, 5, 3, 4)
+        gxv = gx.unflatten(1, (groups, cg))
+        for j in range(m):
+            r, s = divmod(j, k)
+            gxv[(..., *_windows(r, s, stride, ho, wo))] += gv[:, :, j]
+            gxv[(..., *_windows(k - 1 - r, k - 1 - s, stride, ho, wo))] -= gv[:, :, j]
+        if pad:
+            gx = gx[..., pad : hp - pad, pad : wp - pad]
+        return gx, None, None, None, None
+
+
+class _GridTail(torch.autograd.Function):
+    """``a + X * b + Y * c`` for ``a`` ``(N, out, H, W)`` and ``bc`` ``(N, 2 out, H, W)``,
+    channels ``(group, b or c, out / groups)``; the backward writes both grids' products into
+    one buffer laid out like ``bc`` (autograd through slices of ``bc`` would zero-fill it)."""
+
+    @staticmethod
+    def forward(ctx: object, a: Tensor, bc: Tensor, gx: Tensor, gy: Tensor, groups: int) -> Tensor:
+        n, co, h, w = a.shape
+        bc6 = bc.view(n, groups, 2, co // groups, h, w)
+        if bc.element_size() < 4 and bc.is_contiguous(memory_format=torch.channels_last):
+            # As in _TapDifferences.backward: reduced-precision arithmetic reading every other
+            # block of channels is ~4x slower on CPU than one planar copy and contiguous reads.
+            bc6 = bc6.permute(0, 1, 2, 4, 5, 3).contiguous().permute(0, 1, 2, 5, 3, 4)
+        b, c = bc6.unbind(2)
+        out = torch.addcmul(a.view(n, groups, co // groups, h, w), b, gx)
+        out.addcmul_(c, gy)
+        ctx.save_for_backward(gx, gy)
+        ctx.bc_meta = (bc.shape, bc.stride(), groups)
+        return out.reshape(n, co, h, w)
+
+    @staticmethod
+    def backward(ctx: object, grad: Tensor) -> tuple[Tensor | None, ...]:
+        gx, gy = ctx.saved_tensors
+        shape, stride, groups = ctx.bc_meta
+        n, co, h, w = grad.shape
+        g5 = grad.reshape(n, groups, co // groups, h, w)
+        if torch.is_grad_enabled():  # double backward: differentiable ops
+            gbc = torch.stack([g5 * gx, g5 * gy], dim=2).view(shape)
+        else:
+            gbc = grad.new_empty_strided(shape, stride)
+            parts = gbc.view(n, groups, 2, co // groups, h, w)
+            torch.mul(g5, gx, out=parts[:, :, 0])
+            torch.mul(g5, gy, out=parts[:, :, 1])
+        return grad, gbc, None, None, None
+
+
 def _positive_int(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{name}={value!r} must be a positive integer")
@@ -216,8 +342,6 @@ class ConvTwist(nn.Module):
         # (H_out, W_out, device, dtype) -> (X (W_out,), Y (H_out, 1)); plain tensors, not
         # buffers: derived data that must stay out of state_dict and DDP broadcasts.
         self._grids: OrderedDict[tuple[object, ...], tuple[Tensor, Tensor]] = OrderedDict()
-        # (device, dtype) -> the fixed difference kernel of the 'taps' path.
-        self._taps: dict[tuple[object, ...], Tensor] = {}
         # path -> (parameter versions, kernels), filled only when no gradient is needed.
         self._kernel_cache: dict[str, tuple[tuple[object, ...], tuple[Tensor | None, ...]]] = {}
         self.reset_parameters()
@@ -376,8 +500,8 @@ class ConvTwist(nn.Module):
                 if path == "split":
                     odd = _odd_kernel(free.transpose(0, 1), self.kernel_size[0])
                     kernels = (w0.flatten(0, 1), *odd.flatten(1, 2).unbind(0))
-                else:  # taps: (2 out, in/g * m, 1, 1), column i * m + j for tap j of input i
-                    w1 = free.reshape(2 * self.out_channels, -1, 1, 1)
+                else:  # taps: (2 out, m * in/g, 1, 1), column j * in/g + i: tap j, input i
+                    w1 = free.transpose(-1, -2).reshape(2 * self.out_channels, -1, 1, 1)
                     kernels = (w0.flatten(0, 1), w1)
         if cacheable:
             self._kernel_cache[path] = (key, kernels)
@@ -412,23 +536,6 @@ class ConvTwist(nn.Module):
         h, w = input.shape[-2:]
         pixels = ((h - 1) // self.stride[0] + 1) * ((w - 1) // self.stride[1] + 1)
         return "taps" if pixels <= _TAPS_MAX_PIXELS_CPU else "split"
-
-    def _differences(self, device: torch.device, dtype: torch.dtype) -> Tensor:
-        """Fixed depthwise kernel ``(in_channels * m, 1, k, k)``: output channel ``i * m + j``
-        is ``x(p + d_j) - x(p - d_j)`` of input channel ``i``, ``d_j`` the ``j``-th free tap."""
-        key = (device, dtype)
-        cached = None if torch.compiler.is_compiling() else self._taps.get(key)
-        if cached is not None:
-            return cached
-        k = self.kernel_size[0]
-        m = (k * k - 1) // 2
-        eye = torch.eye(m, device=device, dtype=dtype)
-        taps = torch.cat([eye, eye.new_zeros(m, 1), -eye.flip(-1)], dim=-1)  # (m, k*k)
-        kernel = taps.view(1, m, 1, k, k).expand(self.in_channels, m, 1, k, k)
-        kernel = kernel.reshape(self.in_channels * m, 1, k, k)
-        if not torch.compiler.is_compiling():
-            self._taps[key] = kernel
-        return kernel
 
     def forward(self, input: Tensor) -> Tensor:
         """``(N, in_channels, H, W)`` -> ``(N, out_channels, H_out, W_out)``."""
@@ -469,21 +576,35 @@ class ConvTwist(nn.Module):
         return self._tail(a.view(shape), b.view(shape), c.view(shape))
 
     def _forward_taps(self, x: Tensor, pad: tuple[int, int]) -> Tensor:
-        """``conv(x, Wx)`` and ``conv(x, Wy)`` from their free taps: a fixed depthwise
-        convolution forms the ``m = (k*k-1)/2`` differences ``x(p + d) - x(p - d)`` per input
-        channel and one grouped 1x1 convolution weighs them: ``2 m / k^2`` of a
-        convolution's multiply-adds instead of 2 (17/9 in all for 3x3, not 3)."""
-        g, opg = self.groups, self.out_channels // self.groups
+        """``conv(x, Wx)`` and ``conv(x, Wy)`` from their free taps: the ``m = (k*k-1)/2``
+        differences ``x(p + d) - x(p - d)`` per input channel, formed by shifted slices of the
+        padded input into one channels-last buffer, and one grouped 1x1 convolution that
+        weighs them: ``2 m / k^2`` of a convolution's multiply-adds instead of 2 (17/9 in all
+        for 3x3, not 3)."""
+        k, g = self.kernel_size[0], self.groups
+        if k == 1:  # the odd kernels are empty
+            w0, _ = self._path_kernels("taps")
+            return F.conv2d(x, w0, self.bias, self.stride, pad, 1, g)
+        if _TO_CHANNELS_LAST and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if x.dtype == torch.float32 and torch.is_autocast_enabled(x.device.type):
+            # Cast once: the main convolution and the differences share the low-precision copy.
+            x = x.to(torch.get_autocast_dtype(x.device.type))
         w0, w1 = self._path_kernels("taps")
         a = F.conv2d(x, w0, self.bias, self.stride, pad, 1, g)
-        if w1.shape[1] == 0:  # 1x1: the odd kernels are empty
-            return a
-        dw = self._differences(x.device, x.dtype)
-        d = F.conv2d(x, dw, None, self.stride, pad, 1, self.in_channels)
+        if _traced():
+            # Plain differentiable ops that compilers and exporters trace (and fuse).
+            d = _tap_differences_reference(x, k, self.stride, g, pad[0])
+        else:
+            d = _TapDifferences.apply(x, k, self.stride, g, pad[0])
         bc = F.conv2d(d, w1, None, 1, 0, 1, g)
-        n, _, h, w = bc.shape
-        b, c = bc.view(n, g, 2, opg, h, w).unbind(2)
-        return self._tail(a.view(n, g, opg, h, w), b, c)
+        gx, gy = self._grid(a.shape[-2], a.shape[-1], a.device, a.dtype)
+        if _traced():
+            n, _, h, w = a.shape
+            opg = self.out_channels // g
+            b, c = bc.view(n, g, 2, opg, h, w).unbind(2)
+            return self._tail(a.view(n, g, opg, h, w), b, c)
+        return _GridTail.apply(a, bc, gx, gy, g)
 
     def _tail(self, a: Tensor, b: Tensor, c: Tensor) -> Tensor:
         """``a + X * b + Y * c`` on ``(N, g, out / g, H_out, W_out)`` views."""
