@@ -28,3 +28,13 @@ def test_ci_runs_the_readme_test_command():
         if step.startswith(("python3 -m venv", ". .venv")):
             continue  # CI makes its own venv the same way
         assert step in ci, f"{step!r} from the README's test command is missing in .ci/run"
+
+
+def test_readme_symmetric_example_runs():
+    """The first Python example in the README runs as written (its asserts included)."""
+    text = (ROOT / "README.md").read_text()
+    first = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+    assert "SymmetricConv2d" in first and "assert_close" in first
+    namespace: dict = {}
+    exec(compile(first, "README.md", "exec"), namespace)
+    assert namespace["conv"].weight.shape == (7, 3, 3, 3)
