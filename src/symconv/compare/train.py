@@ -477,6 +477,29 @@ def train_run(
     test_images, test_labels = data.test_images.to(device), data.test_labels.to(device)
     reset_peak_memory(device)
 
+    def save_checkpoint(epoch: int, finished: bool, **extra: Any) -> None:
+        rng = _gather_rng(ctx)  # a collective: every rank takes part
+        if store is None or not ctx.is_main:
+            return
+        store.save(
+            variant,
+            run,
+            {
+                "format": CHECKPOINT_FORMAT,
+                "variant": variant,
+                "run": run,
+                "seed": seed,
+                "epoch": epoch,
+                "finished": finished,
+                "model": model.state_dict(),
+                "rng": rng,
+                "history": history,
+                "train_seconds": train_seconds,
+                "images_seen": images_seen,
+                **extra,
+            },
+        )
+
     for epoch in range(start_epoch, s.epochs):
         if budget is not None and budget[0] <= 0:
             ctx.barrier()
@@ -552,27 +575,12 @@ def train_run(
             f"train {100 * record['train_acc']:.2f}%  test {100 * test_acc:.2f}%  "
             f"{record['images_per_s']:.0f} img/s  {seconds:.1f}s"
         )
-        rng = _gather_rng(ctx)
-        if store is not None and ctx.is_main:
-            store.save(
-                variant,
-                run,
-                {
-                    "format": CHECKPOINT_FORMAT,
-                    "variant": variant,
-                    "run": run,
-                    "seed": seed,
-                    "epoch": epoch + 1,
-                    "finished": False,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "rng": rng,
-                    "history": history,
-                    "train_seconds": train_seconds,
-                    "images_seen": images_seen,
-                },
-            )
+        save_checkpoint(
+            epoch + 1,
+            finished=False,
+            optimizer=optimizer.state_dict(),
+            scheduler=scheduler.state_dict(),
+        )
         if budget is not None:
             budget[0] -= 1
 
@@ -605,26 +613,7 @@ def train_run(
         "memory_kind": memory_kind,
         "history": history,
     }
-    rng = _gather_rng(ctx)  # a collective: every rank takes part
-    if store is not None and ctx.is_main:
-        store.save(
-            variant,
-            run,
-            {
-                "format": CHECKPOINT_FORMAT,
-                "variant": variant,
-                "run": run,
-                "seed": seed,
-                "epoch": s.epochs,
-                "finished": True,
-                "model": model.state_dict(),
-                "rng": rng,
-                "history": history,
-                "train_seconds": train_seconds,
-                "images_seen": images_seen,
-                "result": result,
-            },
-        )
+    save_checkpoint(s.epochs, finished=True, result=result)
     ctx.barrier()
     return result
 
