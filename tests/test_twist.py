@@ -358,6 +358,14 @@ def test_auto_impl_choice(monkeypatch: pytest.MonkeyPatch) -> None:
         other.impl = impl
         torch.testing.assert_close(other(small), outs[0])
         torch.testing.assert_close(other(large), outs[1])
+    # From 128 input channels per group the tap path wins at any size.
+    wide = ConvTwist(128, 8)
+    calls.clear()
+    monkeypatch.setattr(
+        wide, "_forward_taps", lambda *a, f=wide._forward_taps: calls.append("taps") or f(*a)
+    )
+    wide(torch.randn(1, 128, 17, 16))
+    assert calls == ["taps"]
 
 
 def test_extra_repr() -> None:

@@ -25,14 +25,17 @@ of output size for backward. Two paths compute ``a``, ``b``, ``c`` (``impl``):
   A step stores what a plain convolution stores (its input); it does 3x the multiply-adds.
 * ``'split'``: the same three kernels as three convolution calls (same work and memory;
   faster than one stacked call with oneDNN on CPU at large feature maps).
-* ``'taps'``: ``b`` and ``c`` from the odd kernels' free taps, as a fixed depthwise
-  convolution of differences ``x(p + d) - x(p - d)`` and a 1x1 convolution: 17/9 of the
-  multiply-adds for 3x3, at the price of saving the differences (``(k*k-1)/2`` times the
-  input) for backward.
+* ``'taps'``: ``b`` and ``c`` from the odd kernels' free taps: the differences
+  ``x(p + d) - x(p - d)``, formed by shifted slices of the padded input into one
+  channels-last buffer (a custom autograd function whose backward is the mirrored shifted
+  adds), and one 1x1 convolution: 17/9 of the multiply-adds for 3x3, at the price of
+  saving the differences (``(k*k-1)/2`` times the input) for backward.
 
-``'auto'`` takes ``'stacked'`` on CUDA (and other accelerators); on CPU ``'taps'`` for
-outputs of at most 256 pixels and ``'split'`` above (as measured fastest there); see
-``benchmarks/bench_twist.py``.
+``'auto'`` takes ``'stacked'`` on CUDA (and other accelerators); on CPU ``'taps'`` when a
+group has at least 128 input channels (or the output has at most 256 pixels, or the
+kernel is 1x1) and ``'split'`` otherwise: the tap path's extra memory traffic per pixel
+grows like the channels, its saved multiply-adds like their square (measured with
+``benchmarks/bench_twist.py``; see ``benchmarks/README.md``).
 
 The odd kernels are parametrised by their free taps only: ``twist_x`` and ``twist_y``
 hold, for every ``(out, in / groups)`` pair, the ``(k * k - 1) / 2`` taps that precede
@@ -53,23 +56,23 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn import init
 
+from symconv.nn._cache import caching_allowed, version_key
+
 __all__ = ["ConvTwist"]
 
 _PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 _IMPLS = ("auto", "stacked", "split", "taps")
 _GRID_CACHE_SIZE = 16
-# impl='auto' on CPU takes the tap path up to this many output pixels, 'split' above (measured
-# with benchmarks/bench_twist.py: taps wins at 14x14 and 7x7, loses at 28x28 and 56x56).
+# impl='auto' on CPU takes the tap path from this many input channels per group, or for outputs
+# of at most _TAPS_MAX_PIXELS_CPU pixels, and 'split' otherwise. Measured with
+# benchmarks/bench_twist.py: the tap path's extra memory traffic per pixel grows like C and its
+# saved multiply-adds like C^2, so it wins from C = 128 (at 56x56 as at 7x7) and loses at C = 64.
+_TAPS_MIN_CHANNELS_CPU = 128
 _TAPS_MAX_PIXELS_CPU = 256
 
 
-_TO_CHANNELS_LAST = False
-
-
 def _traced() -> bool:
-    return (
-        torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
-    )
+    return torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
 
 
 def _windows(r: int, s: int, stride: tuple[int, int], ho: int, wo: int) -> tuple[slice, slice]:
@@ -119,6 +122,25 @@ def _tap_differences_reference(
     return torch.stack(taps, dim=2).flatten(1, 3)
 
 
+def _pointwise(d: Tensor, weight: Tensor, groups: int) -> Tensor:
+    """``F.conv2d(d, weight, groups=groups)`` for a 1x1 ``weight`` and a channels-last ``d``,
+    through the fastest CPU kernel measured (``benchmarks/bench_twist.py``, one thread)."""
+    if not d.is_contiguous(memory_format=torch.channels_last) or d.device.type != "cpu":
+        return F.conv2d(d, weight, None, 1, 0, 1, groups)
+    n, c, h, w = d.shape
+    if groups == 1 and d.dtype == torch.bfloat16:
+        # oneDNN's bf16 matmul on the (N*H*W, C) rows beats its 1x1 convolution (up to 1.7x).
+        return F.linear(d.permute(0, 2, 3, 1), weight.flatten(1)).permute(0, 3, 1, 2)
+    if n < 16:
+        # PyTorch sends a 1x1 convolution of fewer than 16 images to its THNN kernel when
+        # single-threaded, 2x slower here than oneDNN: fold the rows into the batch (a view of
+        # the same channels-last memory).
+        rows = d.permute(0, 2, 3, 1).reshape(n * h, 1, w, c).permute(0, 3, 1, 2)
+        y = F.conv2d(rows, weight, None, 1, 0, 1, groups)
+        return y.permute(0, 2, 3, 1).reshape(n, h, w, weight.shape[0]).permute(0, 3, 1, 2)
+    return F.conv2d(d, weight, None, 1, 0, 1, groups)
+
+
 class _TapDifferences(torch.autograd.Function):
     """:func:`_tap_differences` of the input zero-padded by ``pad``, with the mirrored
     shifted adds as backward (cheaper than autograd through slices or a depthwise
@@ -128,7 +150,14 @@ class _TapDifferences(torch.autograd.Function):
     def forward(
         ctx: object, x: Tensor, k: int, stride: tuple[int, int], groups: int, pad: int
     ) -> Tensor:
-        xp = F.pad(x, (pad, pad, pad, pad)) if pad else x
+        # The slices read channels-last: with a channels-first input they would transpose
+        # while subtracting, which costs more than one padded channels-last copy.
+        if pad:
+            n, c, h, w = x.shape
+            xp = x.new_zeros(n, h + 2 * pad, w + 2 * pad, c).permute(0, 3, 1, 2)
+            xp[..., pad : pad + h, pad : pad + w] = x
+        else:
+            xp = x.contiguous(memory_format=torch.channels_last)
         ctx.geometry = (tuple(xp.shape), k, stride, groups, pad)
         return _tap_differences(xp, k, stride, groups)
 
@@ -454,9 +483,10 @@ class ConvTwist(nn.Module):
         cy = self.center_y.view(g, out // g, 1, 1)
         # The odd kernel is linear in its taps, so the fold W - cx Wx - cy Wy runs on the
         # (k*k-1)/2 free taps: less work, and autograd keeps taps, not full kernels.
-        w0 = self.weight.view(g, out // g, *self.weight.shape[1:]) + _odd_kernel(
-            torch.addcmul(tx * -cx, ty, -cy), k
-        )
+        # The odd part first: the sum takes its (contiguous) layout even when the weight is
+        # channels-last, which the float64 convolution backward needs.
+        odd = _odd_kernel(torch.addcmul(tx * -cx, ty, -cy), k)
+        w0 = odd + self.weight.view(g, out // g, *self.weight.shape[1:])
         return w0, torch.stack([tx, ty], dim=1)
 
     def fused_weight(self) -> tuple[Tensor, Tensor | None]:
@@ -486,9 +516,10 @@ class ConvTwist(nn.Module):
         ``load_state_dict``, ``set_twist_kernels`` and ``.to()`` invalidate it (writes
         through ``.data`` do not: call :meth:`clear_cache` after those).
         """
-        cacheable = self._can_cache()
+        params = tuple(self.parameters())
+        cacheable = caching_allowed(params)
         if cacheable:
-            key = self._cache_key()
+            key = version_key(params)
             hit = self._kernel_cache.get(path)
             if hit is not None and hit[0] == key:
                 return hit[1]
@@ -497,32 +528,22 @@ class ConvTwist(nn.Module):
                 kernels: tuple[Tensor | None, ...] = self.fused_weight()
             else:
                 w0, free = self._kernels()
+                # Contiguous (a no-op, see _kernels): the float64 (slow_conv2d) backward
+                # rejects a channels-last kernel ("grad_weight must be contiguous").
+                w0 = w0.flatten(0, 1).contiguous()
                 if path == "split":
                     odd = _odd_kernel(free.transpose(0, 1), self.kernel_size[0])
-                    kernels = (w0.flatten(0, 1), *odd.flatten(1, 2).unbind(0))
+                    kernels = (w0, *odd.flatten(1, 2).unbind(0))
                 else:  # taps: (2 out, m * in/g, 1, 1), column j * in/g + i: tap j, input i
-                    w1 = free.transpose(-1, -2).reshape(2 * self.out_channels, -1, 1, 1)
-                    kernels = (w0.flatten(0, 1), w1)
+                    w1 = free.transpose(-1, -2).reshape(2 * self.out_channels, -1)
+                    # Canonical strides: a 1x1 kernel whose strides also read as channels-last
+                    # gets a wrong weight gradient from a channels-last convolution (seen
+                    # with torch 2.13, float64, in/groups == 1).
+                    w1 = w1.contiguous().view(*w1.shape, 1, 1)
+                    kernels = (w0, w1)
         if cacheable:
             self._kernel_cache[path] = (key, kernels)
         return kernels
-
-    def _can_cache(self) -> bool:
-        if (
-            torch.compiler.is_compiling()
-            or torch.jit.is_tracing()
-            or torch.onnx.is_in_onnx_export()
-        ):
-            return False
-        if not torch.is_grad_enabled():
-            return True
-        return not any(p.requires_grad for p in self.parameters())
-
-    def _cache_key(self) -> tuple[object, ...]:
-        key: list[object] = [torch.is_inference_mode_enabled()]
-        for p in self.parameters():
-            key += [id(p), p.data_ptr(), p._version, p.dtype, p.device]
-        return tuple(key)
 
     def clear_cache(self) -> None:
         """Drop the cached inference kernels (needed only after writes through ``.data``)."""
@@ -533,6 +554,8 @@ class ConvTwist(nn.Module):
             return self.impl
         if input.device.type != "cpu":
             return "stacked"
+        if self.kernel_size[0] == 1 or self.in_channels // self.groups >= _TAPS_MIN_CHANNELS_CPU:
+            return "taps"
         h, w = input.shape[-2:]
         pixels = ((h - 1) // self.stride[0] + 1) * ((w - 1) // self.stride[1] + 1)
         return "taps" if pixels <= _TAPS_MAX_PIXELS_CPU else "split"
@@ -551,6 +574,9 @@ class ConvTwist(nn.Module):
         else:
             p = self.padding[0]
             x, pad = F.pad(input, (p, p, p, p), mode=self.padding_mode), (0, 0)
+            if input.is_contiguous(memory_format=torch.channels_last):
+                # Circular padding returns channels-first; keep the input's layout.
+                x = x.contiguous(memory_format=torch.channels_last)
         g, opg = self.groups, self.out_channels // self.groups
         path = self._path(input)
         if path == "taps":
@@ -585,8 +611,6 @@ class ConvTwist(nn.Module):
         if k == 1:  # the odd kernels are empty
             w0, _ = self._path_kernels("taps")
             return F.conv2d(x, w0, self.bias, self.stride, pad, 1, g)
-        if _TO_CHANNELS_LAST and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
         if x.dtype == torch.float32 and torch.is_autocast_enabled(x.device.type):
             # Cast once: the main convolution and the differences share the low-precision copy.
             x = x.to(torch.get_autocast_dtype(x.device.type))
@@ -597,7 +621,7 @@ class ConvTwist(nn.Module):
             d = _tap_differences_reference(x, k, self.stride, g, pad[0])
         else:
             d = _TapDifferences.apply(x, k, self.stride, g, pad[0])
-        bc = F.conv2d(d, w1, None, 1, 0, 1, g)
+        bc = F.conv2d(d, w1, None, 1, 0, 1, g) if _traced() else _pointwise(d, w1, g)
         gx, gy = self._grid(a.shape[-2], a.shape[-1], a.device, a.dtype)
         if _traced():
             n, _, h, w = a.shape
