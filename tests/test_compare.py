@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -282,8 +283,18 @@ def test_bad_arguments_fail_before_training(
         main(["compare", "--epochs", "0"])
 
 
+def _gloo_teardown_abort(stderr: str, out: Path) -> bool:
+    """True when the run finished and wrote its results, and only the teardown aborted."""
+    results = out / "results.json"
+    return (
+        "terminate called without an active exception" in stderr
+        and results.exists()
+        and json.loads(results.read_text()).get("status") == "complete"
+    )
+
+
 @pytest.mark.slow
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(420)
 def test_ddp_two_gloo_processes(tmp_path: Path) -> None:
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
@@ -310,6 +321,13 @@ def test_ddp_two_gloo_processes(tmp_path: Path) -> None:
         str(out),
     ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=200)
+    if proc.returncode != 0 and _gloo_teardown_abort(proc.stderr, out):
+        # torch 2.13's gloo occasionally aborts one process while the group is torn down,
+        # after every result is written (seen about 1 run in 10 on a loaded 2-core machine;
+        # a barrier before destroy_process_group does not prevent it). Not ours to fix here:
+        # run once more, and fail on any other error.
+        shutil.rmtree(out)
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     # only rank 0 prints the table
     assert proc.stdout.count("variant  params") == 1

@@ -498,6 +498,9 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_file: str) -> None:
         opt.step()
     if rank == 0:
         torch.save(model.state_dict(), out_file)
+    # Every rank reaches here before any tears down gloo: a rank that destroys the group
+    # while a peer still talks to it can abort ("terminate called without an active exception").
+    torch.distributed.barrier()
     torch.distributed.destroy_process_group()
 
 

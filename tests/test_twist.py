@@ -587,6 +587,9 @@ def _ddp_worker(rank: int, world: int, init_file: str, data: str, result: str) -
         opt.step()
         if rank == 0:
             torch.save(model.module.state_dict(), result)
+        # Every rank reaches here before any tears down gloo: a rank that destroys the
+        # group while a peer still talks to it can abort ("terminate called ...").
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

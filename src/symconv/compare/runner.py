@@ -234,7 +234,11 @@ def run_compare(
         torch.set_num_threads(auto_threads(local))
     say = (log or print) if ctx.is_main else (lambda _msg: None)
     try:
-        return _run(config, ctx, say, command)
+        results = _run(config, ctx, say, command)
+        # No rank tears the process group down while a peer may still use it: gloo can
+        # abort a process whose peer vanished mid-conversation.
+        ctx.barrier()
+        return results
     finally:
         torch.set_num_threads(threads)
         ctx.close()
