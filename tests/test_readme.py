@@ -38,3 +38,19 @@ def test_readme_symmetric_example_runs():
     namespace: dict = {}
     exec(compile(first, "README.md", "exec"), namespace)
     assert namespace["conv"].weight.shape == (7, 3, 3, 3)
+
+
+def test_quickstart_example_runs():
+    """examples/quickstart.py runs and its flip checks come out exact."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "quickstart.py")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    errors = [float(line.split()[-1]) for line in proc.stdout.splitlines() if " of 16 " in line]
+    assert len(errors) == 3 and max(errors) < 1e-12
