@@ -249,7 +249,7 @@ def convert(
             continue
         try:
             if to == "twist":
-                new = _to_twist(module, ConvTwist, copy_weights, init_max)
+                new = ConvTwist.from_conv(module, init_max=init_max, copy_weights=copy_weights)
             else:
                 new = _to_symmetric(module, sym_cls[base], symmetry, share_bias, copy_weights)
         except ValueError as exc:
@@ -268,26 +268,6 @@ def convert(
                 parent._modules[child_name] = replacements[id(child)]
     report.params_after = sum(p.numel() for p in model.parameters())
     return report
-
-
-def _to_twist(conv: nn.Conv2d, twist_cls: type, copy_weights: bool, init_max: float) -> nn.Module:
-    if copy_weights:
-        return twist_cls.from_conv(conv, init_max=init_max)
-    reason = _twist_reason(conv)
-    if reason is not None and not reason.startswith("1x1"):
-        raise ValueError(reason)
-    return twist_cls(
-        conv.in_channels,
-        conv.out_channels,
-        kernel_size=conv.kernel_size[0],
-        stride=conv.stride,
-        groups=conv.groups,
-        bias=conv.bias is not None,
-        init_max=init_max,
-        padding_mode=conv.padding_mode,
-        device=conv.weight.device,
-        dtype=conv.weight.dtype,
-    )
 
 
 def _to_symmetric(

@@ -640,9 +640,18 @@ class ConvTwist(nn.Module):
 
     # -- conversion ----------------------------------------------------------------------
     @classmethod
-    def from_conv(cls, conv: nn.Conv2d, init_max: float = 1.5, impl: str = "auto") -> ConvTwist:
-        """A ``ConvTwist`` computing the same function as ``conv``: ``W`` (and the bias)
-        copied, the twist taps zero, the centres drawn as usual.
+    def from_conv(
+        cls,
+        conv: nn.Conv2d,
+        init_max: float = 1.5,
+        impl: str = "auto",
+        copy_weights: bool = True,
+    ) -> ConvTwist:
+        """A ``ConvTwist`` with ``conv``'s shape, stride, groups, bias and padding mode.
+
+        With ``copy_weights`` (default) it computes the same function as ``conv``: ``W``
+        (and the bias) copied, the twist taps zero, the centres drawn as usual; without,
+        every parameter keeps its fresh initialisation.
 
         ``conv`` must be a plain ``nn.Conv2d`` with an odd square kernel, dilation 1 and
         padding ``k // 2`` (or ``'same'``); any stride, groups, bias and padding mode.
@@ -675,6 +684,8 @@ class ConvTwist(nn.Module):
             dtype=conv.weight.dtype,
             impl=impl,
         )
+        if not copy_weights:
+            return layer
         with torch.no_grad():
             layer.weight.copy_(conv.weight)
             layer.twist_x.zero_()
