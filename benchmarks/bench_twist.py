@@ -9,8 +9,8 @@ HxW spatial, 3x3, stride 1):
   stacked along the output axis, centres folded into ``W``, constant-grid tail;
 * ``split``      -- ``ConvTwist(impl='split')``: the same three kernels as three calls;
 * ``taps``       -- ``ConvTwist(impl='taps')``: the odd kernels through their
-  ``(k*k-1)/2`` free taps: input differences from shifted slices (a custom autograd
-  function) and one 1x1 convolution (17/9 of a plain 3x3's multiply-adds instead of 3);
+  ``(k*k-1)/2`` free taps: input differences and one GEMM per cache-sized chunk of images,
+  differences recomputed in backward (17/9 of a plain 3x3's multiply-adds instead of 3);
 * ``one-conv``   -- the stacked convolution with the unfolded tail
   ``a + (X - cx) * b + (Y - cy) * c`` (an alternative measured for the design);
 * ``naive``      -- three separate convolutions and explicit grids, as the formula reads;

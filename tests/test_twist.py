@@ -174,7 +174,9 @@ def test_gradcheck(impl: str) -> None:
         )
 
     assert torch.autograd.gradcheck(fn, (x, *params), fast_mode=True)
-    if impl == "stacked":  # second order once: the paths share the kernel construction
+    # Second order for the tap path's custom backward, and once for the kernel construction
+    # the other paths share.
+    if impl in ("stacked", "taps"):
         assert torch.autograd.gradgradcheck(fn, (x, *params), fast_mode=True)
     # and the exact (slow-mode) Jacobian for the input and the twist parameters
     assert torch.autograd.gradcheck(
@@ -183,6 +185,106 @@ def test_gradcheck(impl: str) -> None:
         ),
         (x, layer.center_x.detach().requires_grad_(), layer.twist_x.detach().requires_grad_()),
     )
+
+
+# -- the tap path's chunked custom autograd function -------------------------------------------
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize(("groups", "stride", "mode"), [(1, 1, "zeros"), (2, 2, "reflect")])
+def test_taps_chunks_match_reference(
+    monkeypatch: pytest.MonkeyPatch, channels_last: bool, groups: int, stride: int, mode: str
+) -> None:
+    """Chunks of 2 images over a batch of 5 (the last chunk short) give the reference's output
+    and gradients, in either memory format."""
+    from symconv.nn import _twist_taps
+
+    per_image = 4 * 4 * 7 * 6 * 8  # (k*k-1)/2 taps x in channels x H_out x W_out x 8 bytes
+    monkeypatch.setattr(_twist_taps, "_CHUNK_BYTES", 2 * per_image)
+    torch.manual_seed(3)
+    layer = ConvTwist(
+        4, 6, groups=groups, stride=stride, bias=True, padding_mode=mode, impl="taps"
+    ).double()
+    x = torch.randn(5, 4, 7 * stride, 6 * stride, dtype=torch.float64)
+    if channels_last:
+        layer = layer.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    out, ref = layer(x), twist_reference(layer, x)
+    assert out.is_contiguous(memory_format=torch.channels_last) == channels_last
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    gout = torch.randn_like(ref)
+    for g, gr in zip(_all_grads(layer, x, out, gout), _all_grads(layer, x, ref, gout), strict=True):
+        torch.testing.assert_close(g, gr, rtol=1e-10, atol=1e-10)
+
+
+def test_taps_partial_gradients() -> None:
+    """Frozen parameters or an input without gradient: the other gradients are unchanged."""
+    torch.manual_seed(5)
+    layer = ConvTwist(8, 8, impl="taps").double()
+    x = torch.randn(3, 8, 6, 7, dtype=torch.float64, requires_grad=True)
+    full = torch.autograd.grad(layer(x).square().sum(), [x, layer.twist_x])
+    layer.requires_grad_(False)
+    (gx,) = torch.autograd.grad(layer(x).square().sum(), [x])
+    torch.testing.assert_close(gx, full[0], rtol=1e-12, atol=1e-12)
+    layer.requires_grad_(True)
+    (gt,) = torch.autograd.grad(layer(x.detach()).square().sum(), [layer.twist_x])
+    torch.testing.assert_close(gt, full[1], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_taps_bfloat16_matches_float64(groups: int) -> None:
+    """bfloat16 (its own GEMM path without groups) agrees with the float64 reference."""
+    torch.manual_seed(7)
+    layer = ConvTwist(16, 8, groups=groups, bias=True, impl="taps")
+    x = torch.randn(3, 16, 9, 10).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    with torch.autocast("cpu", torch.bfloat16):
+        out = layer(x)
+    ref_layer = copy.deepcopy(layer).double()
+    xd = x.detach().double().requires_grad_()
+    ref = twist_reference(ref_layer, xd)
+    assert out.dtype == torch.bfloat16
+    assert (out.double() - ref).abs().max() / ref.abs().max() < 2e-2
+    gout = torch.randn_like(ref)
+    grads = torch.autograd.grad(out, [x, layer.twist_x, layer.weight], gout.bfloat16())
+    refs = torch.autograd.grad(ref, [xd, ref_layer.twist_x, ref_layer.weight], gout)
+    for g, gr in zip(grads, refs, strict=True):
+        assert (g.double() - gr).abs().max() / gr.abs().max() < 3e-2
+
+
+def _saved_activation_bytes(layer: nn.Module, x: torch.Tensor) -> int:
+    """Bytes of the batch-sized tensors (unique storages) autograd saves for backward."""
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if t.dim() == 4 and t.shape[0] == x.shape[0]:  # not a kernel, a grid or a bias
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        layer(x)
+    return sum(storages.values())
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_saves_what_a_convolution_saves(impl: str) -> None:
+    """Every path keeps only the layer's input for backward, as nn.Conv2d does (the tap
+    path recomputes its differences instead of saving m times the input)."""
+    x = torch.randn(5, 16, 20, 20, requires_grad=True)  # no kernel dimension is 5
+    conv = nn.Conv2d(16, 16, 3, padding=1, bias=False)
+    twist = ConvTwist(16, 16, impl=impl)
+    assert _saved_activation_bytes(conv, x) == x.numel() * 4
+    assert _saved_activation_bytes(twist, x) == x.numel() * 4
+
+
+def test_gemm_rows() -> None:
+    """The GEMM view has at least 16 rows (oneDNN's threshold) and divides the pixels."""
+    from symconv.nn._twist_taps import _gemm_rows
+
+    for pixels in (1, 7, 16, 49, 196, 3136, 97, 12 * 12 * 5):
+        r = _gemm_rows(pixels)
+        assert pixels % r == 0
+        assert r >= 16 or r == pixels
+        assert r == pixels or not any(pixels % q == 0 for q in range(16, r))
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -341,31 +443,31 @@ def test_bad_input() -> None:
         ConvTwist(8, 8)(torch.randn(2, 4, 8))
 
 
-def test_auto_impl_choice(monkeypatch: pytest.MonkeyPatch) -> None:
-    """On CPU 'auto' takes the tap path for small outputs, the split path for larger ones."""
-    calls: list[str] = []
-    layer = ConvTwist(4, 4, bias=True)
-    for path in ("taps", "split"):
-        orig = getattr(layer, f"_forward_{path}")
-        monkeypatch.setattr(
-            layer, f"_forward_{path}", lambda *a, p=path, f=orig: calls.append(p) or f(*a)
-        )
-    small, large = torch.randn(1, 4, 16, 16), torch.randn(1, 4, 17, 16)
-    outs = [layer(small), layer(large)]
-    assert calls == ["taps", "split"]  # 17 x 16 > 256 output pixels
+@pytest.mark.parametrize(
+    ("in_c", "groups", "k", "expected"),
+    [
+        (32, 1, 3, "taps"),
+        (64, 2, 3, "taps"),
+        (16, 1, 1, "taps"),  # no twist terms: a plain convolution
+        (3, 1, 3, "stacked"),
+        (8, 1, 5, "stacked"),
+        (16, 1, 3, "split"),
+        (16, 16, 3, "split"),  # depthwise
+        (12, 4, 3, "split"),
+    ],
+)
+def test_auto_impl_choice(in_c: int, groups: int, k: int, expected: str) -> None:
+    """On CPU 'auto' picks the path the benchmark measured fastest, which computes the same
+    function as the other paths."""
+    layer = ConvTwist(in_c, 2 * groups, k, groups=groups, bias=True)
+    x = torch.randn(2, in_c, 9, 8)
+    assert layer._path(x) == expected
+    out = layer(x)
     for impl in IMPLS:
         other = copy.deepcopy(layer)
         other.impl = impl
-        torch.testing.assert_close(other(small), outs[0])
-        torch.testing.assert_close(other(large), outs[1])
-    # From 128 input channels per group the tap path wins at any size.
-    wide = ConvTwist(128, 8)
-    calls.clear()
-    monkeypatch.setattr(
-        wide, "_forward_taps", lambda *a, f=wide._forward_taps: calls.append("taps") or f(*a)
-    )
-    wide(torch.randn(1, 128, 17, 16))
-    assert calls == ["taps"]
+        assert other._path(x) == impl
+        torch.testing.assert_close(other(x), out)
 
 
 def test_extra_repr() -> None:

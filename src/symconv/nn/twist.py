@@ -19,23 +19,23 @@ with a Twist")::
 Implementation: the centres are folded into the plain kernel,
 ``conv(x, W) - cx conv(x, Wx) - cy conv(x, Wy) = conv(x, W - cx Wx - cy Wy)``, leaving
 ``a + X * b + Y * c`` with fixed grids as the tail; multiplying by constants saves nothing
-of output size for backward. Two paths compute ``a``, ``b``, ``c`` (``impl``):
+of output size for backward. Three paths compute it (``impl``); every one keeps for
+backward only what a plain convolution keeps (its input):
 
-* ``'stacked'``: *one* convolution with the three kernels stacked along the output axis.
-  A step stores what a plain convolution stores (its input); it does 3x the multiply-adds.
-* ``'split'``: the same three kernels as three convolution calls (same work and memory;
-  faster than one stacked call with oneDNN on CPU at large feature maps).
+* ``'stacked'``: *one* convolution with the three kernels stacked along the output axis,
+  3x the multiply-adds of a plain convolution.
+* ``'split'``: the same three kernels as three convolution calls (same work; faster than
+  one stacked call with oneDNN on CPU at large feature maps).
 * ``'taps'``: ``b`` and ``c`` from the odd kernels' free taps: the differences
-  ``x(p + d) - x(p - d)``, formed by shifted slices of the padded input into one
-  channels-last buffer (a custom autograd function whose backward is the mirrored shifted
-  adds), and one 1x1 convolution: 17/9 of the multiply-adds for 3x3, at the price of
-  saving the differences (``(k*k-1)/2`` times the input) for backward.
+  ``x(p + d) - x(p - d)`` and one GEMM (a 1x1 convolution) that weighs them, 17/9 of the
+  multiply-adds for 3x3. On CPU it runs in cache-sized chunks of images and recomputes
+  the differences in backward (:mod:`symconv.nn._twist_taps`).
 
-``'auto'`` takes ``'stacked'`` on CUDA (and other accelerators); on CPU ``'taps'`` when a
-group has at least 128 input channels (or the output has at most 256 pixels, or the
-kernel is 1x1) and ``'split'`` otherwise: the tap path's extra memory traffic per pixel
-grows like the channels, its saved multiply-adds like their square (measured with
-``benchmarks/bench_twist.py``; see ``benchmarks/README.md``).
+``'auto'`` takes ``'stacked'`` on CUDA (and other accelerators; unmeasured there, see
+``benchmarks/README.md``); on CPU ``'taps'`` from 32 input channels per group (and for
+1x1 kernels, which have no twist terms), ``'stacked'`` for at most 8 input channels without
+groups (a first layer: the extra outputs are nearly free) and ``'split'`` otherwise
+(depthwise and narrow grouped layers), as measured with ``benchmarks/bench_twist.py``.
 
 The odd kernels are parametrised by their free taps only: ``twist_x`` and ``twist_y``
 hold, for every ``(out, in / groups)`` pair, the ``(k * k - 1) / 2`` taps that precede
@@ -57,165 +57,19 @@ from torch import Tensor, nn
 from torch.nn import init
 
 from symconv.nn._cache import caching_allowed, version_key
+from symconv.nn._twist_taps import odd_tap_twist
 
 __all__ = ["ConvTwist"]
 
 _PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 _IMPLS = ("auto", "stacked", "split", "taps")
 _GRID_CACHE_SIZE = 16
-# impl='auto' on CPU takes the tap path from this many input channels per group, or for outputs
-# of at most _TAPS_MAX_PIXELS_CPU pixels, and 'split' otherwise. Measured with
-# benchmarks/bench_twist.py: the tap path's extra memory traffic per pixel grows like C and its
-# saved multiply-adds like C^2, so it wins from C = 128 (at 56x56 as at 7x7) and loses at C = 64.
-_TAPS_MIN_CHANNELS_CPU = 128
-_TAPS_MAX_PIXELS_CPU = 256
-
-
-def _traced() -> bool:
-    return torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
-
-
-def _windows(r: int, s: int, stride: tuple[int, int], ho: int, wo: int) -> tuple[slice, slice]:
-    """Rows and columns of a padded input that tap ``(r, s)`` of a kernel reads."""
-    return (
-        slice(r, r + stride[0] * (ho - 1) + 1, stride[0]),
-        slice(s, s + stride[1] * (wo - 1) + 1, stride[1]),
-    )
-
-
-def _out_size(xp: Tensor | tuple[int, ...], k: int, stride: tuple[int, int]) -> tuple[int, int]:
-    hp, wp = xp.shape[-2:] if isinstance(xp, Tensor) else xp[-2:]
-    return (hp - k) // stride[0] + 1, (wp - k) // stride[1] + 1
-
-
-def _tap_differences(xp: Tensor, k: int, stride: tuple[int, int], groups: int) -> Tensor:
-    """Padded ``(N, C, H + k - 1, W + k - 1)`` -> ``(N, C * m, H_out, W_out)`` channels-last,
-    channel ``(group, tap j, channel in group)``: ``xp(p + d_j) - xp(p - d_j)`` for the
-    ``m = (k*k-1)/2`` taps ``d_j`` before the centre (row-major)."""
-    n, c, _, _ = xp.shape
-    ho, wo = _out_size(xp, k, stride)
-    m, cg = (k * k - 1) // 2, c // groups
-    # One channels-last buffer, so the 1x1 convolution reads it without a reorder.
-    d = xp.new_empty(n, ho, wo, groups, m, cg).permute(0, 3, 4, 5, 1, 2)
-    xv = xp.unflatten(1, (groups, cg))
-    for j in range(m):
-        r, s = divmod(j, k)
-        plus = xv[(..., *_windows(r, s, stride, ho, wo))]
-        minus = xv[(..., *_windows(k - 1 - r, k - 1 - s, stride, ho, wo))]
-        torch.sub(plus, minus, out=d[:, :, j])
-    return d.flatten(1, 3)
-
-
-def _tap_differences_reference(
-    x: Tensor, k: int, stride: tuple[int, int], groups: int, pad: int
-) -> Tensor:
-    """:func:`_tap_differences` in plain differentiable ops (for tracing and export)."""
-    xp = F.pad(x, (pad, pad, pad, pad)) if pad else x
-    ho, wo = _out_size(xp, k, stride)
-    xv = xp.unflatten(1, (groups, xp.shape[1] // groups))
-    taps = []
-    for j in range((k * k - 1) // 2):
-        r, s = divmod(j, k)
-        plus = xv[(..., *_windows(r, s, stride, ho, wo))]
-        minus = xv[(..., *_windows(k - 1 - r, k - 1 - s, stride, ho, wo))]
-        taps.append(plus - minus)
-    return torch.stack(taps, dim=2).flatten(1, 3)
-
-
-def _pointwise(d: Tensor, weight: Tensor, groups: int) -> Tensor:
-    """``F.conv2d(d, weight, groups=groups)`` for a 1x1 ``weight`` and a channels-last ``d``,
-    through the fastest CPU kernel measured (``benchmarks/bench_twist.py``, one thread)."""
-    if not d.is_contiguous(memory_format=torch.channels_last) or d.device.type != "cpu":
-        return F.conv2d(d, weight, None, 1, 0, 1, groups)
-    n, c, h, w = d.shape
-    if groups == 1 and d.dtype == torch.bfloat16:
-        # oneDNN's bf16 matmul on the (N*H*W, C) rows beats its 1x1 convolution (up to 1.7x).
-        return F.linear(d.permute(0, 2, 3, 1), weight.flatten(1)).permute(0, 3, 1, 2)
-    if n < 16:
-        # PyTorch sends a 1x1 convolution of fewer than 16 images to its THNN kernel when
-        # single-threaded, 2x slower here than oneDNN: fold the rows into the batch (a view of
-        # the same channels-last memory).
-        rows = d.permute(0, 2, 3, 1).reshape(n * h, 1, w, c).permute(0, 3, 1, 2)
-        y = F.conv2d(rows, weight, None, 1, 0, 1, groups)
-        return y.permute(0, 2, 3, 1).reshape(n, h, w, weight.shape[0]).permute(0, 3, 1, 2)
-    return F.conv2d(d, weight, None, 1, 0, 1, groups)
-
-
-class _TapDifferences(torch.autograd.Function):
-    """:func:`_tap_differences` of the input zero-padded by ``pad``, with the mirrored
-    shifted adds as backward (cheaper than autograd through slices or a depthwise
-    convolution). The backward is built from differentiable ops, so double backward works."""
-
-    @staticmethod
-    def forward(
-        ctx: object, x: Tensor, k: int, stride: tuple[int, int], groups: int, pad: int
-    ) -> Tensor:
-        # The slices read channels-last: with a channels-first input they would transpose
-        # while subtracting, which costs more than one padded channels-last copy.
-        if pad:
-            n, c, h, w = x.shape
-            xp = x.new_zeros(n, h + 2 * pad, w + 2 * pad, c).permute(0, 3, 1, 2)
-            xp[..., pad : pad + h, pad : pad + w] = x
-        else:
-            xp = x.contiguous(memory_format=torch.channels_last)
-        ctx.geometry = (tuple(xp.shape), k, stride, groups, pad)
-        return _tap_differences(xp, k, stride, groups)
-
-    @staticmethod
-    def backward(ctx: object, grad: Tensor) -> tuple[Tensor | None, ...]:
-        (n, c, hp, wp), k, stride, groups, pad = ctx.geometry
-        ho, wo = grad.shape[-2:]
-        m, cg = (k * k - 1) // 2, c // groups
-        gx = grad.new_zeros(n, hp, wp, c).permute(0, 3, 1, 2)
-        gv = grad.unflatten(1, (groups, m, cg))
-        if grad.element_size() < 4 and not torch.is_grad_enabled():
-            # Reduced-precision adds that read one tap out of the interleaved channels-last
-            # gradient are ~8x slower on CPU than from a tap-major copy (measured, bf16).
-            gv = gv.permute(0, 1, 2, 4, 5, 3).contiguous().permute(0, 1, 2, 5, 3, 4)
-        gxv = gx.unflatten(1, (groups, cg))
-        for j in range(m):
-            r, s = divmod(j, k)
-            gxv[(..., *_windows(r, s, stride, ho, wo))] += gv[:, :, j]
-            gxv[(..., *_windows(k - 1 - r, k - 1 - s, stride, ho, wo))] -= gv[:, :, j]
-        if pad:
-            gx = gx[..., pad : hp - pad, pad : wp - pad]
-        return gx, None, None, None, None
-
-
-class _GridTail(torch.autograd.Function):
-    """``a + X * b + Y * c`` for ``a`` ``(N, out, H, W)`` and ``bc`` ``(N, 2 out, H, W)``,
-    channels ``(group, b or c, out / groups)``; the backward writes both grids' products into
-    one buffer laid out like ``bc`` (autograd through slices of ``bc`` would zero-fill it)."""
-
-    @staticmethod
-    def forward(ctx: object, a: Tensor, bc: Tensor, gx: Tensor, gy: Tensor, groups: int) -> Tensor:
-        n, co, h, w = a.shape
-        bc6 = bc.view(n, groups, 2, co // groups, h, w)
-        if bc.element_size() < 4 and bc.is_contiguous(memory_format=torch.channels_last):
-            # As in _TapDifferences.backward: reduced-precision arithmetic reading every other
-            # block of channels is ~4x slower on CPU than one planar copy and contiguous reads.
-            bc6 = bc6.permute(0, 1, 2, 4, 5, 3).contiguous().permute(0, 1, 2, 5, 3, 4)
-        b, c = bc6.unbind(2)
-        out = torch.addcmul(a.view(n, groups, co // groups, h, w), b, gx)
-        out.addcmul_(c, gy)
-        ctx.save_for_backward(gx, gy)
-        ctx.bc_meta = (bc.shape, bc.stride(), groups)
-        return out.reshape(n, co, h, w)
-
-    @staticmethod
-    def backward(ctx: object, grad: Tensor) -> tuple[Tensor | None, ...]:
-        gx, gy = ctx.saved_tensors
-        shape, stride, groups = ctx.bc_meta
-        n, co, h, w = grad.shape
-        g5 = grad.reshape(n, groups, co // groups, h, w)
-        if torch.is_grad_enabled():  # double backward: differentiable ops
-            gbc = torch.stack([g5 * gx, g5 * gy], dim=2).view(shape)
-        else:
-            gbc = grad.new_empty_strided(shape, stride)
-            parts = gbc.view(n, groups, 2, co // groups, h, w)
-            torch.mul(g5, gx, out=parts[:, :, 0])
-            torch.mul(g5, gy, out=parts[:, :, 1])
-        return grad, gbc, None, None, None
+# impl='auto' on CPU (measured with benchmarks/bench_twist.py, one thread, training steps): the
+# tap path from this many input channels per group (its GEMM needs a wide reduction to pay for
+# the differences); one stacked convolution up to _STACKED_MAX_CHANNELS_CPU input channels
+# without groups; three convolutions otherwise.
+_TAPS_MIN_CHANNELS_CPU = 32
+_STACKED_MAX_CHANNELS_CPU = 8
 
 
 def _positive_int(name: str, value: object) -> int:
@@ -554,11 +408,12 @@ class ConvTwist(nn.Module):
             return self.impl
         if input.device.type != "cpu":
             return "stacked"
-        if self.kernel_size[0] == 1 or self.in_channels // self.groups >= _TAPS_MIN_CHANNELS_CPU:
+        per_group = self.in_channels // self.groups
+        if self.kernel_size[0] == 1 or per_group >= _TAPS_MIN_CHANNELS_CPU:
             return "taps"
-        h, w = input.shape[-2:]
-        pixels = ((h - 1) // self.stride[0] + 1) * ((w - 1) // self.stride[1] + 1)
-        return "taps" if pixels <= _TAPS_MAX_PIXELS_CPU else "split"
+        if self.groups == 1 and per_group <= _STACKED_MAX_CHANNELS_CPU:
+            return "stacked"
+        return "split"
 
     def forward(self, input: Tensor) -> Tensor:
         """``(N, in_channels, H, W)`` -> ``(N, out_channels, H_out, W_out)``."""
@@ -616,19 +471,8 @@ class ConvTwist(nn.Module):
             x = x.to(torch.get_autocast_dtype(x.device.type))
         w0, w1 = self._path_kernels("taps")
         a = F.conv2d(x, w0, self.bias, self.stride, pad, 1, g)
-        if _traced():
-            # Plain differentiable ops that compilers and exporters trace (and fuse).
-            d = _tap_differences_reference(x, k, self.stride, g, pad[0])
-        else:
-            d = _TapDifferences.apply(x, k, self.stride, g, pad[0])
-        bc = F.conv2d(d, w1, None, 1, 0, 1, g) if _traced() else _pointwise(d, w1, g)
         gx, gy = self._grid(a.shape[-2], a.shape[-1], a.device, a.dtype)
-        if _traced():
-            n, _, h, w = a.shape
-            opg = self.out_channels // g
-            b, c = bc.view(n, g, 2, opg, h, w).unbind(2)
-            return self._tail(a.view(n, g, opg, h, w), b, c)
-        return _GridTail.apply(a, bc, gx, gy, g)
+        return odd_tap_twist(a, x, w1.to(x.dtype), gx, gy, k, self.stride, g, pad[0])
 
     def _tail(self, a: Tensor, b: Tensor, c: Tensor) -> Tensor:
         """``a + X * b + Y * c`` on ``(N, g, out / g, H_out, W_out)`` views."""

@@ -1,0 +1,304 @@
+"""ConvTwist's twist terms through the odd kernels' free taps (the ``'taps'`` path).
+
+For an odd kernel ``K`` (``K(-d) = -K(d)``, centre 0) whose free taps are the ``m =
+(k*k-1)/2`` offsets ``d_j`` before the centre (row-major),
+
+    conv(x, K)(p) = sum_j K(d_j) * (x(p + d_j) - x(p - d_j)),
+
+so both twist terms ``X * conv(x, Wx) + Y * conv(x, Wy)`` are one 1x1 convolution (a GEMM
+of ``m * in`` by ``2 * out`` per pixel) of the ``m`` tap differences: ``2 m / k^2`` of a
+convolution's multiply-adds instead of 2 (17/9 in all with the main 3x3 convolution, not 3).
+
+:class:`_OddTapTwist` runs it in chunks of images sized to stay in the CPU caches: per
+chunk the padded input is copied into a channels-last scratch buffer, its differences
+formed by shifted slices, weighed by one GEMM and the grids applied, so nothing of
+``m`` times the input's size ever goes to memory. The backward recomputes the differences
+per chunk instead of saving them: a step keeps only the layer's input (which the main
+convolution keeps anyway), as a plain convolution does. Off the CPU the whole batch is one
+chunk.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+# A chunk holds about this many bytes of tap differences (CPU): the scratch buffers of a
+# chunk (padded input, differences, GEMM output) then fit the last-level cache of one core's
+# share. Measured with benchmarks/bench_twist.py (one thread, AVX-512): 1-8 MiB within noise.
+_CHUNK_BYTES = 2 << 20
+# The GEMM runs as a 1x1 convolution over (rows, channels, 1, columns) views of a chunk's
+# channels-last pixel rows, with at least this many rows: single-threaded PyTorch sends 1x1
+# convolutions of fewer images to a BLAS path that runs at half oneDNN's speed on AVX-512.
+_MIN_GEMM_ROWS = 16
+
+
+def traced() -> bool:
+    """Whether a compiler, tracer or exporter is recording (custom functions stay out)."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+
+
+def windows(r: int, s: int, stride: tuple[int, int], ho: int, wo: int) -> tuple[slice, slice]:
+    """Rows and columns of a padded input that tap ``(r, s)`` of a kernel reads."""
+    return (
+        slice(r, r + stride[0] * (ho - 1) + 1, stride[0]),
+        slice(s, s + stride[1] * (wo - 1) + 1, stride[1]),
+    )
+
+
+def _tap_pairs(k: int) -> list[tuple[int, int, int, int]]:
+    """``(r, s, r', s')`` for every free tap: the offsets ``d`` and ``-d`` as kernel indices."""
+    return [(*divmod(j, k), *divmod(k * k - 1 - j, k)) for j in range((k * k - 1) // 2)]
+
+
+def twist_terms_reference(
+    x: Tensor,
+    w1: Tensor,
+    gx: Tensor,
+    gy: Tensor,
+    k: int,
+    stride: tuple[int, int],
+    groups: int,
+    pad: int,
+) -> Tensor:
+    """``X * conv(x, Wx) + Y * conv(x, Wy)`` in plain differentiable ops (for compilers,
+    exporters and double backward). Shapes as in :func:`odd_tap_twist`."""
+    xp = F.pad(x, (pad, pad, pad, pad)) if pad else x
+    hp, wp = xp.shape[-2:]
+    ho, wo = (hp - k) // stride[0] + 1, (wp - k) // stride[1] + 1
+    xv = xp.unflatten(1, (groups, xp.shape[1] // groups))
+    taps = [
+        xv[(..., *windows(r, s, stride, ho, wo))] - xv[(..., *windows(r2, s2, stride, ho, wo))]
+        for r, s, r2, s2 in _tap_pairs(k)
+    ]
+    d = torch.stack(taps, dim=2).flatten(1, 3)  # channels (group, tap, channel in group)
+    bc = F.conv2d(d, w1, None, 1, 0, 1, groups)
+    n, co = bc.shape[0], w1.shape[0] // 2
+    b, c = bc.view(n, groups, 2, co // groups, ho, wo).unbind(2)
+    return (b * gx + c * gy).reshape(n, co, ho, wo)
+
+
+@functools.lru_cache(maxsize=256)
+def _gemm_rows(pixels: int) -> int:
+    """The smallest divisor of ``pixels`` that is at least ``_MIN_GEMM_ROWS`` (or ``pixels``)."""
+    return next((r for r in range(_MIN_GEMM_ROWS, pixels) if pixels % r == 0), pixels)
+
+
+def _as_rows(t: Tensor) -> Tensor:
+    """A contiguous ``(..., K)`` block of pixel rows as a channels-last ``(R, K, 1, P / R)``."""
+    k = t.shape[-1]
+    pixels = t.numel() // k if k else 0
+    r = _gemm_rows(pixels) if pixels else 1
+    return t.reshape(r, 1, pixels // r, k).permute(0, 3, 1, 2)
+
+
+def _differences_into(d: Tensor, xp: Tensor, k: int, stride: tuple[int, int], groups: int) -> None:
+    """Tap differences of a channels-last padded chunk ``xp`` ``(n, hp, wp, C)`` into
+    ``d`` ``(n, ho, wo, groups, m, C / groups)``."""
+    n, ho, wo = d.shape[:3]
+    xv = xp.unflatten(3, (groups, -1))
+    for j, (r, s, r2, s2) in enumerate(_tap_pairs(k)):
+        rows, cols = windows(r, s, stride, ho, wo)
+        rows2, cols2 = windows(r2, s2, stride, ho, wo)
+        torch.sub(xv[:, rows, cols], xv[:, rows2, cols2], out=d[:, :, :, :, j])
+
+
+class _OddTapTwist(torch.autograd.Function):
+    """``a + X * conv(x, Wx) + Y * conv(x, Wy)`` (see :func:`odd_tap_twist`)."""
+
+    @staticmethod
+    def forward(
+        ctx: object,
+        a: Tensor,
+        x: Tensor,
+        w1: Tensor,
+        gx: Tensor,
+        gy: Tensor,
+        k: int,
+        stride: tuple[int, int],
+        groups: int,
+        pad: int,
+    ) -> Tensor:
+        ctx.save_for_backward(x, w1, gx, gy)
+        ctx.geometry = (k, stride, groups, pad)
+        out = torch.empty_like(a)
+        if a.numel() == 0:
+            return out.copy_(a)
+        n, co, ho, wo = a.shape
+        xy = (gx.view(wo, 1, 1), gy.view(ho, 1, 1, 1))
+        cl = a.is_contiguous(memory_format=torch.channels_last)
+        step = _chunk_size(x, k, ho, wo)
+        tail_buf = None if cl else a.new_empty(step, ho, wo, groups, co // groups)
+        for i, xp, d in _chunks(x, k, stride, groups, pad, ho, wo, step):
+            nb = xp.shape[0]
+            bc = F.conv2d(_as_rows(d.flatten(3)), w1, None, 1, 0, 1, groups)
+            b, c = bc.permute(0, 2, 3, 1).reshape(nb, ho, wo, groups, 2, -1).unbind(4)
+            a_i, out_i = a[i : i + nb], out[i : i + nb]
+            if cl:  # both channels-last: the tail runs on contiguous channel rows
+                shape = (nb, ho, wo, groups, co // groups)
+                a_v = a_i.permute(0, 2, 3, 1).view(shape)
+                out_v = out_i.permute(0, 2, 3, 1).view(shape)
+                torch.addcmul(a_v, b, xy[0], out=out_v)
+                out_v.addcmul_(c, xy[1])
+            else:  # the twist terms channels-last, then one transposing add
+                tail = tail_buf[:nb]
+                torch.mul(b, xy[0], out=tail)
+                tail.addcmul_(c, xy[1])
+                torch.add(a_i, tail.view(nb, ho, wo, co).permute(0, 3, 1, 2), out=out_i)
+        return out
+
+    @staticmethod
+    def backward(ctx: object, grad: Tensor) -> tuple[Tensor | None, ...]:
+        x, w1, gx, gy = ctx.saved_tensors
+        k, stride, groups, pad = ctx.geometry
+        need_a, need_x, need_w = ctx.needs_input_grad[:3]
+        grad_x = grad_w = None
+        if torch.is_grad_enabled():
+            # Double backward: the same vector-Jacobian product from differentiable ops.
+            with torch.enable_grad():
+                terms = twist_terms_reference(x, w1, gx, gy, k, stride, groups, pad)
+            wrt = [t for t, need in ((x, need_x), (w1, need_w)) if need]
+            grads = iter(torch.autograd.grad(terms, wrt, grad, create_graph=True))
+            grad_x = next(grads) if need_x else None
+            grad_w = next(grads) if need_w else None
+            return grad if need_a else None, grad_x, grad_w, None, None, None, None, None, None
+        n, co, ho, wo = grad.shape
+        if need_x:
+            grad_x = torch.zeros_like(x) if grad.numel() == 0 else torch.empty_like(x)
+        if need_w:
+            grad_w = torch.zeros_like(w1)
+        if grad.numel() == 0 or not (need_x or need_w):
+            return grad if need_a else None, grad_x, grad_w, None, None, None, None, None, None
+        # (ho, wo, 1, 2, 1): both grids side by side, so one product fills the GEMM's input.
+        xy = torch.stack(torch.broadcast_tensors(gx, gy), dim=-1).view(ho, wo, 1, 2, 1)
+        step = _chunk_size(x, k, ho, wo)
+        g_buf = grad.new_empty(step, ho, wo, groups, 2, co // groups)
+        h, w = x.shape[-2:]
+        gxp_buf = x.new_empty(step, h + 2 * pad, w + 2 * pad, x.shape[1]) if need_x else None
+        gv = grad.permute(0, 2, 3, 1).unflatten(3, (groups, 1, -1))
+        for i, xp, d in _chunks(x, k, stride, groups, pad, ho, wo, step):
+            nb = xp.shape[0]
+            g_rows = g_buf[:nb]
+            torch.mul(gv[i : i + nb], xy, out=g_rows)
+            gd, gw = _backward_gemms(g_rows, d, w1, groups, need_x, need_w)
+            if need_w:
+                grad_w += gw
+            if not need_x:
+                continue
+            # The transpose of the differences: each tap's gradient added at +d, taken at -d.
+            gxp = gxp_buf[:nb].zero_()
+            gxv = gxp.unflatten(3, (groups, -1))
+            for j, (r, s, r2, s2) in enumerate(_tap_pairs(k)):
+                rows, cols = windows(r, s, stride, ho, wo)
+                rows2, cols2 = windows(r2, s2, stride, ho, wo)
+                gxv[:, rows, cols] += gd[:, :, :, :, j]
+                gxv[:, rows2, cols2] -= gd[:, :, :, :, j]
+            grad_x[i : i + nb].copy_(gxp[:, pad : pad + h, pad : pad + w].permute(0, 3, 1, 2))
+        return grad if need_a else None, grad_x, grad_w, None, None, None, None, None, None
+
+
+def _backward_gemms(
+    g_rows: Tensor, d: Tensor, w1: Tensor, groups: int, need_d: bool, need_w: bool
+) -> tuple[Tensor | None, Tensor | None]:
+    """The GEMMs of a chunk's backward: ``g_rows`` ``(nb, ho, wo, groups, 2, out / groups)``
+    and ``d`` ``(nb, ho, wo, groups, m, in / groups)`` -> the gradients of ``d`` (a view of
+    that shape, each tap's block contiguous where that is cheaper to scatter) and ``w1``."""
+    nb, ho, wo, _, m, cg = d.shape
+    if groups == 1 and d.element_size() < 4 and d.device.type == "cpu":
+        # Reduced precision: matmuls (oneDNN) beat the 1x1 convolution's backward, and a
+        # batched product writes each tap's gradient in one block: strided reduced-precision
+        # adds reading one tap out of the interleaved layout run ~4x slower (measured).
+        g2 = g_rows.view(nb * ho * wo, -1)
+        gw = torch.mm(g2.t(), d.view(g2.shape[0], -1)).view_as(w1) if need_w else None
+        gd = None
+        if need_d:
+            per_tap = w1.view(w1.shape[0], m, cg).transpose(0, 1).contiguous()  # (m, 2 out, in)
+            gd = d.new_empty(m, g2.shape[0], cg)
+            for j in range(m):
+                torch.mm(g2, per_tap[j], out=gd[j])
+            gd = gd.view(m, nb, ho, wo, 1, cg).permute(1, 2, 3, 4, 0, 5)
+        return gd, gw
+    gd, gw, _ = torch.ops.aten.convolution_backward(
+        _as_rows(g_rows.flatten(3)),
+        _as_rows(d.flatten(3)),
+        w1,
+        None,
+        [1, 1],
+        [0, 0],
+        [1, 1],
+        False,
+        [0, 0],
+        groups,
+        [need_d, need_w, False],
+    )
+    if gd is not None:
+        gd = gd.permute(0, 2, 3, 1).view(d.shape)
+    return gd, gw
+
+
+def _chunk_size(x: Tensor, k: int, ho: int, wo: int) -> int:
+    """Images per chunk: about ``_CHUNK_BYTES`` of differences on CPU, the batch elsewhere."""
+    n = x.shape[0]
+    if x.device.type != "cpu":
+        return max(n, 1)
+    per_image = ho * wo * (k * k - 1) // 2 * x.shape[1] * x.element_size()
+    return max(1, min(n, _CHUNK_BYTES // max(per_image, 1)))
+
+
+def _chunks(
+    x: Tensor,
+    k: int,
+    stride: tuple[int, int],
+    groups: int,
+    pad: int,
+    ho: int,
+    wo: int,
+    step: int,
+) -> Iterator[tuple[int, Tensor, Tensor]]:
+    """Yield ``(first image, padded chunk (nb, hp, wp, C), differences (nb, ho, wo, groups,
+    m, C / groups))`` over chunks of ``step`` images; the buffers are reused between chunks."""
+    n, c, h, w = x.shape
+    m = (k * k - 1) // 2
+    hp, wp = h + 2 * pad, w + 2 * pad
+    # Zeroed once: the copies below only write the interior, so the border stays zero.
+    xp_buf = x.new_zeros(step, hp, wp, c)
+    d_buf = x.new_empty(step, ho, wo, groups, m, c // groups)
+    for i in range(0, n, step):
+        nb = min(step, n - i)
+        xp = xp_buf[:nb]
+        xp[:, pad : pad + h, pad : pad + w].copy_(x[i : i + nb].permute(0, 2, 3, 1))
+        d = d_buf[:nb]
+        _differences_into(d, xp, k, stride, groups)
+        yield i, xp, d
+
+
+def odd_tap_twist(
+    a: Tensor,
+    x: Tensor,
+    w1: Tensor,
+    gx: Tensor,
+    gy: Tensor,
+    k: int,
+    stride: tuple[int, int],
+    groups: int,
+    pad: int,
+) -> Tensor:
+    """``a + X * conv(x, Wx) + Y * conv(x, Wy)`` from the odd kernels' free taps.
+
+    Args:
+        a: ``(N, out, H_out, W_out)``, the main convolution's output.
+        x: ``(N, in, H, W)``, the input (zero-padded by ``pad`` on every side inside).
+        w1: ``(2 * out, m * in / groups, 1, 1)``, ``m = (k*k-1)/2``: output channels
+            ``(group, Wx or Wy, out / groups)``, input channels ``(tap, in / groups)``.
+        gx, gy: the grids ``X`` ``(W_out,)`` and ``Y`` ``(H_out, 1)``.
+        k, stride, groups, pad: the layer's geometry.
+
+    Returns ``(N, out, H_out, W_out)`` in ``a``'s memory format.
+    """
+    if traced():
+        return a + twist_terms_reference(x, w1, gx, gy, k, stride, groups, pad)
+    return _OddTapTwist.apply(a, x, w1, gx, gy, k, stride, groups, pad)
