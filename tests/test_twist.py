@@ -199,6 +199,7 @@ def test_taps_chunks_match_reference(
 
     per_image = 4 * 4 * 7 * 6 * 8  # (k*k-1)/2 taps x in channels x H_out x W_out x 8 bytes
     monkeypatch.setattr(_twist_taps, "_CHUNK_BYTES", 2 * per_image)
+    monkeypatch.setattr(_twist_taps, "_WEIGHT_REUSE", 0)
     torch.manual_seed(3)
     layer = ConvTwist(
         4, 6, groups=groups, stride=stride, bias=True, padding_mode=mode, impl="taps"

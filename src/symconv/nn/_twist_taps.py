@@ -29,8 +29,12 @@ from torch import Tensor
 
 # A chunk holds about this many bytes of tap differences (CPU): the scratch buffers of a
 # chunk (padded input, differences, GEMM output) then fit the last-level cache of one core's
-# share. Measured with benchmarks/bench_twist.py (one thread, AVX-512): 1-8 MiB within noise.
+# share. Measured with benchmarks/bench_twist.py (one thread, AVX-512): at 64 channels on 56x56
+# maps 1-2 MiB were best (8 MiB: 10-30% slower)...
 _CHUNK_BYTES = 2 << 20
+# ... and at least this many times the bytes of the GEMM's weight (measured: 256 channels at
+# 14x14 ran 10% faster with chunks of 8 MiB than of 2 MiB, 512 at 7x7 best as one chunk).
+_WEIGHT_REUSE = 4
 # The GEMM runs as a 1x1 convolution over (rows, channels, 1, columns) views of a chunk's
 # channels-last pixel rows, with at least this many rows: single-threaded PyTorch sends 1x1
 # convolutions of fewer images to a BLAS path that runs at half oneDNN's speed on AVX-512.
@@ -131,7 +135,7 @@ class _OddTapTwist(torch.autograd.Function):
         n, co, ho, wo = a.shape
         xy = (gx.view(wo, 1, 1), gy.view(ho, 1, 1, 1))
         cl = a.is_contiguous(memory_format=torch.channels_last)
-        step = _chunk_size(x, k, ho, wo)
+        step = _chunk_size(x, w1, k, ho, wo)
         tail_buf = None if cl else a.new_empty(step, ho, wo, groups, co // groups)
         for i, xp, d in _chunks(x, k, stride, groups, pad, ho, wo, step):
             nb = xp.shape[0]
@@ -175,7 +179,7 @@ class _OddTapTwist(torch.autograd.Function):
             return grad if need_a else None, grad_x, grad_w, None, None, None, None, None, None
         # (ho, wo, 1, 2, 1): both grids side by side, so one product fills the GEMM's input.
         xy = torch.stack(torch.broadcast_tensors(gx, gy), dim=-1).view(ho, wo, 1, 2, 1)
-        step = _chunk_size(x, k, ho, wo)
+        step = _chunk_size(x, w1, k, ho, wo)
         g_buf = grad.new_empty(step, ho, wo, groups, 2, co // groups)
         h, w = x.shape[-2:]
         gxp_buf = x.new_empty(step, h + 2 * pad, w + 2 * pad, x.shape[1]) if need_x else None
@@ -240,13 +244,16 @@ def _backward_gemms(
     return gd, gw
 
 
-def _chunk_size(x: Tensor, k: int, ho: int, wo: int) -> int:
-    """Images per chunk: about ``_CHUNK_BYTES`` of differences on CPU, the batch elsewhere."""
+def _chunk_size(x: Tensor, w1: Tensor, k: int, ho: int, wo: int) -> int:
+    """Images per chunk on CPU: about ``_CHUNK_BYTES`` of differences, and at least
+    ``_WEIGHT_REUSE`` times the GEMM's weight (every chunk reads the whole weight: with many
+    channels on small maps it outweighs a small chunk's data). The batch elsewhere."""
     n = x.shape[0]
     if x.device.type != "cpu":
         return max(n, 1)
     per_image = ho * wo * (k * k - 1) // 2 * x.shape[1] * x.element_size()
-    return max(1, min(n, _CHUNK_BYTES // max(per_image, 1)))
+    budget = max(_CHUNK_BYTES, _WEIGHT_REUSE * w1.numel() * w1.element_size())
+    return max(1, min(n, budget // max(per_image, 1)))
 
 
 def _chunks(

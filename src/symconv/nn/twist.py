@@ -47,6 +47,7 @@ taps and the kernels stay exactly odd.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import numbers
 from collections import OrderedDict
@@ -85,6 +86,24 @@ def _pair(name: str, value: object) -> tuple[int, int]:
         return (_positive_int(name, value[0]), _positive_int(name, value[1]))
     v = _positive_int(name, value)
     return (v, v)
+
+
+@functools.lru_cache(maxsize=32)
+def _odd_expansion_cached(k: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    m = (k * k - 1) // 2
+    taps = torch.arange(m)
+    matrix = torch.zeros(m, k * k, dtype=dtype)
+    matrix[taps, taps] = 1
+    matrix[taps, k * k - 1 - taps] = -1
+    return matrix.to(device)
+
+
+def _odd_expansion(k: int, like: Tensor) -> Tensor:
+    """The ``((k*k-1)/2, k*k)`` matrix taking free taps to a flattened odd kernel: ``+1`` at
+    tap ``j``, ``-1`` at its mirror ``k*k-1-j`` (cached per size, device and dtype)."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return _odd_expansion_cached.__wrapped__(k, like.device, like.dtype)
+    return _odd_expansion_cached(k, like.device, like.dtype)
 
 
 def _odd_kernel(free: Tensor, kernel_size: int) -> Tensor:
@@ -326,22 +345,30 @@ class ConvTwist(nn.Module):
         gy = (torch.arange(h, device=device, dtype=exact) * 2 / h).to(dtype)
         return gx, gy.unsqueeze(1)
 
-    def _kernels(self) -> tuple[Tensor, Tensor]:
-        """``W - cx Wx - cy Wy`` as ``(g, out / g, in / g, k, k)`` and the free taps of ``Wx``,
-        ``Wy`` as ``(g, 2, out / g, in / g, (k*k-1)/2)``."""
-        k = self.kernel_size[0]
+    def _free_taps(self) -> tuple[Tensor, Tensor]:
+        """The free taps of ``Wx`` and ``Wy`` as ``(g, out / g, in / g, (k*k-1)/2)`` views."""
         g, out = self.groups, self.out_channels
-        tx = self.twist_x.unflatten(0, (g, out // g))
-        ty = self.twist_y.unflatten(0, (g, out // g))
-        cx = self.center_x.view(g, out // g, 1, 1)
-        cy = self.center_y.view(g, out // g, 1, 1)
-        # The odd kernel is linear in its taps, so the fold W - cx Wx - cy Wy runs on the
-        # (k*k-1)/2 free taps: less work, and autograd keeps taps, not full kernels.
-        # The odd part first: the sum takes its (contiguous) layout even when the weight is
-        # channels-last, which the float64 convolution backward needs.
-        odd = _odd_kernel(torch.addcmul(tx * -cx, ty, -cy), k)
-        w0 = odd + self.weight.view(g, out // g, *self.weight.shape[1:])
-        return w0, torch.stack([tx, ty], dim=1)
+        return self.twist_x.unflatten(0, (g, out // g)), self.twist_y.unflatten(0, (g, out // g))
+
+    def _folded_weight(self) -> Tensor:
+        """``W - cx Wx - cy Wy`` as a contiguous ``(out_channels, in_channels / groups, k, k)``
+        (the float64 convolution backward rejects a channels-last kernel)."""
+        k, out = self.kernel_size[0], self.out_channels
+        # The odd kernel is linear in its taps, so the fold runs on the (k*k-1)/2 free taps
+        # and one product with the constant tap -> kernel matrix adds it to W: less work than
+        # building the odd kernels, and autograd keeps taps, not full kernels.
+        t = torch.addcmul(
+            self.twist_x * self.center_x.view(out, 1, 1),
+            self.twist_y,
+            self.center_y.view(out, 1, 1),
+        )
+        w0 = torch.addmm(
+            self.weight.reshape(-1, k * k),
+            t.view(t.shape[0] * t.shape[1], t.shape[2]),
+            _odd_expansion(k, t),
+            alpha=-1,
+        )
+        return w0.view(self.weight.shape)
 
     def fused_weight(self) -> tuple[Tensor, Tensor | None]:
         """The single convolution's kernel ``(3 * out_channels, in_channels / groups, k, k)``
@@ -350,8 +377,9 @@ class ConvTwist(nn.Module):
         Per group, the rows are that group's ``W - cx Wx - cy Wy``, ``Wx``, ``Wy``, so a
         grouped convolution keeps every group's three outputs inside its own slice.
         """
-        w0, free = self._kernels()
-        odd = _odd_kernel(free, self.kernel_size[0])  # (g, 2, out / g, in / g, k, k)
+        g, out = self.groups, self.out_channels
+        w0 = self._folded_weight().unflatten(0, (g, out // g))
+        odd = _odd_kernel(torch.stack(self._free_taps(), dim=1), self.kernel_size[0])
         # (g, 3, out / g, ...) built contiguous: a strided kernel sends oneDNN down slow paths.
         weight = torch.cat([w0.unsqueeze(1), odd], dim=1).flatten(0, 2)
         bias = None
@@ -381,20 +409,18 @@ class ConvTwist(nn.Module):
             if path == "stacked":
                 kernels: tuple[Tensor | None, ...] = self.fused_weight()
             else:
-                w0, free = self._kernels()
-                # Contiguous (a no-op, see _kernels): the float64 (slow_conv2d) backward
-                # rejects a channels-last kernel ("grad_weight must be contiguous").
-                w0 = w0.flatten(0, 1).contiguous()
+                w0 = self._folded_weight()
+                tx, ty = self._free_taps()
                 if path == "split":
-                    odd = _odd_kernel(free.transpose(0, 1), self.kernel_size[0])
-                    kernels = (w0, *odd.flatten(1, 2).unbind(0))
-                else:  # taps: (2 out, m * in/g, 1, 1), column j * in/g + i: tap j, input i
-                    w1 = free.transpose(-1, -2).reshape(2 * self.out_channels, -1)
-                    # Canonical strides: a 1x1 kernel whose strides also read as channels-last
-                    # gets a wrong weight gradient from a channels-last convolution (seen
-                    # with torch 2.13, float64, in/groups == 1).
-                    w1 = w1.contiguous().view(*w1.shape, 1, 1)
-                    kernels = (w0, w1)
+                    k = self.kernel_size[0]
+                    kernels = (w0, _odd_kernel(self.twist_x, k), _odd_kernel(self.twist_y, k))
+                else:  # taps: (2 out, m * in/g, 1, 1), rows (group, x or y, out / g),
+                    # columns (tap, in / g); one copy writes the transposed taps contiguous
+                    # (canonical strides: a 1x1 kernel whose strides also read as channels-last
+                    # gets a wrong weight gradient from a channels-last convolution, seen with
+                    # torch 2.13, float64, in/groups == 1).
+                    w1 = torch.stack([tx.transpose(-1, -2), ty.transpose(-1, -2)], dim=1)
+                    kernels = (w0, w1.view(2 * self.out_channels, -1, 1, 1))
         if cacheable:
             self._kernel_cache[path] = (key, kernels)
         return kernels
