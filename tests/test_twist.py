@@ -231,6 +231,30 @@ def test_taps_partial_gradients() -> None:
     torch.testing.assert_close(gt, full[1], rtol=1e-12, atol=1e-12)
 
 
+def test_taps_bfloat16_weight_gradient_sums_in_float32(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over many chunks the twist taps' gradient is summed in float32, not rounded per chunk:
+    as close to float64 as a single-chunk bfloat16 gradient."""
+    from symconv.nn import _twist_taps
+
+    torch.manual_seed(8)
+    layer = ConvTwist(8, 8, impl="taps")
+    x = torch.randn(256, 8, 4, 4).contiguous(memory_format=torch.channels_last)
+    ref_layer = copy.deepcopy(layer).double()
+    ref = torch.autograd.grad(twist_reference(ref_layer, x.double()).sum(), [ref_layer.twist_x])[0]
+
+    def grad_with_chunk_bytes(nbytes: int) -> torch.Tensor:
+        monkeypatch.setattr(_twist_taps, "_CHUNK_BYTES", nbytes)
+        monkeypatch.setattr(_twist_taps, "_WEIGHT_REUSE", 0)
+        with torch.autocast("cpu", torch.bfloat16):
+            out = layer(x)
+        return torch.autograd.grad(out.float().sum(), [layer.twist_x])[0].double()
+
+    one_chunk = (grad_with_chunk_bytes(1 << 30) - ref).abs().max()
+    # 256 chunks: summed in bfloat16 this was ~6x the one-chunk error, in float32 ~1.1x
+    per_image = (grad_with_chunk_bytes(1) - ref).abs().max()
+    assert per_image <= 2 * one_chunk
+
+
 @pytest.mark.parametrize("groups", [1, 2])
 def test_taps_bfloat16_matches_float64(groups: int) -> None:
     """bfloat16 (its own GEMM path without groups) agrees with the float64 reference."""
@@ -281,11 +305,12 @@ def test_gemm_rows() -> None:
     """The GEMM view has at least 16 rows (oneDNN's threshold) and divides the pixels."""
     from symconv.nn._twist_taps import _gemm_rows
 
-    for pixels in (1, 7, 16, 49, 196, 3136, 97, 12 * 12 * 5):
+    for pixels in (1, 7, 16, 49, 196, 3136, 97, 12 * 12 * 5, 4099 * 5, 100_003):
         r = _gemm_rows(pixels)
         assert pixels % r == 0
         assert r >= 16 or r == pixels
         assert r == pixels or not any(pixels % q == 0 for q in range(16, r))
+        assert r <= 4096 or r == pixels
 
 
 @pytest.mark.parametrize("impl", IMPLS)

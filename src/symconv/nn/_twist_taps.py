@@ -88,8 +88,9 @@ def twist_terms_reference(
 
 @functools.lru_cache(maxsize=256)
 def _gemm_rows(pixels: int) -> int:
-    """The smallest divisor of ``pixels`` that is at least ``_MIN_GEMM_ROWS`` (or ``pixels``)."""
-    return next((r for r in range(_MIN_GEMM_ROWS, pixels) if pixels % r == 0), pixels)
+    """The smallest divisor of ``pixels`` from ``_MIN_GEMM_ROWS`` to 4096, else ``pixels``
+    (one pixel per row is as good a GEMM; the bound keeps the search short)."""
+    return next((r for r in range(_MIN_GEMM_ROWS, min(pixels, 4097)) if pixels % r == 0), pixels)
 
 
 def _as_rows(t: Tensor) -> Tensor:
@@ -100,15 +101,20 @@ def _as_rows(t: Tensor) -> Tensor:
     return t.reshape(r, 1, pixels // r, k).permute(0, 3, 1, 2)
 
 
-def _differences_into(d: Tensor, xp: Tensor, k: int, stride: tuple[int, int], groups: int) -> None:
-    """Tap differences of a channels-last padded chunk ``xp`` ``(n, hp, wp, C)`` into
-    ``d`` ``(n, ho, wo, groups, m, C / groups)``."""
-    n, ho, wo = d.shape[:3]
-    xv = xp.unflatten(3, (groups, -1))
-    for j, (r, s, r2, s2) in enumerate(_tap_pairs(k)):
-        rows, cols = windows(r, s, stride, ho, wo)
-        rows2, cols2 = windows(r2, s2, stride, ho, wo)
-        torch.sub(xv[:, rows, cols], xv[:, rows2, cols2], out=d[:, :, :, :, j])
+def _tap_windows(
+    t: Tensor, k: int, stride: tuple[int, int], groups: int, ho: int, wo: int
+) -> list[tuple[Tensor, Tensor]]:
+    """For every free tap, the windows at ``+d`` and ``-d`` of a channels-last padded
+    ``(n, hp, wp, C)`` tensor, as ``(n, ho, wo, groups, C / groups)`` views (built once per
+    buffer: slicing costs as much as a small chunk's arithmetic)."""
+    tv = t.unflatten(3, (groups, -1))
+    return [
+        (tv[:, rows, cols], tv[:, rows2, cols2])
+        for r, s, r2, s2 in _tap_pairs(k)
+        for (rows, cols), (rows2, cols2) in [
+            (windows(r, s, stride, ho, wo), windows(r2, s2, stride, ho, wo))
+        ]
+    ]
 
 
 class _OddTapTwist(torch.autograd.Function):
@@ -174,8 +180,11 @@ class _OddTapTwist(torch.autograd.Function):
         if need_x:
             grad_x = torch.zeros_like(x) if grad.numel() == 0 else torch.empty_like(x)
         if need_w:
-            grad_w = torch.zeros_like(w1)
+            # Summed over chunks in at least float32: bfloat16 partial sums would round at
+            # every chunk, where a convolution's weight gradient rounds once.
+            grad_w = torch.zeros_like(w1, dtype=torch.promote_types(w1.dtype, torch.float32))
         if grad.numel() == 0 or not (need_x or need_w):
+            grad_w = grad_w.to(w1.dtype) if need_w else None
             return grad if need_a else None, grad_x, grad_w, None, None, None, None, None, None
         # (ho, wo, 1, 2, 1): both grids side by side, so one product fills the GEMM's input.
         xy = torch.stack(torch.broadcast_tensors(gx, gy), dim=-1).view(ho, wo, 1, 2, 1)
@@ -184,6 +193,7 @@ class _OddTapTwist(torch.autograd.Function):
         h, w = x.shape[-2:]
         gxp_buf = x.new_empty(step, h + 2 * pad, w + 2 * pad, x.shape[1]) if need_x else None
         gv = grad.permute(0, 2, 3, 1).unflatten(3, (groups, 1, -1))
+        gx_views = None
         for i, xp, d in _chunks(x, k, stride, groups, pad, ho, wo, step):
             nb = xp.shape[0]
             g_rows = g_buf[:nb]
@@ -195,13 +205,14 @@ class _OddTapTwist(torch.autograd.Function):
                 continue
             # The transpose of the differences: each tap's gradient added at +d, taken at -d.
             gxp = gxp_buf[:nb].zero_()
-            gxv = gxp.unflatten(3, (groups, -1))
-            for j, (r, s, r2, s2) in enumerate(_tap_pairs(k)):
-                rows, cols = windows(r, s, stride, ho, wo)
-                rows2, cols2 = windows(r2, s2, stride, ho, wo)
-                gxv[:, rows, cols] += gd[:, :, :, :, j]
-                gxv[:, rows2, cols2] -= gd[:, :, :, :, j]
+            if gx_views is None or nb < step:
+                gx_views = _tap_windows(gxp, k, stride, groups, ho, wo)
+            for (plus, minus), g_j in zip(gx_views, gd.unbind(4), strict=True):
+                plus += g_j
+                minus -= g_j
             grad_x[i : i + nb].copy_(gxp[:, pad : pad + h, pad : pad + w].permute(0, 3, 1, 2))
+        if grad_w is not None:
+            grad_w = grad_w.to(w1.dtype)
         return grad if need_a else None, grad_x, grad_w, None, None, None, None, None, None
 
 
@@ -274,12 +285,19 @@ def _chunks(
     # Zeroed once: the copies below only write the interior, so the border stays zero.
     xp_buf = x.new_zeros(step, hp, wp, c)
     d_buf = x.new_empty(step, ho, wo, groups, m, c // groups)
+    views = None
     for i in range(0, n, step):
         nb = min(step, n - i)
-        xp = xp_buf[:nb]
-        xp[:, pad : pad + h, pad : pad + w].copy_(x[i : i + nb].permute(0, 2, 3, 1))
-        d = d_buf[:nb]
-        _differences_into(d, xp, k, stride, groups)
+        xp, d = xp_buf[:nb], d_buf[:nb]
+        if views is None or nb < step:
+            views = (
+                xp[:, pad : pad + h, pad : pad + w],
+                _tap_windows(xp, k, stride, groups, ho, wo),
+            )
+            out_views = d.unbind(4)
+        views[0].copy_(x[i : i + nb].permute(0, 2, 3, 1))
+        for (plus, minus), out in zip(views[1], out_views, strict=True):
+            torch.sub(plus, minus, out=out)
         yield i, xp, d
 
 
