@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +40,15 @@ _WEIGHT_REUSE = 4
 # channels-last pixel rows, with at least this many rows: single-threaded PyTorch sends 1x1
 # convolutions of fewer images to a BLAS path that runs at half oneDNN's speed on AVX-512.
 _MIN_GEMM_ROWS = 16
+
+
+class Geometry(NamedTuple):
+    """A ConvTwist layer's geometry: odd square kernel size, stride, groups, zero padding."""
+
+    k: int
+    stride: tuple[int, int]
+    groups: int
+    pad: int
 
 
 def traced() -> bool:
@@ -59,18 +69,10 @@ def _tap_pairs(k: int) -> list[tuple[int, int, int, int]]:
     return [(*divmod(j, k), *divmod(k * k - 1 - j, k)) for j in range((k * k - 1) // 2)]
 
 
-def twist_terms_reference(
-    x: Tensor,
-    w1: Tensor,
-    gx: Tensor,
-    gy: Tensor,
-    k: int,
-    stride: tuple[int, int],
-    groups: int,
-    pad: int,
-) -> Tensor:
+def twist_terms_reference(x: Tensor, w1: Tensor, gx: Tensor, gy: Tensor, geo: Geometry) -> Tensor:
     """``X * conv(x, Wx) + Y * conv(x, Wy)`` in plain differentiable ops (for compilers,
     exporters and double backward). Shapes as in :func:`odd_tap_twist`."""
+    k, stride, groups, pad = geo
     xp = F.pad(x, (pad, pad, pad, pad)) if pad else x
     hp, wp = xp.shape[-2:]
     ho, wo = (hp - k) // stride[0] + 1, (wp - k) // stride[1] + 1
@@ -101,12 +103,11 @@ def _as_rows(t: Tensor) -> Tensor:
     return t.reshape(r, 1, pixels // r, k).permute(0, 3, 1, 2)
 
 
-def _tap_windows(
-    t: Tensor, k: int, stride: tuple[int, int], groups: int, ho: int, wo: int
-) -> list[tuple[Tensor, Tensor]]:
+def _tap_windows(t: Tensor, geo: Geometry, ho: int, wo: int) -> list[tuple[Tensor, Tensor]]:
     """For every free tap, the windows at ``+d`` and ``-d`` of a channels-last padded
     ``(n, hp, wp, C)`` tensor, as ``(n, ho, wo, groups, C / groups)`` views (built once per
     buffer: slicing costs as much as a small chunk's arithmetic)."""
+    k, stride, groups, _ = geo
     tv = t.unflatten(3, (groups, -1))
     return [
         (tv[:, rows, cols], tv[:, rows2, cols2])
@@ -118,102 +119,129 @@ def _tap_windows(
 
 
 class _OddTapTwist(torch.autograd.Function):
-    """``a + X * conv(x, Wx) + Y * conv(x, Wy)`` (see :func:`odd_tap_twist`)."""
+    """``conv(x, W0) + bias + X * conv(x, Wx) + Y * conv(x, Wy)`` (see :func:`odd_tap_twist`).
+
+    The main convolution is part of the function so the tail writes into its output and the
+    backward adds the twist terms' input gradient into the convolution's, in cache, chunk
+    by chunk (no second input-sized gradient to allocate and sum)."""
 
     @staticmethod
     def forward(
         ctx: object,
-        a: Tensor,
         x: Tensor,
+        w0: Tensor,
+        bias: Tensor | None,
         w1: Tensor,
         gx: Tensor,
         gy: Tensor,
-        k: int,
-        stride: tuple[int, int],
-        groups: int,
-        pad: int,
+        geo: Geometry,
     ) -> Tensor:
-        ctx.save_for_backward(x, w1, gx, gy)
-        ctx.geometry = (k, stride, groups, pad)
-        out = torch.empty_like(a)
-        if a.numel() == 0:
-            return out.copy_(a)
-        n, co, ho, wo = a.shape
+        ctx.save_for_backward(x, w0, bias, w1, gx, gy)
+        ctx.geometry = geo
+        k, stride, groups, pad = geo
+        out = F.conv2d(x, w0, bias, stride, pad, 1, groups)
+        if out.numel() == 0:
+            return out
+        n, co, ho, wo = out.shape
         xy = (gx.view(wo, 1, 1), gy.view(ho, 1, 1, 1))
-        cl = a.is_contiguous(memory_format=torch.channels_last)
+        cl = out.is_contiguous(memory_format=torch.channels_last)
         step = _chunk_size(x, w1, k, ho, wo)
-        tail_buf = None if cl else a.new_empty(step, ho, wo, groups, co // groups)
-        for i, xp, d in _chunks(x, k, stride, groups, pad, ho, wo, step):
+        tail_buf = None if cl else out.new_empty(step, ho, wo, groups, co // groups)
+        for i, xp, d in _chunks(x, geo, ho, wo, step):
             nb = xp.shape[0]
             bc = F.conv2d(_as_rows(d.flatten(3)), w1, None, 1, 0, 1, groups)
             b, c = bc.permute(0, 2, 3, 1).reshape(nb, ho, wo, groups, 2, -1).unbind(4)
-            a_i, out_i = a[i : i + nb], out[i : i + nb]
-            if cl:  # both channels-last: the tail runs on contiguous channel rows
-                shape = (nb, ho, wo, groups, co // groups)
-                a_v = a_i.permute(0, 2, 3, 1).view(shape)
-                out_v = out_i.permute(0, 2, 3, 1).view(shape)
-                torch.addcmul(a_v, b, xy[0], out=out_v)
-                out_v.addcmul_(c, xy[1])
+            out_i = out[i : i + nb]
+            if cl:  # channels-last: the tail runs on contiguous channel rows
+                out_v = out_i.permute(0, 2, 3, 1).view(nb, ho, wo, groups, co // groups)
+                out_v.addcmul_(b, xy[0]).addcmul_(c, xy[1])
             else:  # the twist terms channels-last, then one transposing add
                 tail = tail_buf[:nb]
                 torch.mul(b, xy[0], out=tail)
                 tail.addcmul_(c, xy[1])
-                torch.add(a_i, tail.view(nb, ho, wo, co).permute(0, 3, 1, 2), out=out_i)
+                out_i.add_(tail.view(nb, ho, wo, co).permute(0, 3, 1, 2))
         return out
 
     @staticmethod
     def backward(ctx: object, grad: Tensor) -> tuple[Tensor | None, ...]:
-        x, w1, gx, gy = ctx.saved_tensors
-        k, stride, groups, pad = ctx.geometry
-        need_a, need_x, need_w = ctx.needs_input_grad[:3]
-        grad_x = grad_w = None
+        x, w0, bias, w1, gx, gy = ctx.saved_tensors
+        geo = ctx.geometry
+        _, stride, groups, pad = geo
+        need_x, need_w0, need_bias, need_w = ctx.needs_input_grad[:4]
+        none = (None,) * 3
         if torch.is_grad_enabled():
             # Double backward: the same vector-Jacobian product from differentiable ops.
             with torch.enable_grad():
-                terms = twist_terms_reference(x, w1, gx, gy, k, stride, groups, pad)
-            wrt = [t for t, need in ((x, need_x), (w1, need_w)) if need]
-            grads = iter(torch.autograd.grad(terms, wrt, grad, create_graph=True))
-            grad_x = next(grads) if need_x else None
-            grad_w = next(grads) if need_w else None
-            return grad if need_a else None, grad_x, grad_w, None, None, None, None, None, None
-        n, co, ho, wo = grad.shape
-        if need_x:
-            grad_x = torch.zeros_like(x) if grad.numel() == 0 else torch.empty_like(x)
+                out = F.conv2d(x, w0, bias, stride, pad, 1, groups)
+                out = out + twist_terms_reference(x, w1, gx, gy, geo)
+            inputs = (x, w0, bias, w1)
+            wanted = [t for t, need in zip(inputs, ctx.needs_input_grad[:4], strict=True) if need]
+            grads = iter(torch.autograd.grad(out, wanted, grad, create_graph=True))
+            return (*(next(grads) if need else None for need in ctx.needs_input_grad[:4]), *none)
+        grad_x, grad_w0, grad_bias = torch.ops.aten.convolution_backward(
+            grad,
+            x,
+            w0,
+            None if bias is None else [bias.shape[0]],
+            list(stride),
+            [pad, pad],
+            [1, 1],
+            False,
+            [0, 0],
+            groups,
+            [need_x, need_w0, need_bias],
+        )
+        grad_w = None
         if need_w:
             # Summed over chunks in at least float32: bfloat16 partial sums would round at
             # every chunk, where a convolution's weight gradient rounds once.
             grad_w = torch.zeros_like(w1, dtype=torch.promote_types(w1.dtype, torch.float32))
-        if grad.numel() == 0 or not (need_x or need_w):
-            grad_w = grad_w.to(w1.dtype) if need_w else None
-            return grad if need_a else None, grad_x, grad_w, None, None, None, None, None, None
-        # (ho, wo, 1, 2, 1): both grids side by side, so one product fills the GEMM's input.
-        xy = torch.stack(torch.broadcast_tensors(gx, gy), dim=-1).view(ho, wo, 1, 2, 1)
-        step = _chunk_size(x, w1, k, ho, wo)
-        g_buf = grad.new_empty(step, ho, wo, groups, 2, co // groups)
-        h, w = x.shape[-2:]
-        gxp_buf = x.new_empty(step, h + 2 * pad, w + 2 * pad, x.shape[1]) if need_x else None
-        gv = grad.permute(0, 2, 3, 1).unflatten(3, (groups, 1, -1))
-        gx_views = None
-        for i, xp, d in _chunks(x, k, stride, groups, pad, ho, wo, step):
-            nb = xp.shape[0]
-            g_rows = g_buf[:nb]
-            torch.mul(gv[i : i + nb], xy, out=g_rows)
-            gd, gw = _backward_gemms(g_rows, d, w1, groups, need_x, need_w)
-            if need_w:
-                grad_w += gw
-            if not need_x:
-                continue
-            # The transpose of the differences: each tap's gradient added at +d, taken at -d.
-            gxp = gxp_buf[:nb].zero_()
-            if gx_views is None or nb < step:
-                gx_views = _tap_windows(gxp, k, stride, groups, ho, wo)
-            for (plus, minus), g_j in zip(gx_views, gd.unbind(4), strict=True):
-                plus += g_j
-                minus -= g_j
-            grad_x[i : i + nb].copy_(gxp[:, pad : pad + h, pad : pad + w].permute(0, 3, 1, 2))
+        if grad.numel() and (need_x or need_w):
+            _twist_backward(grad, x, w1, gx, gy, geo, grad_x, grad_w)
         if grad_w is not None:
             grad_w = grad_w.to(w1.dtype)
-        return grad if need_a else None, grad_x, grad_w, None, None, None, None, None, None
+        return grad_x, grad_w0, grad_bias, grad_w, *none
+
+
+def _twist_backward(
+    grad: Tensor,
+    x: Tensor,
+    w1: Tensor,
+    gx: Tensor,
+    gy: Tensor,
+    geo: Geometry,
+    grad_x: Tensor | None,
+    grad_w: Tensor | None,
+) -> None:
+    """The twist terms' backward, chunk by chunk: adds their input gradient into ``grad_x``
+    and their GEMM weight's gradient into ``grad_w`` (each ``None`` when not needed)."""
+    k, _, groups, pad = geo
+    n, co, ho, wo = grad.shape
+    h, w = x.shape[-2:]
+    # (ho, wo, 1, 2, 1): both grids side by side, so one product fills the GEMM's input.
+    xy = torch.stack(torch.broadcast_tensors(gx, gy), dim=-1).view(ho, wo, 1, 2, 1)
+    step = _chunk_size(x, w1, k, ho, wo)
+    g_buf = grad.new_empty(step, ho, wo, groups, 2, co // groups)
+    gxp_buf = None if grad_x is None else x.new_empty(step, h + 2 * pad, w + 2 * pad, x.shape[1])
+    gv = grad.permute(0, 2, 3, 1).unflatten(3, (groups, 1, -1))
+    gx_views = None
+    for i, xp, d in _chunks(x, geo, ho, wo, step):
+        nb = xp.shape[0]
+        g_rows = g_buf[:nb]
+        torch.mul(gv[i : i + nb], xy, out=g_rows)
+        gd, gw = _backward_gemms(g_rows, d, w1, groups, grad_x is not None, grad_w is not None)
+        if grad_w is not None:
+            grad_w += gw
+        if grad_x is None:
+            continue
+        # The transpose of the differences: each tap's gradient added at +d, taken at -d.
+        gxp = gxp_buf[:nb].zero_()
+        if gx_views is None or nb < step:
+            gx_views = _tap_windows(gxp, geo, ho, wo)
+        for (plus, minus), g_j in zip(gx_views, gd.unbind(4), strict=True):
+            plus += g_j
+            minus -= g_j
+        grad_x[i : i + nb] += gxp[:, pad : pad + h, pad : pad + w].permute(0, 3, 1, 2)
 
 
 def _backward_gemms(
@@ -268,17 +296,11 @@ def _chunk_size(x: Tensor, w1: Tensor, k: int, ho: int, wo: int) -> int:
 
 
 def _chunks(
-    x: Tensor,
-    k: int,
-    stride: tuple[int, int],
-    groups: int,
-    pad: int,
-    ho: int,
-    wo: int,
-    step: int,
+    x: Tensor, geo: Geometry, ho: int, wo: int, step: int
 ) -> Iterator[tuple[int, Tensor, Tensor]]:
     """Yield ``(first image, padded chunk (nb, hp, wp, C), differences (nb, ho, wo, groups,
     m, C / groups))`` over chunks of ``step`` images; the buffers are reused between chunks."""
+    k, _, groups, pad = geo
     n, c, h, w = x.shape
     m = (k * k - 1) // 2
     hp, wp = h + 2 * pad, w + 2 * pad
@@ -292,7 +314,7 @@ def _chunks(
         if views is None or nb < step:
             views = (
                 xp[:, pad : pad + h, pad : pad + w],
-                _tap_windows(xp, k, stride, groups, ho, wo),
+                _tap_windows(xp, geo, ho, wo),
             )
             out_views = d.unbind(4)
         views[0].copy_(x[i : i + nb].permute(0, 2, 3, 1))
@@ -302,28 +324,28 @@ def _chunks(
 
 
 def odd_tap_twist(
-    a: Tensor,
     x: Tensor,
+    w0: Tensor,
+    bias: Tensor | None,
     w1: Tensor,
     gx: Tensor,
     gy: Tensor,
-    k: int,
-    stride: tuple[int, int],
-    groups: int,
-    pad: int,
+    geo: Geometry,
 ) -> Tensor:
-    """``a + X * conv(x, Wx) + Y * conv(x, Wy)`` from the odd kernels' free taps.
+    """``conv(x, W0) + bias + X * conv(x, Wx) + Y * conv(x, Wy)``, the twist terms from the
+    odd kernels' free taps.
 
     Args:
-        a: ``(N, out, H_out, W_out)``, the main convolution's output.
         x: ``(N, in, H, W)``, the input (zero-padded by ``pad`` on every side inside).
+        w0, bias: the main convolution's kernel ``(out, in / groups, k, k)`` and bias.
         w1: ``(2 * out, m * in / groups, 1, 1)``, ``m = (k*k-1)/2``: output channels
             ``(group, Wx or Wy, out / groups)``, input channels ``(tap, in / groups)``.
         gx, gy: the grids ``X`` ``(W_out,)`` and ``Y`` ``(H_out, 1)``.
-        k, stride, groups, pad: the layer's geometry.
+        geo: the layer's kernel size, stride, groups and zero padding.
 
-    Returns ``(N, out, H_out, W_out)`` in ``a``'s memory format.
+    Returns ``(N, out, H_out, W_out)`` in the main convolution's memory format.
     """
     if traced():
-        return a + twist_terms_reference(x, w1, gx, gy, k, stride, groups, pad)
-    return _OddTapTwist.apply(a, x, w1, gx, gy, k, stride, groups, pad)
+        out = F.conv2d(x, w0, bias, geo.stride, geo.pad, 1, geo.groups)
+        return out + twist_terms_reference(x, w1, gx, gy, geo)
+    return _OddTapTwist.apply(x, w0, bias, w1, gx, gy, geo)

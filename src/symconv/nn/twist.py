@@ -58,7 +58,7 @@ from torch import Tensor, nn
 from torch.nn import init
 
 from symconv.nn._cache import caching_allowed, version_key
-from symconv.nn._twist_taps import odd_tap_twist
+from symconv.nn._twist_taps import Geometry, odd_tap_twist
 
 __all__ = ["ConvTwist"]
 
@@ -496,9 +496,13 @@ class ConvTwist(nn.Module):
             # Cast once: the main convolution and the differences share the low-precision copy.
             x = x.to(torch.get_autocast_dtype(x.device.type))
         w0, w1 = self._path_kernels("taps")
-        a = F.conv2d(x, w0, self.bias, self.stride, pad, 1, g)
-        gx, gy = self._grid(a.shape[-2], a.shape[-1], a.device, a.dtype)
-        return odd_tap_twist(a, x, w1.to(x.dtype), gx, gy, k, self.stride, g, pad[0])
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        h, w = x.shape[-2:]
+        ho = (h + 2 * pad[0] - k) // self.stride[0] + 1
+        wo = (w + 2 * pad[1] - k) // self.stride[1] + 1
+        gx, gy = self._grid(ho, wo, x.device, x.dtype)
+        geo = Geometry(k, self.stride, g, pad[0])
+        return odd_tap_twist(x, w0.to(x.dtype), bias, w1.to(x.dtype), gx, gy, geo)
 
     def _tail(self, a: Tensor, b: Tensor, c: Tensor) -> Tensor:
         """``a + X * b + Y * c`` on ``(N, g, out / g, H_out, W_out)`` views."""
