@@ -1,7 +1,7 @@
 """Shared test configuration.
 
 Keras chooses its backend once per process, on first import. The main run uses the
-TensorFlow backend; ``tests/keras/test_backends.py`` re-runs the Keras tests in a
+TensorFlow backend; ``tests/keras_layers/test_backends.py`` re-runs the Keras tests in a
 subprocess with ``KERAS_BACKEND=torch``.
 """
 
