@@ -16,9 +16,15 @@ import torch
 from torch import Tensor
 
 
+def tracing() -> bool:
+    """Whether a compiler, tracer or exporter is recording: traced graphs must compute derived
+    tensors themselves (no caches) and see plain ops (no custom autograd functions)."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+
+
 def caching_allowed(params: Iterable[Tensor | None]) -> bool:
     """True when no gradient can reach ``params`` and nothing is tracing the module."""
-    if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+    if tracing():
         return False
     if not torch.is_grad_enabled():
         return True

@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from symconv.nn._cache import tracing
+
 # A chunk holds about this many bytes of tap differences (CPU): the scratch buffers of a
 # chunk (padded input, differences, GEMM output) then fit the last-level cache of one core's
 # share. Measured with benchmarks/bench_twist.py (one thread, AVX-512): at 64 channels on 56x56
@@ -49,11 +51,6 @@ class Geometry(NamedTuple):
     stride: tuple[int, int]
     groups: int
     pad: int
-
-
-def traced() -> bool:
-    """Whether a compiler, tracer or exporter is recording (custom functions stay out)."""
-    return torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
 
 
 def windows(r: int, s: int, stride: tuple[int, int], ho: int, wo: int) -> tuple[slice, slice]:
@@ -341,7 +338,7 @@ def odd_tap_twist(
 
     Returns ``(N, out, H_out, W_out)`` in the main convolution's memory format.
     """
-    if traced():
+    if tracing():
         out = F.conv2d(x, w0, bias, geo.stride, geo.pad, 1, geo.groups)
         return out + twist_terms_reference(x, w1, gx, gy, geo)
     return _OddTapTwist.apply(x, w0, bias, w1, gx, gy, geo)

@@ -57,7 +57,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn import init
 
-from symconv.nn._cache import caching_allowed, version_key
+from symconv.nn._cache import caching_allowed, tracing, version_key
 from symconv.nn._twist_taps import Geometry, odd_tap_twist
 
 __all__ = ["ConvTwist"]
@@ -101,7 +101,7 @@ def _odd_expansion_cached(k: int, device: torch.device, dtype: torch.dtype) -> T
 def _odd_expansion(k: int, like: Tensor) -> Tensor:
     """The ``((k*k-1)/2, k*k)`` matrix taking free taps to a flattened odd kernel: ``+1`` at
     tap ``j``, ``-1`` at its mirror ``k*k-1-j`` (cached per size, device and dtype)."""
-    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+    if tracing():
         return _odd_expansion_cached.__wrapped__(k, like.device, like.dtype)
     return _odd_expansion_cached(k, like.device, like.dtype)
 
@@ -319,11 +319,7 @@ class ConvTwist(nn.Module):
         self, h: int, w: int, device: torch.device, dtype: torch.dtype
     ) -> tuple[Tensor, Tensor]:
         """``X`` of shape ``(w,)`` and ``Y`` of shape ``(h, 1)``: ``2 j / w`` and ``2 i / h``."""
-        if (
-            torch.compiler.is_compiling()
-            or torch.jit.is_tracing()
-            or torch.onnx.is_in_onnx_export()
-        ):
+        if tracing():
             # Traced graphs must compute the grids themselves (and may fold them).
             return self._make_grid(h, w, device, dtype)
         key = (h, w, device, dtype)
