@@ -46,14 +46,8 @@ def _have_convert() -> bool:
 ALL_VARIANTS = "plain,sym,sym-inv,twist" if _have_convert() else "plain,sym-inv"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # These tests check numbers, not speed: one thread keeps them exact and reproducible,
-    # and fast on a busy machine (an oversubscribed thread pool crawls).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# These tests check numbers, not speed (see the one_thread fixture in conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TOP_KEYS = {

@@ -18,15 +18,8 @@ from symconv.compare.models import HalvingPool2d, ResNet, SmallCNN, build_model
 from symconv.compare.transforms import TRANSFORMS, affine, hflip, parse_transforms, rot90, vflip
 from symconv.compare.variants import OrbitConv2d, build_variant, count_parameters, parse_variants
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # These tests check numbers, not speed: one thread keeps them exact and reproducible,
-    # and fast on a busy machine (an oversubscribed thread pool crawls).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# These tests check numbers, not speed (see the one_thread fixture in conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # -- transforms --------------------------------------------------------------------------

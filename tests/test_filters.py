@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from symconv import ConvTwist, SymmetricConv2d
+from symconv.cli import main as run_cli
 from symconv.viz import filters as filters_mod
 from symconv.viz.filters import FilterFigure, layers_of, load_checkpoint, plot_filters
 
@@ -215,28 +216,6 @@ def test_row_limits_are_noted(tmp_path) -> None:
 
 
 # -- command line ---------------------------------------------------------------------------
-
-
-def run_cli(argv: list[str]) -> int:
-    """``symconv.cli.main`` when the whole CLI imports, else the same wiring locally."""
-    try:
-        import symconv.compare.cli  # noqa: F401
-        from symconv.cli import main
-    except ImportError:
-        import argparse
-        import sys
-
-        from symconv.viz.cli import add_parser
-
-        parser = argparse.ArgumentParser(prog="symconv")
-        add_parser(parser.add_subparsers(dest="command"))
-        args = parser.parse_args(argv)
-        try:
-            return int(args.func(args) or 0)
-        except (ValueError, FileNotFoundError, TypeError) as err:
-            print(f"symconv {args.command}: error: {err}", file=sys.stderr)
-            return 2
-    return main(argv)
 
 
 def test_cli_filters(tmp_path, capsys) -> None:

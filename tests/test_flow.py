@@ -19,6 +19,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from symconv.cli import main as run_cli
 from symconv.viz import flow as flow_mod
 from symconv.viz import images
 from symconv.viz.flow import (
@@ -444,28 +445,6 @@ def test_mnist_digit_reads_both_layouts(monkeypatch, tmp_path) -> None:
 
 
 # -- command line ---------------------------------------------------------------------------
-
-
-def run_cli(argv: list[str]) -> int:
-    """``symconv.cli.main`` when the whole CLI imports, else the same wiring locally."""
-    try:
-        import symconv.compare.cli  # noqa: F401
-        from symconv.cli import main
-    except ImportError:
-        import argparse
-        import sys
-
-        from symconv.viz.cli import add_parser
-
-        parser = argparse.ArgumentParser(prog="symconv")
-        add_parser(parser.add_subparsers(dest="command"))
-        args = parser.parse_args(argv)
-        try:
-            return int(args.func(args) or 0)
-        except (ValueError, FileNotFoundError, TypeError) as err:
-            print(f"symconv {args.command}: error: {err}", file=sys.stderr)
-            return 2
-    return main(argv)
 
 
 def test_cli_writes_png_and_gif(tmp_path, capsys) -> None:
