@@ -188,23 +188,63 @@ def test_gradcheck(impl: str) -> None:
 
 
 # -- the tap path's chunked custom autograd function -------------------------------------------
-@pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize(("groups", "stride", "mode"), [(1, 1, "zeros"), (2, 2, "reflect")])
-def test_taps_chunks_match_reference(
-    monkeypatch: pytest.MonkeyPatch, channels_last: bool, groups: int, stride: int, mode: str
-) -> None:
-    """Chunks of 2 images over a batch of 5 (the last chunk short) give the reference's output
-    and gradients, in either memory format."""
+def _backward_route(monkeypatch: pytest.MonkeyPatch, backward: str | None) -> list[int]:
+    """Make the tap path take the given backward at any dtype (``None``: as chosen by dtype);
+    returns a list that counts the output-side backward's calls (so a test can check the
+    route it meant to test ran)."""
     from symconv.nn import _twist_taps
 
+    calls: list[int] = []
+    inner = _twist_taps._output_side_backward
+
+    def counted(*args: object) -> torch.Tensor | None:
+        calls.append(1)
+        return inner(*args)
+
+    monkeypatch.setattr(_twist_taps, "_output_side_backward", counted)
+    if backward is not None:  # the reduced-precision route; float64 takes it when allowed
+        monkeypatch.setattr(
+            _twist_taps, "_OUTPUT_SIDE_MAX_ITEMSIZE", 8 if backward == "output-side" else 0
+        )
+    return calls
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize(
+    ("groups", "stride", "mode", "backward"),
+    [
+        (1, 1, "zeros", "input-side"),
+        (2, 2, "reflect", "input-side"),
+        (1, 1, "zeros", "output-side"),
+        (1, 1, "reflect", "output-side"),  # no padding inside: the border is k - 1
+        (1, 1, "circular", "output-side"),
+    ],
+)
+def test_taps_chunks_match_reference(
+    monkeypatch: pytest.MonkeyPatch,
+    channels_last: bool,
+    groups: int,
+    stride: int,
+    mode: str,
+    backward: str,
+) -> None:
+    """Chunks of 2 images over a batch of 5 (the last chunk short) give the reference's output
+    and gradients, in either memory format, with either backward."""
+    from symconv.nn import _twist_taps
+
+    h, w = 7 * stride, 6 * stride
+    hp, wp = (h, w) if mode == "zeros" else (h + 2, w + 2)  # the input the function sees
     per_image = 4 * 4 * 7 * 6 * 8  # (k*k-1)/2 taps x in channels x H_out x W_out x 8 bytes
     monkeypatch.setattr(_twist_taps, "_CHUNK_BYTES", 2 * per_image)
     monkeypatch.setattr(_twist_taps, "_WEIGHT_REUSE", 0)
+    # output side: 4 taps x 2 x 6 out channels x the input's pixels x 8 bytes per image
+    monkeypatch.setattr(_twist_taps, "_GRAD_CHUNK_BYTES", 2 * 4 * 2 * 6 * hp * wp * 8)
+    calls = _backward_route(monkeypatch, backward)
     torch.manual_seed(3)
     layer = ConvTwist(
         4, 6, groups=groups, stride=stride, bias=True, padding_mode=mode, impl="taps"
     ).double()
-    x = torch.randn(5, 4, 7 * stride, 6 * stride, dtype=torch.float64)
+    x = torch.randn(5, 4, h, w, dtype=torch.float64)
     if channels_last:
         layer = layer.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
@@ -215,10 +255,13 @@ def test_taps_chunks_match_reference(
     gout = torch.randn_like(ref)
     for g, gr in zip(_all_grads(layer, x, out, gout), _all_grads(layer, x, ref, gout), strict=True):
         torch.testing.assert_close(g, gr, rtol=1e-10, atol=1e-10)
+    assert len(calls) == (backward == "output-side")
 
 
-def test_taps_partial_gradients() -> None:
+@pytest.mark.parametrize("backward", ["input-side", "output-side"])
+def test_taps_partial_gradients(monkeypatch: pytest.MonkeyPatch, backward: str) -> None:
     """Frozen parameters or an input without gradient: the other gradients are unchanged."""
+    calls = _backward_route(monkeypatch, backward)
     torch.manual_seed(5)
     layer = ConvTwist(8, 8, impl="taps").double()
     x = torch.randn(3, 8, 6, 7, dtype=torch.float64, requires_grad=True)
@@ -229,6 +272,7 @@ def test_taps_partial_gradients() -> None:
     layer.requires_grad_(True)
     (gt,) = torch.autograd.grad(layer(x.detach()).square().sum(), [layer.twist_x])
     torch.testing.assert_close(gt, full[1], rtol=1e-12, atol=1e-12)
+    assert len(calls) == (3 if backward == "output-side" else 0)
 
 
 def test_taps_bfloat16_weight_gradient_sums_in_float32(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -244,6 +288,7 @@ def test_taps_bfloat16_weight_gradient_sums_in_float32(monkeypatch: pytest.Monke
 
     def grad_with_chunk_bytes(nbytes: int) -> torch.Tensor:
         monkeypatch.setattr(_twist_taps, "_CHUNK_BYTES", nbytes)
+        monkeypatch.setattr(_twist_taps, "_GRAD_CHUNK_BYTES", nbytes)
         monkeypatch.setattr(_twist_taps, "_WEIGHT_REUSE", 0)
         with torch.autocast("cpu", torch.bfloat16):
             out = layer(x)
@@ -255,12 +300,22 @@ def test_taps_bfloat16_weight_gradient_sums_in_float32(monkeypatch: pytest.Monke
     assert per_image <= 2 * one_chunk
 
 
-@pytest.mark.parametrize("groups", [1, 2])
-def test_taps_bfloat16_matches_float64(groups: int) -> None:
-    """bfloat16 (its own GEMM path without groups) agrees with the float64 reference."""
+@pytest.mark.parametrize(
+    ("groups", "stride", "channels_last"),
+    # without groups at stride 1 the output-side backward (in place for channels-last);
+    # at stride 2 the input side's per-tap products; with groups 1x1 convolutions
+    [(1, 1, True), (1, 1, False), (1, 2, True), (2, 1, True)],
+)
+def test_taps_bfloat16_matches_float64(
+    monkeypatch: pytest.MonkeyPatch, groups: int, stride: int, channels_last: bool
+) -> None:
+    """bfloat16 (its own GEMM routes) agrees with the float64 reference."""
+    calls = _backward_route(monkeypatch, None)
     torch.manual_seed(7)
-    layer = ConvTwist(16, 8, groups=groups, bias=True, impl="taps")
-    x = torch.randn(3, 16, 9, 10).contiguous(memory_format=torch.channels_last)
+    layer = ConvTwist(16, 8, groups=groups, stride=stride, bias=True, impl="taps")
+    x = torch.randn(3, 16, 9, 10)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     x.requires_grad_()
     with torch.autocast("cpu", torch.bfloat16):
         out = layer(x)
@@ -274,6 +329,23 @@ def test_taps_bfloat16_matches_float64(groups: int) -> None:
     refs = torch.autograd.grad(ref, [xd, ref_layer.twist_x, ref_layer.weight], gout)
     for g, gr in zip(grads, refs, strict=True):
         assert (g.double() - gr).abs().max() / gr.abs().max() < 3e-2
+    assert len(calls) == (groups == 1 and stride == 1)
+
+
+@pytest.mark.parametrize(
+    ("channels", "stride", "output_side"), [(64, 1, True), (64, 2, False), (512, 1, False)]
+)
+def test_taps_backward_route_choice(
+    monkeypatch: pytest.MonkeyPatch, channels: int, stride: int, output_side: bool
+) -> None:
+    """bfloat16 on CPU takes the output-side backward at stride 1 unless the GEMM weight is
+    large next to its chunk (512 channels), as measured in benchmarks/README.md."""
+    calls = _backward_route(monkeypatch, None)
+    layer = ConvTwist(channels, channels, stride=stride, impl="taps")
+    x = torch.randn(2, channels, 4, 4).contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", torch.bfloat16):
+        layer(x).float().sum().backward()
+    assert len(calls) == output_side
 
 
 def _saved_activation_bytes(layer: nn.Module, x: torch.Tensor) -> int:

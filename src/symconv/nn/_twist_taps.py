@@ -16,6 +16,14 @@ formed by shifted slices, weighed by one GEMM and the grids' products added into
 convolution's output, so nothing of ``m`` times the input's size ever goes to memory. The
 backward recomputes the differences per chunk instead of saving them: a step keeps only
 the layer's input, as a plain convolution does. Off the CPU the whole batch is one chunk.
+
+The input gradient of the differences is ``sum_j G_j(p - d_j) - G_j(p + d_j)``, with ``G_j``
+tap ``j``'s share of the GEMM's input gradient. As the GEMM acts pixel by pixel, those
+differences can equally be taken *before* it, on the grid-weighted output gradient ``g'``
+(``2 * out`` channels): ``E_j(p) = g'(p - d_j) - g'(p + d_j)``. Then one GEMM ``E W`` *is*
+the twist's input gradient (no scatter of ``m`` tap gradients) and the weight's gradient is
+``E^T x`` (no input differences to recompute). :func:`_output_side_backward` does that at
+stride 1 without groups in reduced precision on CPU, where it is measured faster.
 """
 
 from __future__ import annotations
@@ -42,6 +50,16 @@ _WEIGHT_REUSE = 4
 # channels-last pixel rows, with at least this many rows: single-threaded PyTorch sends 1x1
 # convolutions of fewer images to a BLAS path that runs at half oneDNN's speed on AVX-512.
 _MIN_GEMM_ROWS = 16
+# The output-side backward (see the module docstring) for element sizes up to this: bfloat16
+# at 64 channels on 56x56 maps 2.44 -> 2.1x nn.Conv2d, neutral at 128-512 channels; float32
+# slower (its GEMMs as 1x1 convolution backward passes ran at 50-80 GMAC/s, oneDNN's 1x1
+# forward at ~100). Chunks hold about this many bytes of output-gradient differences ``E``
+# (256 channels on 14x14 maps: 8% faster than the forward's 2 MiB chunking). Only where
+# that is at least _WEIGHT_REUSE times the GEMM weight's bytes: at 512 channels on 7x7 maps
+# the input side was 2-8% faster (small chunks add a weight-sized gradient per chunk, and
+# the ``E`` of larger ones, twice the differences of the input, leaves the cache).
+_OUTPUT_SIDE_MAX_ITEMSIZE = 2
+_GRAD_CHUNK_BYTES = 4 << 20
 
 
 class Geometry(NamedTuple):
@@ -188,14 +206,10 @@ class _OddTapTwist(torch.autograd.Function):
             [need_x, need_w0, need_bias],
         )
         grad_w = None
-        if need_w:
-            # Summed over chunks in at least float32: bfloat16 partial sums would round at
-            # every chunk, where a convolution's weight gradient rounds once.
-            grad_w = torch.zeros_like(w1, dtype=torch.promote_types(w1.dtype, torch.float32))
         if grad.numel() and (need_x or need_w):
-            _twist_backward(grad, x, w1, gx, gy, geo, grad_x, grad_w)
-        if grad_w is not None:
-            grad_w = grad_w.to(w1.dtype)
+            grad_w = _twist_backward(grad, x, w1, gx, gy, geo, grad_x, need_w)
+        elif need_w:
+            grad_w = torch.zeros_like(w1)
         return grad_x, grad_w0, grad_bias, grad_w, *none
 
 
@@ -207,10 +221,18 @@ def _twist_backward(
     gy: Tensor,
     geo: Geometry,
     grad_x: Tensor | None,
-    grad_w: Tensor | None,
-) -> None:
+    need_w: bool,
+) -> Tensor | None:
     """The twist terms' backward, chunk by chunk: adds their input gradient into ``grad_x``
-    and their GEMM weight's gradient into ``grad_w`` (each ``None`` when not needed)."""
+    (``None`` when not needed) and returns their GEMM weight's gradient (if ``need_w``)."""
+    if (
+        geo.stride == (1, 1)
+        and geo.groups == 1
+        and x.element_size() <= _OUTPUT_SIDE_MAX_ITEMSIZE
+        and x.device.type == "cpu"
+        and _WEIGHT_REUSE * w1.numel() * w1.element_size() <= _GRAD_CHUNK_BYTES
+    ):
+        return _output_side_backward(grad, x, w1, gx, gy, geo, grad_x, need_w)
     k, _, groups, pad = geo
     n, co, ho, wo = grad.shape
     h, w = x.shape[-2:]
@@ -221,13 +243,14 @@ def _twist_backward(
     gxp_buf = None if grad_x is None else x.new_empty(step, h + 2 * pad, w + 2 * pad, x.shape[1])
     gv = grad.permute(0, 2, 3, 1).unflatten(3, (groups, 1, -1))
     gx_views = None
+    gw_sum = None
     for i, xp, d in _chunks(x, geo, ho, wo, step):
         nb = xp.shape[0]
         g_rows = g_buf[:nb]
         torch.mul(gv[i : i + nb], xy, out=g_rows)
-        gd, gw = _backward_gemms(g_rows, d, w1, groups, grad_x is not None, grad_w is not None)
-        if grad_w is not None:
-            grad_w += gw
+        gd, gw = _backward_gemms(g_rows, d, w1, groups, grad_x is not None, need_w)
+        if need_w:
+            gw_sum = _sum_chunks(gw_sum, gw)
         if grad_x is None:
             continue
         # The transpose of the differences: each tap's gradient added at +d, taken at -d.
@@ -238,6 +261,79 @@ def _twist_backward(
             plus += g_j
             minus -= g_j
         grad_x[i : i + nb] += gxp[:, pad : pad + h, pad : pad + w].permute(0, 3, 1, 2)
+    return None if gw_sum is None else gw_sum.to(w1.dtype)
+
+
+def _sum_chunks(total: Tensor | None, part: Tensor) -> Tensor:
+    """``total + part`` for the chunks' weight gradients, in place from the second chunk on
+    and then in at least float32: reduced-precision partial sums would round at every chunk,
+    where a convolution's weight gradient rounds once."""
+    if total is None:
+        return part  # a GEMM's fresh output
+    if total.element_size() < 4:
+        total = total.float()
+    return total.add_(part)
+
+
+def _output_side_backward(
+    grad: Tensor,
+    x: Tensor,
+    w1: Tensor,
+    gx: Tensor,
+    gy: Tensor,
+    geo: Geometry,
+    grad_x: Tensor | None,
+    need_w: bool,
+) -> Tensor | None:
+    """:func:`_twist_backward` at stride 1 without groups, from the differences ``E`` of the
+    grid-weighted output gradient (module docstring): per chunk ``g'`` goes into a
+    zero-bordered channels-last buffer, ``E`` ``(nb, H, W, m, 2 * out)`` is formed by shifted
+    slices, then ``grad_x += E W`` (in place for channels-last) and ``grad_w += E^T x``."""
+    k, _, _, pad = geo
+    n, co, ho, wo = grad.shape
+    ci, h, w = x.shape[1:]
+    m = (k * k - 1) // 2
+    # x(p) meets g'(q) for q = p + pad - (tap index): a border of k - 1 - pad around g' makes
+    # every tap's window over the input's h x w pixels a plain slice.
+    border = k - 1 - pad
+    # (ho, wo, 2, 1): both grids side by side, so one product fills g' = (X g, Y g).
+    xy = torch.stack(torch.broadcast_tensors(gx, gy), dim=-1).view(ho, wo, 2, 1)
+    step = _images_per_chunk(x, h * w * m * 2 * co * grad.element_size(), _GRAD_CHUNK_BYTES)
+    # Zeroed once: g' is written only into the interior, the border stays zero.
+    gp_buf = grad.new_zeros(step, ho + 2 * border, wo + 2 * border, 2 * co)
+    e_buf = grad.new_empty(step, h, w, m, 2 * co)
+    gv = grad.permute(0, 2, 3, 1).unsqueeze(3)  # (n, ho, wo, 1, out)
+    # The weight as (m * 2 out, in), rows (tap, Wx or Wy, out); a copy with contiguous rows.
+    w_rows = w1.view(2 * co, m, ci).transpose(0, 1).reshape(m * 2 * co, ci)
+    gw_sum = None
+    views: list[tuple[Tensor, Tensor]] = []
+    for i in range(0, n, step):
+        nb = min(step, n - i)
+        gp, e = gp_buf[:nb], e_buf[:nb]
+        if not views or nb < step:  # views of the buffers, made once per chunk size
+            views = _tap_windows(gp, geo, h, w)
+            interior = gp[:, border : border + ho, border : border + wo].unflatten(3, (2, co))
+            e_views = e.unsqueeze(3).unbind(4)  # (nb, h, w, 1, 2 * out) per tap
+        torch.mul(gv[i : i + nb], xy, out=interior)
+        # E_j = g'(p - d_j) - g'(p + d_j): the windows at -d and +d, in that order.
+        for (plus, minus), e_j in zip(views, e_views, strict=True):
+            torch.sub(minus, plus, out=e_j)
+        e_rows = e.view(nb * h * w, m * 2 * co)
+        if need_w:
+            x_rows = x[i : i + nb].permute(0, 2, 3, 1).reshape(-1, ci)
+            gw_sum = _sum_chunks(gw_sum, torch.mm(e_rows.t(), x_rows))
+        if grad_x is not None:
+            gx_i = grad_x[i : i + nb].permute(0, 2, 3, 1)
+            if gx_i.is_contiguous():  # channels-last: the GEMM accumulates in place
+                gx_i.view(-1, ci).addmm_(e_rows, w_rows)
+            else:
+                gx_i += torch.mm(e_rows, w_rows).view(nb, h, w, ci)
+    if gw_sum is None:
+        return None
+    # Back to w1's (Wx or Wy, out, tap, in) order and dtype in one pass.
+    grad_w = torch.empty_like(w1, memory_format=torch.contiguous_format)
+    grad_w.view(2 * co, m, ci).copy_(gw_sum.view(m, 2 * co, ci).transpose(0, 1))
+    return grad_w
 
 
 def _backward_gemms(
@@ -283,11 +379,16 @@ def _chunk_size(x: Tensor, w1: Tensor, k: int, ho: int, wo: int) -> int:
     """Images per chunk on CPU: about ``_CHUNK_BYTES`` of differences, and at least
     ``_WEIGHT_REUSE`` times the GEMM's weight (every chunk reads the whole weight: with many
     channels on small maps it outweighs a small chunk's data). The batch elsewhere."""
+    per_image = ho * wo * (k * k - 1) // 2 * x.shape[1] * x.element_size()
+    budget = max(_CHUNK_BYTES, _WEIGHT_REUSE * w1.numel() * w1.element_size())
+    return _images_per_chunk(x, per_image, budget)
+
+
+def _images_per_chunk(x: Tensor, per_image: int, budget: int) -> int:
+    """``budget // per_image`` images of ``x``'s batch (at least 1) on CPU, the batch elsewhere."""
     n = x.shape[0]
     if x.device.type != "cpu":
         return max(n, 1)
-    per_image = ho * wo * (k * k - 1) // 2 * x.shape[1] * x.element_size()
-    budget = max(_CHUNK_BYTES, _WEIGHT_REUSE * w1.numel() * w1.element_size())
     return max(1, min(n, budget // max(per_image, 1)))
 
 
