@@ -325,8 +325,9 @@ def test_taps_bfloat16_matches_float64(
     assert out.dtype == torch.bfloat16
     assert (out.double() - ref).abs().max() / ref.abs().max() < 2e-2
     gout = torch.randn_like(ref)
-    grads = torch.autograd.grad(out, [x, layer.twist_x, layer.weight], gout.bfloat16())
-    refs = torch.autograd.grad(ref, [xd, ref_layer.twist_x, ref_layer.weight], gout)
+    params = ["twist_x", "twist_y", "weight", "center_x", "center_y", "bias"]
+    grads = torch.autograd.grad(out, [x] + [getattr(layer, p) for p in params], gout.bfloat16())
+    refs = torch.autograd.grad(ref, [xd] + [getattr(ref_layer, p) for p in params], gout)
     for g, gr in zip(grads, refs, strict=True):
         assert (g.double() - gr).abs().max() / gr.abs().max() < 3e-2
     assert len(calls) == (groups == 1 and stride == 1)

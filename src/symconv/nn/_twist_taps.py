@@ -84,9 +84,11 @@ def _tap_pairs(k: int) -> list[tuple[int, int, int, int]]:
     return [(*divmod(j, k), *divmod(k * k - 1 - j, k)) for j in range((k * k - 1) // 2)]
 
 
-def twist_terms_reference(x: Tensor, w1: Tensor, gx: Tensor, gy: Tensor, geo: Geometry) -> Tensor:
-    """``X * conv(x, Wx) + Y * conv(x, Wy)`` in plain differentiable ops (for compilers,
-    exporters and double backward). Shapes as in :func:`odd_tap_twist`."""
+def twist_terms_reference(
+    x: Tensor, w1: Tensor, cx: Tensor, cy: Tensor, gx: Tensor, gy: Tensor, geo: Geometry
+) -> Tensor:
+    """``(X - cx) * conv(x, Wx) + (Y - cy) * conv(x, Wy)`` in plain differentiable ops (for
+    compilers, exporters and double backward). Shapes as in :func:`odd_tap_twist`."""
     k, stride, groups, pad = geo
     xp = F.pad(x, (pad, pad, pad, pad)) if pad else x
     hp, wp = xp.shape[-2:]
@@ -100,7 +102,41 @@ def twist_terms_reference(x: Tensor, w1: Tensor, gx: Tensor, gy: Tensor, geo: Ge
     bc = F.conv2d(d, w1, None, 1, 0, 1, groups)
     n, co = bc.shape[0], w1.shape[0] // 2
     b, c = bc.view(n, groups, 2, co // groups, ho, wo).unbind(2)
-    return (b * gx + c * gy).reshape(n, co, ho, wo)
+    centres = (groups, co // groups, 1, 1)
+    xc = (gx.view(1, wo) - cx.view(centres)).to(b.dtype)
+    yc = (gy.view(ho, 1) - cy.view(centres)).to(b.dtype)
+    return (b * xc + c * yc).reshape(n, co, ho, wo)
+
+
+def _centred_grids(
+    gx: Tensor, gy: Tensor, cx: Tensor, cy: Tensor, groups: int, dtype: torch.dtype
+) -> tuple[Tensor, Tensor]:
+    """``X - cx`` as ``(W_out, groups, out / groups)`` and ``Y - cy`` as ``(H_out, 1, groups,
+    out / groups)``, for channels-last rows: computed in the grids' precision, rounded once."""
+    co = cx.shape[0]
+    xc = (gx.view(-1, 1) - cx.to(gx.dtype)).to(dtype)
+    yc = (gy.view(-1, 1) - cy.to(gy.dtype)).to(dtype)
+    return xc.view(-1, groups, co // groups), yc.view(-1, 1, groups, co // groups)
+
+
+def _centre_grads(g0: Tensor, w1: Tensor, k: int, groups: int) -> Tensor:
+    """``(dL/dcx, dL/dcy)`` as ``(2, out)`` from the main kernel's gradient ``g0 = dL/dW0``.
+
+    The centres weigh ``-cx * conv(x, Wx)``, so ``dL/dcx = -sum_p g(p) conv(x, Wx)(p)``, and
+    ``g0[o, c, d] = sum_p g_o(p) x_c(p + d)`` holds every such sum: ``dL/dcx = -<g0, Wx>``
+    per output channel, over the free taps ``<g0(d) - g0(-d), Wx(d)>``. No pass over the
+    batch, and the centres need not be folded into a copy of the main kernel."""
+    co, cig = g0.shape[:2]
+    m = (k * k - 1) // 2
+    # g0 as (out, k*k, in / g) (a view of a channels-last g0), so <g0(d) - g0(-d), W(d)> is
+    # one dot product per row of w1's (tap, in / g) taps; written contiguous (an einsum
+    # over the strided layouts took 4x as long at 512 channels).
+    per_offset = g0.permute(0, 2, 3, 1).reshape(co, k * k, cig)
+    odd = g0.new_empty(co, m, cig)
+    torch.sub(per_offset[:, :m], per_offset[:, m + 1 :].flip(1), out=odd)
+    taps = w1.view(groups, 2, co // groups, m * cig)
+    dots = torch.linalg.vecdot(odd.view(groups, 1, co // groups, m * cig), taps)
+    return -dots.transpose(0, 1).reshape(2, co)
 
 
 @functools.lru_cache(maxsize=256)
@@ -133,11 +169,13 @@ def _tap_windows(t: Tensor, geo: Geometry, ho: int, wo: int) -> list[tuple[Tenso
 
 
 class _OddTapTwist(torch.autograd.Function):
-    """``conv(x, W0) + bias + X * conv(x, Wx) + Y * conv(x, Wy)`` (see :func:`odd_tap_twist`).
+    """``conv(x, W0) + bias + (X - cx) * conv(x, Wx) + (Y - cy) * conv(x, Wy)`` (see
+    :func:`odd_tap_twist`).
 
     The main convolution is part of the function so the tail writes into its output and the
     backward adds the twist terms' input gradient into the convolution's, in cache, chunk
-    by chunk (no second input-sized gradient to allocate and sum)."""
+    by chunk (no second input-sized gradient to allocate and sum); the centres' gradients
+    come from the main kernel's (:func:`_centre_grads`)."""
 
     @staticmethod
     def forward(
@@ -146,18 +184,20 @@ class _OddTapTwist(torch.autograd.Function):
         w0: Tensor,
         bias: Tensor | None,
         w1: Tensor,
+        cx: Tensor,
+        cy: Tensor,
         gx: Tensor,
         gy: Tensor,
         geo: Geometry,
     ) -> Tensor:
-        ctx.save_for_backward(x, w0, bias, w1, gx, gy)
+        ctx.save_for_backward(x, w0, bias, w1, cx, cy, gx, gy)
         ctx.geometry = geo
         k, stride, groups, pad = geo
         out = F.conv2d(x, w0, bias, stride, pad, 1, groups)
         if out.numel() == 0:
             return out
         n, co, ho, wo = out.shape
-        xy = (gx.view(wo, 1, 1), gy.view(ho, 1, 1, 1))
+        xc, yc = _centred_grids(gx, gy, cx, cy, groups, out.dtype)
         cl = out.is_contiguous(memory_format=torch.channels_last)
         step = _chunk_size(x, w1, k, ho, wo)
         tail_buf = None if cl else out.new_empty(step, ho, wo, groups, co // groups)
@@ -168,30 +208,31 @@ class _OddTapTwist(torch.autograd.Function):
             out_i = out[i : i + nb]
             if cl:  # channels-last: the tail runs on contiguous channel rows
                 out_v = out_i.permute(0, 2, 3, 1).view(nb, ho, wo, groups, co // groups)
-                out_v.addcmul_(b, xy[0]).addcmul_(c, xy[1])
+                out_v.addcmul_(b, xc).addcmul_(c, yc)
             else:  # the twist terms channels-last, then one transposing add
                 tail = tail_buf[:nb]
-                torch.mul(b, xy[0], out=tail)
-                tail.addcmul_(c, xy[1])
+                torch.mul(b, xc, out=tail)
+                tail.addcmul_(c, yc)
                 out_i.add_(tail.view(nb, ho, wo, co).permute(0, 3, 1, 2))
         return out
 
     @staticmethod
     def backward(ctx: object, grad: Tensor) -> tuple[Tensor | None, ...]:
-        x, w0, bias, w1, gx, gy = ctx.saved_tensors
+        x, w0, bias, w1, cx, cy, gx, gy = ctx.saved_tensors
         geo = ctx.geometry
-        _, stride, groups, pad = geo
-        need_x, need_w0, need_bias, need_w = ctx.needs_input_grad[:4]
+        k, stride, groups, pad = geo
+        needs = ctx.needs_input_grad[:6]
+        need_x, need_w0, need_bias, need_w, need_cx, need_cy = needs
         none = (None,) * 3
         if torch.is_grad_enabled():
             # Double backward: the same vector-Jacobian product from differentiable ops.
             with torch.enable_grad():
                 out = F.conv2d(x, w0, bias, stride, pad, 1, groups)
-                out = out + twist_terms_reference(x, w1, gx, gy, geo)
-            inputs = (x, w0, bias, w1)
-            wanted = [t for t, need in zip(inputs, ctx.needs_input_grad[:4], strict=True) if need]
+                out = out + twist_terms_reference(x, w1, cx, cy, gx, gy, geo)
+            inputs = (x, w0, bias, w1, cx, cy)
+            wanted = [t for t, need in zip(inputs, needs, strict=True) if need]
             grads = iter(torch.autograd.grad(out, wanted, grad, create_graph=True))
-            return (*(next(grads) if need else None for need in ctx.needs_input_grad[:4]), *none)
+            return (*(next(grads) if need else None for need in needs), *none)
         grad_x, grad_w0, grad_bias = torch.ops.aten.convolution_backward(
             grad,
             x,
@@ -203,28 +244,41 @@ class _OddTapTwist(torch.autograd.Function):
             False,
             [0, 0],
             groups,
-            [need_x, need_w0, need_bias],
+            [need_x, need_w0 or need_cx or need_cy, need_bias],
         )
+        grad_cx = grad_cy = None
+        if need_cx or need_cy:
+            grad_cx, grad_cy = _centre_grads(grad_w0, w1, k, groups).to(cx.dtype)
         grad_w = None
         if grad.numel() and (need_x or need_w):
-            grad_w = _twist_backward(grad, x, w1, gx, gy, geo, grad_x, need_w)
+            xc, yc = _centred_grids(gx, gy, cx, cy, groups, grad.dtype)
+            grad_w = _twist_backward(grad, x, w1, xc, yc, geo, grad_x, need_w)
         elif need_w:
             grad_w = torch.zeros_like(w1)
-        return grad_x, grad_w0, grad_bias, grad_w, *none
+        return (
+            grad_x,
+            grad_w0 if need_w0 else None,
+            grad_bias,
+            grad_w,
+            grad_cx if need_cx else None,
+            grad_cy if need_cy else None,
+            *none,
+        )
 
 
 def _twist_backward(
     grad: Tensor,
     x: Tensor,
     w1: Tensor,
-    gx: Tensor,
-    gy: Tensor,
+    xc: Tensor,
+    yc: Tensor,
     geo: Geometry,
     grad_x: Tensor | None,
     need_w: bool,
 ) -> Tensor | None:
     """The twist terms' backward, chunk by chunk: adds their input gradient into ``grad_x``
-    (``None`` when not needed) and returns their GEMM weight's gradient (if ``need_w``)."""
+    (``None`` when not needed) and returns their GEMM weight's gradient (if ``need_w``).
+    ``xc``, ``yc``: the centred grids of :func:`_centred_grids`."""
     if (
         geo.stride == (1, 1)
         and geo.groups == 1
@@ -232,22 +286,21 @@ def _twist_backward(
         and x.device.type == "cpu"
         and _WEIGHT_REUSE * w1.numel() * w1.element_size() <= _GRAD_CHUNK_BYTES
     ):
-        return _output_side_backward(grad, x, w1, gx, gy, geo, grad_x, need_w)
+        return _output_side_backward(grad, x, w1, xc, yc, geo, grad_x, need_w)
     k, _, groups, pad = geo
     n, co, ho, wo = grad.shape
     h, w = x.shape[-2:]
-    # (ho, wo, 1, 2, 1): both grids side by side, so one product fills the GEMM's input.
-    xy = torch.stack(torch.broadcast_tensors(gx, gy), dim=-1).view(ho, wo, 1, 2, 1)
     step = _chunk_size(x, w1, k, ho, wo)
     g_buf = grad.new_empty(step, ho, wo, groups, 2, co // groups)
     gxp_buf = None if grad_x is None else x.new_empty(step, h + 2 * pad, w + 2 * pad, x.shape[1])
-    gv = grad.permute(0, 2, 3, 1).unflatten(3, (groups, 1, -1))
+    gv = grad.permute(0, 2, 3, 1).unflatten(3, (groups, -1))
     gx_views = None
     gw_sum = None
     for i, xp, d in _chunks(x, geo, ho, wo, step):
         nb = xp.shape[0]
         g_rows = g_buf[:nb]
-        torch.mul(gv[i : i + nb], xy, out=g_rows)
+        torch.mul(gv[i : i + nb], xc, out=g_rows[..., 0, :])
+        torch.mul(gv[i : i + nb], yc, out=g_rows[..., 1, :])
         gd, gw = _backward_gemms(g_rows, d, w1, groups, grad_x is not None, need_w)
         if need_w:
             gw_sum = _sum_chunks(gw_sum, gw)
@@ -279,8 +332,8 @@ def _output_side_backward(
     grad: Tensor,
     x: Tensor,
     w1: Tensor,
-    gx: Tensor,
-    gy: Tensor,
+    xc: Tensor,
+    yc: Tensor,
     geo: Geometry,
     grad_x: Tensor | None,
     need_w: bool,
@@ -296,13 +349,12 @@ def _output_side_backward(
     # x(p) meets g'(q) for q = p + pad - (tap index): a border of k - 1 - pad around g' makes
     # every tap's window over the input's h x w pixels a plain slice.
     border = k - 1 - pad
-    # (ho, wo, 2, 1): both grids side by side, so one product fills g' = (X g, Y g).
-    xy = torch.stack(torch.broadcast_tensors(gx, gy), dim=-1).view(ho, wo, 2, 1)
     step = _images_per_chunk(x, h * w * m * 2 * co * grad.element_size(), _GRAD_CHUNK_BYTES)
     # Zeroed once: g' is written only into the interior, the border stays zero.
     gp_buf = grad.new_zeros(step, ho + 2 * border, wo + 2 * border, 2 * co)
     e_buf = grad.new_empty(step, h, w, m, 2 * co)
-    gv = grad.permute(0, 2, 3, 1).unsqueeze(3)  # (n, ho, wo, 1, out)
+    gv = grad.permute(0, 2, 3, 1)  # (n, ho, wo, out)
+    xc, yc = xc.view(wo, co), yc.view(ho, 1, co)
     # The weight as (m * 2 out, in), rows (tap, Wx or Wy, out); a copy with contiguous rows.
     w_rows = w1.view(2 * co, m, ci).transpose(0, 1).reshape(m * 2 * co, ci)
     gw_sum = None
@@ -314,7 +366,8 @@ def _output_side_backward(
             views = _tap_windows(gp, geo, h, w)
             interior = gp[:, border : border + ho, border : border + wo].unflatten(3, (2, co))
             e_views = e.unsqueeze(3).unbind(4)  # (nb, h, w, 1, 2 * out) per tap
-        torch.mul(gv[i : i + nb], xy, out=interior)
+        torch.mul(gv[i : i + nb], xc, out=interior[..., 0, :])  # g' = ((X - cx) g, (Y - cy) g)
+        torch.mul(gv[i : i + nb], yc, out=interior[..., 1, :])
         # E_j = g'(p - d_j) - g'(p + d_j): the windows at -d and +d, in that order.
         for (plus, minus), e_j in zip(views, e_views, strict=True):
             torch.sub(minus, plus, out=e_j)
@@ -422,24 +475,27 @@ def odd_tap_twist(
     w0: Tensor,
     bias: Tensor | None,
     w1: Tensor,
+    cx: Tensor,
+    cy: Tensor,
     gx: Tensor,
     gy: Tensor,
     geo: Geometry,
 ) -> Tensor:
-    """``conv(x, W0) + bias + X * conv(x, Wx) + Y * conv(x, Wy)``, the twist terms from the
-    odd kernels' free taps.
+    """``conv(x, W0) + bias + (X - cx) * conv(x, Wx) + (Y - cy) * conv(x, Wy)``, the twist
+    terms from the odd kernels' free taps.
 
     Args:
         x: ``(N, in, H, W)``, the input (zero-padded by ``pad`` on every side inside).
         w0, bias: the main convolution's kernel ``(out, in / groups, k, k)`` and bias.
         w1: ``(2 * out, m * in / groups, 1, 1)``, ``m = (k*k-1)/2``: output channels
             ``(group, Wx or Wy, out / groups)``, input channels ``(tap, in / groups)``.
-        gx, gy: the grids ``X`` ``(W_out,)`` and ``Y`` ``(H_out, 1)``.
+        cx, cy: the centres ``(out,)``.
+        gx, gy: the grids ``X`` ``(W_out,)`` and ``Y`` ``(H_out, 1)`` (float32 or wider).
         geo: the layer's kernel size, stride, groups and zero padding.
 
-    Returns ``(N, out, H_out, W_out)`` in the main convolution's memory format.
+    Returns ``(N, out, H_out, W_out)`` in the main convolution's memory format and dtype.
     """
     if tracing():
         out = F.conv2d(x, w0, bias, geo.stride, geo.pad, 1, geo.groups)
-        return out + twist_terms_reference(x, w1, gx, gy, geo)
-    return _OddTapTwist.apply(x, w0, bias, w1, gx, gy, geo)
+        return out + twist_terms_reference(x, w1, cx, cy, gx, gy, geo)
+    return _OddTapTwist.apply(x, w0, bias, w1, cx, cy, gx, gy, geo)

@@ -28,8 +28,9 @@ backward only what a plain convolution keeps (its input):
   one stacked call with oneDNN on CPU at large feature maps).
 * ``'taps'``: ``b`` and ``c`` from the odd kernels' free taps: the differences
   ``x(p + d) - x(p - d)`` and one GEMM (a 1x1 convolution) that weighs them, 17/9 of the
-  multiply-adds for 3x3. On CPU it runs in cache-sized chunks of images and recomputes
-  the differences in backward (:mod:`symconv.nn._twist_taps`).
+  multiply-adds for 3x3. On CPU it runs in cache-sized chunks of images; the backward
+  recomputes the differences, or in reduced precision takes them on the output gradient
+  instead (:mod:`symconv.nn._twist_taps`).
 
 ``'auto'`` takes ``'stacked'`` on CUDA (and other accelerators; unmeasured there, see
 ``benchmarks/README.md``); on CPU ``'taps'`` from 32 input channels per group (and for
@@ -404,19 +405,21 @@ class ConvTwist(nn.Module):
         with torch.no_grad() if cacheable else contextlib.nullcontext():
             if path == "stacked":
                 kernels: tuple[Tensor | None, ...] = self.fused_weight()
-            else:
-                w0 = self._folded_weight()
+            elif path == "split":
+                k = self.kernel_size[0]
+                kernels = (
+                    self._folded_weight(),
+                    _odd_kernel(self.twist_x, k),
+                    _odd_kernel(self.twist_y, k),
+                )
+            else:  # taps: (2 out, m * in/g, 1, 1), rows (group, x or y, out / g), columns
+                # (tap, in / g); one copy writes the transposed taps contiguous (canonical
+                # strides: a 1x1 kernel whose strides also read as channels-last gets a wrong
+                # weight gradient from a channels-last convolution, seen with torch 2.13,
+                # float64, in/groups == 1). The centres stay out of the main kernel here.
                 tx, ty = self._free_taps()
-                if path == "split":
-                    k = self.kernel_size[0]
-                    kernels = (w0, _odd_kernel(self.twist_x, k), _odd_kernel(self.twist_y, k))
-                else:  # taps: (2 out, m * in/g, 1, 1), rows (group, x or y, out / g),
-                    # columns (tap, in / g); one copy writes the transposed taps contiguous
-                    # (canonical strides: a 1x1 kernel whose strides also read as channels-last
-                    # gets a wrong weight gradient from a channels-last convolution, seen with
-                    # torch 2.13, float64, in/groups == 1).
-                    w1 = torch.stack([tx.transpose(-1, -2), ty.transpose(-1, -2)], dim=1)
-                    kernels = (w0, w1.view(2 * self.out_channels, -1, 1, 1))
+                w1 = torch.stack([tx.transpose(-1, -2), ty.transpose(-1, -2)], dim=1)
+                kernels = (w1.view(2 * self.out_channels, -1, 1, 1),)
         if cacheable:
             self._kernel_cache[path] = (key, kernels)
         return kernels
@@ -486,19 +489,21 @@ class ConvTwist(nn.Module):
         for 3x3, not 3)."""
         k, g = self.kernel_size[0], self.groups
         if k == 1:  # the odd kernels are empty
-            w0, _ = self._path_kernels("taps")
+            w0 = self._path_kernels("split")[0]
             return F.conv2d(x, w0, self.bias, self.stride, pad, 1, g)
         if x.dtype == torch.float32 and torch.is_autocast_enabled(x.device.type):
             # Cast once: the main convolution and the differences share the low-precision copy.
             x = x.to(torch.get_autocast_dtype(x.device.type))
-        w0, w1 = self._path_kernels("taps")
+        (w1,) = self._path_kernels("taps")
         bias = None if self.bias is None else self.bias.to(x.dtype)
         h, w = x.shape[-2:]
         ho = (h + 2 * pad[0] - k) // self.stride[0] + 1
         wo = (w + 2 * pad[1] - k) // self.stride[1] + 1
-        gx, gy = self._grid(ho, wo, x.device, x.dtype)
+        # The grids in at least float32: X - cx is formed inside, then rounded once.
+        gx, gy = self._grid(ho, wo, x.device, torch.promote_types(x.dtype, torch.float32))
         geo = Geometry(k, self.stride, g, pad[0])
-        return odd_tap_twist(x, w0.to(x.dtype), bias, w1.to(x.dtype), gx, gy, geo)
+        w0, w1 = self.weight.to(x.dtype), w1.to(x.dtype)
+        return odd_tap_twist(x, w0, bias, w1, self.center_x, self.center_y, gx, gy, geo)
 
     def _tail(self, a: Tensor, b: Tensor, c: Tensor) -> Tensor:
         """``a + X * b + Y * c`` on ``(N, g, out / g, H_out, W_out)`` views."""
