@@ -18,9 +18,11 @@ with a Twist")::
 
 Implementation: the centres are folded into the plain kernel,
 ``conv(x, W) - cx conv(x, Wx) - cy conv(x, Wy) = conv(x, W - cx Wx - cy Wy)``, leaving
-``a + X * b + Y * c`` with fixed grids as the tail; multiplying by constants saves nothing
-of output size for backward. Three paths compute it (``impl``); every one keeps for
-backward only what a plain convolution keeps (its input):
+``a + X * b + Y * c`` with fixed grids as the tail (the ``'taps'`` path instead applies
+``X - cx`` and ``Y - cy`` in its tail and takes the centres' gradients from ``W``'s);
+multiplying by constants saves nothing of output size for backward. Three paths compute
+it (``impl``); every one keeps for backward only what a plain convolution keeps (its
+input):
 
 * ``'stacked'``: *one* convolution with the three kernels stacked along the output axis,
   3x the multiply-adds of a plain convolution.
