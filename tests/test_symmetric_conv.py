@@ -16,6 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
+from _gloo import finish_gloo_worker
 from symconv import OrbitPool, SymmetricConv1d, SymmetricConv2d, SymmetricConv3d, flip_permutation
 from symconv.symmetry import allowed_keys
 
@@ -498,10 +499,7 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_file: str) -> None:
         opt.step()
     if rank == 0:
         torch.save(model.state_dict(), out_file)
-    # Every rank reaches here before any tears down gloo: a rank that destroys the group
-    # while a peer still talks to it can abort ("terminate called without an active exception").
-    torch.distributed.barrier()
-    torch.distributed.destroy_process_group()
+    finish_gloo_worker()
 
 
 def _ddp_model() -> nn.Module:
