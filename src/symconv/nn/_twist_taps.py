@@ -6,9 +6,10 @@ For an odd kernel ``K`` (``K(-d) = -K(d)``, centre 0) whose free taps are the ``
 
     conv(x, K)(p) = sum_j K(d_j) * (x(p + d_j) - x(p - d_j)),
 
-so both twist terms ``X * conv(x, Wx) + Y * conv(x, Wy)`` are one 1x1 convolution (a GEMM
-of ``m * in`` by ``2 * out`` per pixel) of the ``m`` tap differences: ``2 m / k^2`` of a
-convolution's multiply-adds instead of 2 (17/9 in all with the main 3x3 convolution, not 3).
+so both twist terms ``(X - cx) * conv(x, Wx) + (Y - cy) * conv(x, Wy)`` are one 1x1
+convolution (a GEMM of ``m * in`` by ``2 * out`` per pixel) of the ``m`` tap differences
+and a grid-weighted tail: ``2 m / k^2`` of a convolution's multiply-adds instead of 2 (17/9
+in all with the main 3x3 convolution, not 3).
 
 :class:`_OddTapTwist` runs them in chunks of images sized to stay in the CPU caches: per
 chunk the padded input is copied into a channels-last scratch buffer, its differences
@@ -16,6 +17,8 @@ formed by shifted slices, weighed by one GEMM and the grids' products added into
 convolution's output, so nothing of ``m`` times the input's size ever goes to memory. The
 backward recomputes the differences per chunk instead of saving them: a step keeps only
 the layer's input, as a plain convolution does. Off the CPU the whole batch is one chunk.
+The main convolution uses ``W`` itself (no centre-folded copy); the centres' gradients
+come from ``W``'s (:func:`_centre_grads`).
 
 The input gradient of the differences is ``sum_j G_j(p - d_j) - G_j(p + d_j)``, with ``G_j``
 tap ``j``'s share of the GEMM's input gradient. As the GEMM acts pixel by pixel, those
@@ -51,13 +54,14 @@ _WEIGHT_REUSE = 4
 # convolutions of fewer images to a BLAS path that runs at half oneDNN's speed on AVX-512.
 _MIN_GEMM_ROWS = 16
 # The output-side backward (see the module docstring) for element sizes up to this: bfloat16
-# at 64 channels on 56x56 maps 2.44 -> 2.1x nn.Conv2d, neutral at 128-512 channels; float32
-# slower (its GEMMs as 1x1 convolution backward passes ran at 50-80 GMAC/s, oneDNN's 1x1
-# forward at ~100). Chunks hold about this many bytes of output-gradient differences ``E``
-# (256 channels on 14x14 maps: 8% faster than the forward's 2 MiB chunking). Only where
-# that is at least _WEIGHT_REUSE times the GEMM weight's bytes: at 512 channels on 7x7 maps
-# the input side was 2-8% faster (small chunks add a weight-sized gradient per chunk, and
-# the ``E`` of larger ones, twice the differences of the input, leaves the cache).
+# at 64 channels on 56x56 maps and 256 on 14x14 5-7% faster per step, even at 128 on 28x28
+# (alternating A/B runs, benchmarks/README.md); float32 slower (its GEMMs as 1x1
+# convolution backward passes ran at 50-80 GMAC/s, oneDNN's 1x1 forward at ~100). Chunks
+# hold about this many bytes of output-gradient differences ``E`` (256 channels on 14x14
+# maps: 8% faster than the forward's 2 MiB chunking). Only where that is at least
+# _WEIGHT_REUSE times the GEMM weight's bytes: at 512 channels on 7x7 maps the input side
+# was 2-8% faster (small chunks add a weight-sized gradient per chunk, and the ``E`` of
+# larger ones, twice the differences of the input, leaves the cache).
 _OUTPUT_SIDE_MAX_ITEMSIZE = 2
 _GRAD_CHUNK_BYTES = 4 << 20
 
@@ -278,7 +282,12 @@ def _twist_backward(
 ) -> Tensor | None:
     """The twist terms' backward, chunk by chunk: adds their input gradient into ``grad_x``
     (``None`` when not needed) and returns their GEMM weight's gradient (if ``need_w``).
-    ``xc``, ``yc``: the centred grids of :func:`_centred_grids`."""
+    ``xc``, ``yc``: the centred grids of :func:`_centred_grids`.
+
+    The differences are taken on the output gradient (:func:`_output_side_backward`) in
+    reduced precision on CPU at stride 1 without groups while the GEMM weight is small
+    next to a chunk, else on the input, recomputed per chunk, and the GEMM's input gradient
+    scattered back through them (the transpose of the forward)."""
     if (
         geo.stride == (1, 1)
         and geo.groups == 1
