@@ -1,11 +1,25 @@
-"""Ending a spawned torch.distributed (gloo) test worker."""
+"""Starting and ending a spawned torch.distributed (gloo) test worker."""
 
 from __future__ import annotations
 
+import datetime
 import os
 import sys
 
 import torch.distributed as dist
+
+
+def start_gloo_worker(rank: int, world: int, init_file: str) -> None:
+    """Join the gloo group of ``world`` workers that rendezvous through ``init_file``, on the
+    loopback interface (no hostname lookups), giving up after two minutes."""
+    os.environ["GLOO_SOCKET_IFNAME"] = "lo"
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{init_file}",
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=120),
+    )
 
 
 def finish_gloo_worker() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import datetime
 import io
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
-from _gloo import finish_gloo_worker
+from _gloo import finish_gloo_worker, start_gloo_worker
 from symconv import OrbitPool, SymmetricConv1d, SymmetricConv2d, SymmetricConv3d, flip_permutation
 from symconv.symmetry import allowed_keys
 
@@ -480,13 +479,7 @@ def test_import_symconv_imports_no_optional_dependency():
 
 # -- DistributedDataParallel ---------------------------------------------------------------
 def _ddp_worker(rank: int, world: int, init_file: str, out_file: str) -> None:
-    torch.distributed.init_process_group(
-        "gloo",
-        init_method=f"file://{init_file}",
-        rank=rank,
-        world_size=world,
-        timeout=datetime.timedelta(seconds=120),
-    )
+    start_gloo_worker(rank, world, init_file)
     torch.manual_seed(0)
     model = _ddp_model()
     ddp = nn.parallel.DistributedDataParallel(model)
@@ -516,10 +509,8 @@ def _ddp_data() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @pytest.mark.timeout(300)
-def test_ddp_matches_single_process(tmp_path, monkeypatch):
+def test_ddp_matches_single_process(tmp_path):
     import torch.multiprocessing as mp
-
-    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")  # loopback: no hostname lookups
 
     out_file = str(tmp_path / "ddp.pt")
     mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), out_file), nprocs=2, join=True)

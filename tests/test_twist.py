@@ -10,7 +10,6 @@ ONNX, DDP and the post's rotation/scaling demonstration.
 from __future__ import annotations
 
 import copy
-import datetime
 import io
 import math
 
@@ -22,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from _gloo import finish_gloo_worker
+from _gloo import finish_gloo_worker, start_gloo_worker
 from symconv import ConvTwist
 
 MODES = ("zeros", "reflect", "replicate", "circular")
@@ -770,16 +769,8 @@ def _ddp_model() -> nn.Module:
 
 
 def _ddp_worker(rank: int, world: int, init_file: str, data: str, result: str) -> None:
-    import torch.distributed as dist
-
     torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"file://{init_file}",
-        rank=rank,
-        world_size=world,
-        timeout=datetime.timedelta(seconds=120),
-    )
+    start_gloo_worker(rank, world, init_file)
     x, target = torch.load(data, weights_only=True)
     model = nn.parallel.DistributedDataParallel(_ddp_model())
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
@@ -792,7 +783,7 @@ def _ddp_worker(rank: int, world: int, init_file: str, data: str, result: str) -
 
 
 @pytest.mark.slow
-def test_ddp_matches_single_process(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ddp_matches_single_process(tmp_path) -> None:
     import torch.distributed as dist
     import torch.multiprocessing as mp
 
@@ -803,7 +794,6 @@ def test_ddp_matches_single_process(tmp_path, monkeypatch: pytest.MonkeyPatch) -
     target = torch.randn(4, 4, 4, 4, generator=g, dtype=torch.float64)
     data, result = str(tmp_path / "data.pt"), str(tmp_path / "result.pt")
     torch.save((x, target), data)
-    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")  # loopback: no hostname lookups
     mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), data, result), nprocs=2, join=True)
 
     single = _ddp_model()
