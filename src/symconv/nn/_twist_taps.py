@@ -106,9 +106,9 @@ def twist_terms_reference(
     bc = F.conv2d(d, w1, None, 1, 0, 1, groups)
     n, co = bc.shape[0], w1.shape[0] // 2
     b, c = bc.view(n, groups, 2, co // groups, ho, wo).unbind(2)
-    centres = (groups, co // groups, 1, 1)
-    xc = (gx.view(1, wo) - cx.view(centres)).to(b.dtype)
-    yc = (gy.view(ho, 1) - cy.view(centres)).to(b.dtype)
+    xc, yc = _centred_grids(gx, gy, cx, cy, groups, b.dtype)
+    # channels first: (groups, out / groups, 1, W_out) and (groups, out / groups, H_out, 1)
+    xc, yc = xc.permute(1, 2, 0).unsqueeze(2), yc.permute(2, 3, 0, 1)
     return (b * xc + c * yc).reshape(n, co, ho, wo)
 
 
@@ -293,7 +293,7 @@ def _twist_backward(
         and geo.groups == 1
         and x.element_size() <= _OUTPUT_SIDE_MAX_ITEMSIZE
         and x.device.type == "cpu"
-        and _WEIGHT_REUSE * w1.numel() * w1.element_size() <= _GRAD_CHUNK_BYTES
+        and _weight_reuse_bytes(w1) <= _GRAD_CHUNK_BYTES
     ):
         return _output_side_backward(grad, x, w1, xc, yc, geo, grad_x, need_w)
     k, _, groups, pad = geo
@@ -442,8 +442,13 @@ def _chunk_size(x: Tensor, w1: Tensor, k: int, ho: int, wo: int) -> int:
     ``_WEIGHT_REUSE`` times the GEMM's weight (every chunk reads the whole weight: with many
     channels on small maps it outweighs a small chunk's data). The batch elsewhere."""
     per_image = ho * wo * (k * k - 1) // 2 * x.shape[1] * x.element_size()
-    budget = max(_CHUNK_BYTES, _WEIGHT_REUSE * w1.numel() * w1.element_size())
-    return _images_per_chunk(x, per_image, budget)
+    return _images_per_chunk(x, per_image, max(_CHUNK_BYTES, _weight_reuse_bytes(w1)))
+
+
+def _weight_reuse_bytes(w1: Tensor) -> int:
+    """The least chunk that reads the GEMM weight ``w1`` often enough: ``_WEIGHT_REUSE``
+    times its bytes."""
+    return _WEIGHT_REUSE * w1.numel() * w1.element_size()
 
 
 def _images_per_chunk(x: Tensor, per_image: int, budget: int) -> int:
