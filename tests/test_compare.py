@@ -34,16 +34,7 @@ QUICK = [
 ]
 
 
-def _have_convert() -> bool:
-    try:
-        import symconv.convert  # noqa: F401
-        import symconv.nn.twist  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-ALL_VARIANTS = "plain,sym,sym-inv,twist" if _have_convert() else "plain,sym-inv"
+ALL_VARIANTS = "plain,sym,sym-inv,twist"
 
 
 # These tests check numbers, not speed (see the one_thread fixture in conftest.py).

@@ -206,10 +206,7 @@ def config_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from symconv.compare.runner import CompareConfig
     from symconv.compare.train import TrainSettings
     from symconv.compare.transforms import parse_transforms
-    from symconv.symmetry import make_plan
 
-    # Reject a bad --symmetry now, not after the first variant has trained.
-    make_plan(args.symmetry, 64, 2)
     settings = TrainSettings(
         model=args.model,
         width=args.width,

@@ -70,7 +70,8 @@ class HalvingPool2d(nn.Module):
         return f"mode={self.mode!r}"
 
 
-def _check(name: str, value: object, minimum: int = 1) -> int:
+def check_int(name: str, value: object, minimum: int = 1) -> int:
+    """``value`` if it is an integer (not a bool) >= ``minimum``, else a ValueError naming it."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name}={value!r} must be an integer >= {minimum}")
     return value
@@ -87,9 +88,9 @@ class SmallCNN(nn.Module):
         self, in_channels: int, num_classes: int, width: int = 32, conv: ConvFactory = plain_conv
     ) -> None:
         super().__init__()
-        _check("in_channels", in_channels)
-        _check("num_classes", num_classes, 2)
-        _check("width", width)
+        check_int("in_channels", in_channels)
+        check_int("num_classes", num_classes, 2)
+        check_int("width", width)
         w = width
         self.features = nn.Sequential(
             conv(in_channels, w, 3),
@@ -159,9 +160,9 @@ class ResNet(nn.Module):
         stem_pool: bool = False,
     ) -> None:
         super().__init__()
-        _check("in_channels", in_channels)
-        _check("num_classes", num_classes, 2)
-        _check("width", width)
+        check_int("in_channels", in_channels)
+        check_int("num_classes", num_classes, 2)
+        check_int("width", width)
         if not layers or any(
             isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in layers
         ):

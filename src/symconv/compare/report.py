@@ -69,22 +69,31 @@ def _pct(mean: float, std: float | None) -> str:
     return f"{100 * mean:.1f}" if std is None else f"{100 * mean:.1f}±{100 * std:.1f}"
 
 
-def format_table(variants: Mapping[str, Mapping[str, Any]], transforms: Sequence[str]) -> str:
-    """The comparison as aligned text: one row per variant, accuracies in percent."""
-    header = ["variant", "params", *transforms, "img/s", "peak MB"]
-    rows = [header]
-    for name, v in variants.items():
+def _table_rows(
+    variants: Mapping[str, Mapping[str, Any]],
+    transforms: Sequence[str],
+    name: Callable[[str], str] = str,
+) -> list[list[str]]:
+    """The header and one row of cells per variant, accuracies in percent."""
+    rows = [["variant", "params", *transforms, "img/s", "peak MB"]]
+    for variant, v in variants.items():
         m, s = v["mean"], v["std"]
         rows.append(
             [
-                name,
+                name(variant),
                 _params(v["params"]),
                 *(_pct(m["accuracy"][t], s["accuracy"][t]) for t in transforms),
                 f"{m['images_per_s']:.0f}",
                 f"{m['peak_memory_mb']:.0f}",
             ]
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    return rows
+
+
+def format_table(variants: Mapping[str, Mapping[str, Any]], transforms: Sequence[str]) -> str:
+    """The comparison as aligned text: one row per variant, accuracies in percent."""
+    rows = _table_rows(variants, transforms)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = []
     for j, r in enumerate(rows):
         cells = [c.ljust(widths[i]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(r)]
@@ -96,25 +105,18 @@ def format_table(variants: Mapping[str, Mapping[str, Any]], transforms: Sequence
 
 def format_markdown(variants: Mapping[str, Mapping[str, Any]], transforms: Sequence[str]) -> str:
     """The same table in Markdown (written to ``table.md`` for READMEs and notes)."""
-    header = ["variant", "params", *transforms, "img/s", "peak MB"]
+    header, *rows = _table_rows(variants, transforms, name=lambda v: f"`{v}`")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for name, v in variants.items():
-        m, s = v["mean"], v["std"]
-        cells = [
-            f"`{name}`",
-            _params(v["params"]),
-            *(_pct(m["accuracy"][t], s["accuracy"][t]) for t in transforms),
-            f"{m['images_per_s']:.0f}",
-            f"{m['peak_memory_mb']:.0f}",
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["| " + " | ".join(cells) + " |" for cells in rows]
     return "\n".join(lines)
 
 
 # -- files -------------------------------------------------------------------------------
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """``write(tmp)`` to a temporary file beside ``path``, then rename it over ``path``: a
+    reader never sees a half-written file (the folder is made; the temporary never stays)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -139,11 +141,11 @@ def _finite(obj: Any) -> Any:
 
 def write_json(path: Path, obj: Any) -> None:
     text = json.dumps(_finite(obj), indent=2, allow_nan=False) + "\n"
-    _atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
+    atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
 
 
 def write_text(path: Path, text: str) -> None:
-    _atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
+    atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
 
 
 def csv_rows(
@@ -170,7 +172,7 @@ def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
     writer.writeheader()
     for row in rows:
         writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
-    _atomic_write(path, lambda p: p.write_text(buf.getvalue(), encoding="utf-8"))
+    atomic_write(path, lambda p: p.write_text(buf.getvalue(), encoding="utf-8"))
 
 
 # -- plots -------------------------------------------------------------------------------
@@ -191,7 +193,7 @@ def _save(fig, path: Path) -> None:  # type: ignore[no-untyped-def]
     def write(tmp: Path) -> None:
         fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
 
-    _atomic_write(path, write)
+    atomic_write(path, write)
 
 
 def plot_learning_curves(variants: Mapping[str, Mapping[str, Any]], path: Path, title: str) -> bool:

@@ -31,6 +31,7 @@ import torch
 
 from symconv.compare import train as train_module
 from symconv.compare.data import BUILTIN, ImageData, load_data
+from symconv.compare.models import check_int
 from symconv.compare.report import (
     csv_rows,
     format_markdown,
@@ -97,10 +98,8 @@ class CompareConfig:
             self.variants = tuple(parse_variants(self.variants))
         else:
             self.variants = tuple(parse_variants(",".join(self.variants)))
-        for name, minimum in (("runs", 1), ("seed", 0)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ValueError(f"{name}={value!r} must be an integer >= {minimum}")
+        check_int("runs", self.runs)
+        check_int("seed", self.seed, 0)
         if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 0:
             raise ValueError(f"threads={self.threads!r} must be an integer >= 0 (0: automatic)")
         if self.max_epochs_this_run is not None and self.max_epochs_this_run < 1:

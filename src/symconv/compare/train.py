@@ -31,8 +31,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from symconv.compare.data import ImageData
-from symconv.compare.transforms import TRANSFORMS
+from symconv.compare.report import atomic_write
+from symconv.compare.transforms import TRANSFORMS, affine_theta
 from symconv.compare.variants import build_variant, count_parameters
+from symconv.symmetry import make_plan
 
 __all__ = [
     "CheckpointStore",
@@ -156,6 +158,8 @@ class TrainSettings:
         for t in self.transforms:
             if t not in TRANSFORMS:
                 raise ValueError(f"unknown transform {t!r}; allowed: {', '.join(TRANSFORMS)}")
+        # A bad spec fails here, not after the first variants have trained.
+        make_plan(self.symmetry, 64, 2)
 
 
 # -- data on the device ------------------------------------------------------------------
@@ -164,10 +168,11 @@ class TrainSettings:
 class Normaliser:
     """uint8 ``(N, C, H, W)`` -> float ``[0, 1]`` -> standardised with the train statistics."""
 
-    def __init__(self, train_images: Tensor) -> None:
+    def __init__(self, train_images: Tensor, device: torch.device | None = None) -> None:
         x = train_images.double() / 255
-        self.mean = x.mean((0, 2, 3)).float().view(1, -1, 1, 1)
-        self.std = x.std((0, 2, 3)).clamp_min(1e-3).float().view(1, -1, 1, 1)
+        # Kept on ``device`` (where the batches are): no copy of the statistics per batch.
+        self.mean = x.mean((0, 2, 3)).float().view(1, -1, 1, 1).to(device)
+        self.std = x.std((0, 2, 3)).clamp_min(1e-3).float().view(1, -1, 1, 1).to(device)
 
     def to_unit(self, images: Tensor, device: torch.device) -> Tensor:
         return images.to(device, non_blocking=True).float().div_(255)
@@ -187,14 +192,7 @@ def random_affine(x: Tensor, generator: torch.Generator | None = None) -> Tensor
     scale = 0.9 + params[:, 1] * 0.2
     shift = (params[:, 2:] * 2 - 1) / 4  # normalised units: 1/8 of the side
     rad = deg * math.pi / 180
-    cos, sin = torch.cos(rad) / scale, torch.sin(rad) / scale
-    theta = torch.stack(
-        [
-            torch.stack([cos, -sin * h / w, shift[:, 0]], 1),
-            torch.stack([sin * w / h, cos, shift[:, 1]], 1),
-        ],
-        1,
-    ).to(x)
+    theta = affine_theta(torch.cos(rad), torch.sin(rad), scale, h, w, shift).to(x)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, padding_mode="zeros", align_corners=False)
 
@@ -350,11 +348,7 @@ class CheckpointStore:
         return state
 
     def save(self, variant: str, run: int, state: dict[str, Any]) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        path = self.path(variant, run)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, path)
+        atomic_write(self.path(variant, run), lambda tmp: torch.save(state, tmp))
 
 
 # -- one (variant, run) ------------------------------------------------------------------
@@ -442,7 +436,7 @@ def train_run(
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     params = count_parameters(model)
-    norm = Normaliser(data.train_images)
+    norm = Normaliser(data.train_images, device)
     n_train = len(data.train_labels)
     per_rank_batch = max(1, math.ceil(s.batch_size / ctx.world_size))
     per_rank_n = math.ceil(n_train / ctx.world_size)
@@ -505,7 +499,9 @@ def train_run(
             ctx.barrier()
             raise RunInterrupted(f"{label}: stopped before epoch {epoch + 1}/{s.epochs}")
         sampler.set_epoch(epoch)
-        order = torch.tensor(list(sampler), dtype=torch.int64)
+        # On the device once per epoch: a per-step host-to-device copy of the batch's
+        # indices (and of a count) would make every CUDA step wait for the previous one.
+        order = torch.tensor(list(sampler), dtype=torch.int64, device=device)
         ddp_model.train()
         totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
         bar = _progress_bar(progress and ctx.is_main, steps, f"{label} epoch {epoch + 1}")
@@ -513,7 +509,7 @@ def train_run(
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()
         for sl in _batches(len(order), per_rank_batch):
-            idx = order[sl].to(device)
+            idx = order[sl]
             x = norm.to_unit(train_images[idx], device)
             y = train_labels[idx]
             if s.augment:
@@ -530,7 +526,7 @@ def train_run(
                 [
                     loss.detach().double() * len(y),
                     (logits.argmax(1) == y).sum().double(),
-                    torch.tensor(float(len(y)), dtype=torch.float64, device=device),
+                    torch.full((), float(len(y)), dtype=torch.float64, device=device),
                 ]
             )
             if bar is not None:

@@ -17,7 +17,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["TRANSFORMS", "Transform", "affine", "hflip", "parse_transforms", "rot90", "vflip"]
+__all__ = [
+    "TRANSFORMS",
+    "Transform",
+    "affine",
+    "affine_theta",
+    "hflip",
+    "parse_transforms",
+    "rot90",
+    "vflip",
+]
 
 
 def hflip(images: Tensor) -> Tensor:
@@ -35,6 +44,20 @@ def rot90(images: Tensor, k: int = 1) -> Tensor:
     return torch.rot90(images, k, dims=(-2, -1))
 
 
+def affine_theta(
+    cos: Tensor, sin: Tensor, scale: Tensor | float, h: int, w: int, shift: Tensor | None = None
+) -> Tensor:
+    """``affine_grid`` matrices ``(..., 2, 3)`` for an ``h x w`` image: output pixel ``(x, y)``
+    (centred, x right, y down) samples the input at ``(cos x - sin y, sin x + cos y) / scale``
+    plus ``shift`` ``(..., 2)``. affine_grid works in coordinates normalised by the
+    half-sizes, hence the ``h / w`` ratios (a true rotation on non-square images too)."""
+    c, s = cos / scale, sin / scale
+    tx, ty = (torch.zeros_like(c),) * 2 if shift is None else shift.unbind(-1)
+    return torch.stack(
+        [torch.stack([c, -s * h / w, tx], -1), torch.stack([s * w / h, c, ty], -1)], -2
+    )
+
+
 def affine(images: Tensor, degrees: float = 0.0, scale: float = 1.0) -> Tensor:
     """Rotate by ``degrees`` counter-clockwise (as displayed), zoom by ``scale``, about the centre.
 
@@ -49,12 +72,9 @@ def affine(images: Tensor, degrees: float = 0.0, scale: float = 1.0) -> Tensor:
         raise ValueError(f"scale={scale!r} must be positive")
     n, _, h, w = images.shape
     rad = math.radians(degrees)
-    cos, sin = math.cos(rad), math.sin(rad)
-    # Output pixel (x, y) (centred, x right, y down) samples the input at
-    # (cos x - sin y, sin x + cos y) / scale: for 90 degrees that is (-y, x), torch.rot90's
-    # map. affine_grid works in coordinates normalised by the half-sizes: hence h/w ratios.
-    theta = torch.tensor(
-        [[cos / scale, -sin / scale * h / w, 0.0], [sin / scale * w / h, cos / scale, 0.0]],
+    cos, sin = (torch.tensor(v, dtype=torch.float64) for v in (math.cos(rad), math.sin(rad)))
+    # For 90 degrees the map is (-y, x), torch.rot90's. Formed in float64, rounded once.
+    theta = affine_theta(cos, sin, scale, h, w).to(
         dtype=images.dtype if images.is_floating_point() else torch.float32,
         device=images.device,
     )
