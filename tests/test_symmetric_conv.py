@@ -556,3 +556,14 @@ def test_channels_last_expansion_keeps_layout(nd):
         return torch.func.functional_call(layer, {"weight": wf, "bias": layer.bias}, (x,))
 
     assert torch.autograd.gradcheck(fn, (w_free.to(memory_format=fmt),))
+
+
+@pytest.mark.parametrize("share_bias", [True, False])
+def test_index_tensors_start_on_the_parameters_device(share_bias):
+    # Built with device=..., the layer never passes through `_apply`; its derived index
+    # tensors must still live beside the parameters (CUDA layers failed with a CPU index).
+    layer = SymmetricConv2d(
+        4, 8, 3, symmetry={"hv": 4, "h": 2}, share_bias=share_bias, device="meta"
+    )
+    derived = [t for t in (layer._gather_index, layer._bias_index) if t is not None]
+    assert derived and all(t.device == layer.weight.device for t in derived)

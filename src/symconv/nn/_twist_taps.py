@@ -433,7 +433,9 @@ def _backward_gemms(
         [need_d, need_w, False],
     )
     if gd is not None:
-        gd = gd.permute(0, 2, 3, 1).view(d.shape)
+        # A view for the channels-last gradient oneDNN returns; cuDNN may return another
+        # layout (seen with one input channel), which then costs one copy.
+        gd = gd.permute(0, 2, 3, 1).reshape(d.shape)
     return gd, gw
 
 

@@ -61,12 +61,16 @@ class _SymmetricConvNd:
             self.bias = nn.Parameter(torch.empty(plan.n_bias, **factory))
         # Plain tensors, not buffers: buffers would be broadcast by DDP on every forward
         # and saved in state_dict; these are derived from the plan, moved in `_apply`.
+        # On the parameters' device from the start: `_apply` only runs on a later `.to()`.
+        device = factory["device"]
         self._gather_index = (
             None
             if plan.is_trivial
-            else torch.from_numpy(plan.gather_index(in_per_group, self.kernel_size))
+            else torch.from_numpy(plan.gather_index(in_per_group, self.kernel_size)).to(device)
         )
-        self._bias_index = torch.from_numpy(plan.bias_index.copy()) if plan.share_bias else None
+        self._bias_index = (
+            torch.from_numpy(plan.bias_index.copy()).to(device) if plan.share_bias else None
+        )
         self._gather_index_cl: Tensor | None = None  # built on first channels_last use
         self._cache: tuple[tuple[Any, ...], Tensor, Tensor | None] | None = None
         self.reset_parameters()
