@@ -241,7 +241,7 @@ def test_sym_inv_gradcheck() -> None:
 
 
 def test_variants_share_the_base_initialisation() -> None:
-    pytest.importorskip("symconv.convert")
+    pytest.importorskip("symconv.conversion")
     torch.manual_seed(3)
     plain = build_variant("plain", "cnn", 1, 10, width=8).model
     torch.manual_seed(3)

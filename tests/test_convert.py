@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from symconv import ConvTwist, SymmetricConv1d, SymmetricConv2d
-from symconv.convert import ConversionReport, convert, name_matches
+from symconv.conversion import ConversionReport, convert, name_matches
 from symconv.nn.symmetric import SymmetricConv3d
 
 
@@ -387,14 +387,15 @@ def test_torchvision_resnet18() -> None:
 
 
 def test_top_level_export_is_the_function() -> None:
-    """``symconv.convert`` must be the function even though a submodule has the same name
-    (importing ``symconv.convert`` binds the submodule to the package attribute)."""
+    """``symconv.convert`` is the function (the module is ``symconv.conversion``), and
+    ``import symconv`` alone imports no torch (so ``symconv --help`` is instant)."""
     code = (
-        "import symconv\n"
-        "from symconv.convert import name_matches\n"
-        "from symconv import ConversionReport\n"
-        "assert callable(symconv.convert), symconv.convert\n"
+        "import sys, symconv\n"
+        "assert 'torch' not in sys.modules\n"
+        "import symconv.conversion\n"
+        "from symconv import ConversionReport, name_matches\n"
+        "assert callable(symconv.convert) and symconv.convert.__name__ == 'convert'\n"
         "from symconv import convert\n"
-        "assert convert.__name__ == 'convert' and callable(convert)\n"
+        "assert convert is symconv.conversion.convert\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=120)

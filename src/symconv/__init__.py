@@ -1,8 +1,8 @@
 """symconv: convolution layers with built-in geometric priors.
 
-Exports are loaded on first use (PEP 562), so ``import symconv`` imports only torch and
-numpy; optional dependencies (keras, tensorflow, matplotlib, ...) load only where used.
-Keras layers live in :mod:`symconv.keras`.
+Exports are loaded on first use (PEP 562), so ``import symconv`` imports nothing heavy:
+torch and numpy load with the first layer used, optional dependencies (keras, tensorflow,
+matplotlib, ...) only where they are needed. Keras layers live in :mod:`symconv.keras`.
 """
 
 from __future__ import annotations
@@ -28,8 +28,9 @@ _EXPORTS = {
     "GlobalConv1d": "symconv.nn.global_conv",
     "TopKPool": "symconv.nn.pooling",
     # model surgery
-    "convert": "symconv.convert",
-    "ConversionReport": "symconv.convert",
+    "convert": "symconv.conversion",
+    "ConversionReport": "symconv.conversion",
+    "name_matches": "symconv.conversion",
 }
 
 __all__ = [  # noqa: RUF022 - grouped as in _EXPORTS
@@ -46,6 +47,7 @@ __all__ = [  # noqa: RUF022 - grouped as in _EXPORTS
     "convert",
     "flip_permutation",
     "make_plan",
+    "name_matches",
     "parse_symmetry_string",
 ]
 
@@ -54,15 +56,10 @@ __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from symconv.convert import ConversionReport, convert
+    from symconv.conversion import ConversionReport, convert, name_matches
     from symconv.nn.global_conv import GlobalConv1d
     from symconv.nn.orbit import OrbitPool, flip_permutation
     from symconv.nn.pooling import TopKPool
     from symconv.nn.symmetric import SymmetricConv1d, SymmetricConv2d, SymmetricConv3d
     from symconv.nn.twist import ConvTwist
     from symconv.symmetry import SymmetryPlan, make_plan, parse_symmetry_string
-
-# `symconv.convert` names both a submodule and a function. The first import of the submodule
-# binds the *module* to the package attribute `convert`; importing it here (it needs only
-# torch and numpy) and rebinding the name makes the function win for good.
-from symconv.convert import ConversionReport, convert  # noqa: E402

@@ -4,6 +4,12 @@ Each subcommand lives beside the code it drives and registers itself through an
 ``add_parser(subparsers)`` function that sets ``func`` (called with the parsed args,
 returning an exit code). Heavy imports happen inside ``func``, so ``symconv --help``
 is fast.
+
+Errors: a :class:`UsageError` (a mistake in what the user asked for) is one line and exit
+code 2; an :class:`OSError` (a path that cannot be read or written, a full disk) is one
+line naming the path and the cause, exit code 1. Anything else is a bug in symconv and
+keeps its traceback. Subcommands turn the library's ``ValueError`` about user input into a
+``UsageError`` where they validate that input, not around whole runs.
 """
 
 from __future__ import annotations
@@ -13,6 +19,19 @@ import sys
 from collections.abc import Sequence
 
 from symconv import __version__
+
+__all__ = ["UsageError", "build_parser", "describe_os_error", "main"]
+
+
+class UsageError(Exception):
+    """A mistake in a command's arguments or inputs: reported in one line, exit code 2."""
+
+
+def describe_os_error(err: OSError) -> str:
+    """``err`` as one line: the path(s), then the cause (``No space left on device``...)."""
+    paths = [p for p in (err.filename, err.filename2) if p is not None]
+    cause = err.strerror or str(err)
+    return f"{' -> '.join(map(str, paths))}: {cause}" if paths else cause
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,10 +57,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, TypeError) as err:
-        # Bad input: one clear line, not a traceback.
+    except UsageError as err:
         print(f"symconv {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:
+        print(f"symconv {args.command}: error: {describe_os_error(err)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

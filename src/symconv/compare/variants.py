@@ -163,7 +163,7 @@ def build_variant(
     net = build_model(model, in_channels, num_classes, size=size, width=width)
     if variant == "plain":
         return BuiltVariant(variant, net, f"the {model} as built")
-    from symconv.convert import convert
+    from symconv.conversion import convert
 
     if variant == "sym":
         report = convert(net, "symmetric", symmetry=symmetry, predicate=_is_spatial_conv)
