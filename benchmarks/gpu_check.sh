@@ -91,7 +91,7 @@ fi
 if [[ $dry -eq 1 ]]; then
     device=cpu batch=2 tests_k="cpu and (reference or autocast)" twist_shapes=16/8
     sym_args=(--shapes 16/8 --no-3d --rounds 1 --min-time 0.01)
-    cmp_args=(--limit 64 --epochs 1)
+    cmp_args=(--limit 64 --epochs 1 --width 8)
 else
     device=cuda batch=64 tests_k=cuda twist_shapes=64/56,128/28,256/14,512/7
     sym_args=(--rounds 5 --min-time 0.08)

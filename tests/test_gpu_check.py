@@ -1,0 +1,40 @@
+"""benchmarks/gpu_check.sh: its usage errors, and a --dry-run of every part on the CPU."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
+
+
+def _run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHON": sys.executable}
+    return subprocess.run(
+        ["bash", str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
+
+
+@pytest.mark.parametrize("args", [(), ("--dry-run",), ("out", "--fast"), ("a", "b", "c")])
+def test_usage_errors_exit_2(args: tuple[str, ...]) -> None:
+    proc = _run(*args)
+    assert proc.returncode == 2 and "usage: bash benchmarks/gpu_check.sh" in proc.stderr
+
+
+@pytest.mark.slow
+def test_dry_run_runs_every_part(tmp_path: Path) -> None:
+    out = tmp_path / "check"
+    proc = _run(str(out), "--dry-run", timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = (out / "summary.txt").read_text().splitlines()
+    parts = {line.split()[0]: line for line in summary}
+    expected = ["env", "tests", "bench_symmetric", "bench_twist", "compare", "compare_resnet"]
+    assert all(" ok " in parts[name] for name in expected), summary
+    assert parts["total"].split()[1] == "0"
+    assert "|" in (out / "bench_symmetric.md").read_text()
+    for run in ("compare-cnn", "compare-resnet"):
+        assert (out / run / "results.json").is_file()
+        assert not (out / run / "checkpoints").exists()
