@@ -298,6 +298,8 @@ def test_flow_frames_bounds_the_number_of_frames() -> None:
     assert len(flow_frames(x, "blur", 4, 1, max_frames=None)) == 5
     with pytest.raises(ValueError, match="more than max_frames=4; raise every to 2"):
         flow_frames(x, "blur", 4, 1, max_frames=4)
+    with pytest.raises(ValueError, match="more than max_frames=1; raise max_frames$"):
+        flow_frames(x, "blur", 4, 4, max_frames=1)
     with pytest.raises(ValueError, match="max_frames=0 is not allowed"):
         flow_frames(x, "blur", 4, 1, max_frames=0)
     with pytest.raises(TypeError, match="max_frames must be an int"):
@@ -325,6 +327,12 @@ def test_count_frames_is_len_of_frame_steps(steps: int, every: int) -> None:
     [
         ({"dtype": torch.int64}, TypeError, "dtype must be a floating torch dtype"),
         ({"device": "foo"}, ValueError, "device='foo' is not a torch device"),
+        pytest.param(
+            {"device": "cuda"},
+            ValueError,
+            "device='cuda': CUDA is not available here",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available"),
+        ),
         ({"image": "abc"}, TypeError, "image must be an array of numbers, got str"),
         ({"image": np.zeros((0, 5))}, ValueError, r"grey picture of shape \(H, W\)"),
         ({"preset_or_kernel": "spin"}, ValueError, "unknown preset 'spin'"),

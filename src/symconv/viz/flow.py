@@ -5,6 +5,8 @@ Gaussian kernel blurs it, ``I + eps * A`` (``A``, ``B`` the Sobel kernels) trans
 and a :class:`symconv.ConvTwist` whose twist kernels are Sobel kernels rotates or scales
 it about a centre. :func:`flow_frames` returns the frames as arrays (for notebooks);
 :func:`save_strip` and :func:`save_gif` draw them; ``symconv flow`` wraps all three.
+:func:`flow_frames` checks every argument before the first step (:func:`plan_flow`) and
+keeps at most :data:`MAX_FRAMES` frames unless told otherwise: they are returned in one array.
 
 Why the presets move the picture the way they do (torch convolutions are
 cross-correlations, ``out[i, j] = sum_ab K[a, b] x[i + a - 1, j + b - 1]``; ``i`` is the
@@ -461,7 +463,7 @@ class FlowPlan:
                 if step:
                     x = self.operator(x)
                 if step == self.kept[slot]:
-                    frames[slot] = x[0, 0]
+                    frames[slot].copy_(x[0, 0])  # device to host when on a GPU
                     slot += 1
         return frames.numpy()
 
@@ -506,6 +508,8 @@ def plan_flow(
         device = torch.device("cpu" if device is None else device)
     except (RuntimeError, TypeError) as err:
         raise ValueError(f"device={device!r} is not a torch device: {err}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={str(device)!r}: CUDA is not available here")
     pic = _check_image(image).to(dtype)
     if not torch.isfinite(pic).all():
         raise ValueError("image contains NaN or infinite values")
@@ -528,10 +532,10 @@ def plan_flow(
         max_frames = _check_int("max_frames", max_frames, 1)
         if n_frames > max_frames:
             least = min_every(steps, max_frames)
-            fix = f"raise every to {least} or more, or" if least is not None else ""
+            fix = f"raise every to {least} or more, or " if least is not None else ""
             raise ValueError(
                 f"steps={steps} with every={every} keeps {n_frames} frames, more than "
-                f"max_frames={max_frames}; {fix} raise max_frames"
+                f"max_frames={max_frames}; {fix}raise max_frames"
             )
     op = flow_operator(preset_or_kernel, shape, eps=eps, padding=padding, dtype=dtype)
     return FlowPlan(
