@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -270,6 +271,84 @@ def test_bad_flow_arguments() -> None:
         flow_frames(np.zeros((2, 8)), np.ones((5, 5)), 1, 1, padding="reflect")
 
 
+def test_eps_is_checked_as_an_argument() -> None:
+    """A huge eps is refused by name (was: 'kernel: entry [0][0] = -inf is not finite')."""
+    x = np.zeros((8, 8))
+    for name in ("translate-x", "blur", "rotate"):
+        with pytest.raises(ValueError, match=r"eps=1e\+308 is not allowed; .* \|eps\| <= 1000"):
+            flow_frames(x, name, 3, 1, eps=1e308)
+    with pytest.raises(TypeError, match="eps must be a number, got str"):
+        flow_frames(x, "blur", 3, 1, eps="0.1")
+    # the largest eps accepted keeps the kernel finite
+    op = flow_operator("translate-x", (8, 8), eps=-flow_mod.MAX_ABS_EPS)
+    assert torch.isfinite(op.kernel).all()
+
+
+def test_flow_frames_bounds_the_number_of_frames() -> None:
+    x = np.zeros((8, 8))
+    with pytest.raises(
+        ValueError,
+        match="steps=20000 with every=1 keeps 20001 frames, more than max_frames=1000; "
+        "raise every to 21 or more, or raise max_frames",
+    ):
+        flow_frames(x, "blur", 20000, 1)
+    with pytest.raises(ValueError, match="steps=20 with every=2 keeps 11 frames.*every to 3 "):
+        flow_frames(x, "blur", 20, 2, max_frames=10)
+    assert len(flow_frames(x, "blur", 20, 3, max_frames=10)) == 8  # the suggested every
+    assert len(flow_frames(x, "blur", 4, 1, max_frames=None)) == 5
+    with pytest.raises(ValueError, match="more than max_frames=4; raise every to 2"):
+        flow_frames(x, "blur", 4, 1, max_frames=4)
+    with pytest.raises(ValueError, match="more than max_frames=1; raise max_frames$"):
+        flow_frames(x, "blur", 4, 4, max_frames=1)
+    with pytest.raises(ValueError, match="max_frames=0 is not allowed"):
+        flow_frames(x, "blur", 4, 1, max_frames=0)
+    with pytest.raises(TypeError, match="max_frames must be an int"):
+        flow_frames(x, "blur", 4, 1, max_frames=2.0)
+
+
+@given(steps=st.integers(0, 10_000), max_frames=st.integers(1, 300))
+def test_min_every_is_the_least_every_that_fits(steps: int, max_frames: int) -> None:
+    least = flow_mod.min_every(steps, max_frames)
+    if least is None:
+        assert max_frames == 1 and steps > 0
+        return
+    assert flow_mod.count_frames(steps, least) <= max_frames
+    if least > 1:
+        assert flow_mod.count_frames(steps, least - 1) > max_frames
+
+
+@given(steps=st.integers(0, 300), every=st.integers(1, 400))
+def test_count_frames_is_len_of_frame_steps(steps: int, every: int) -> None:
+    assert flow_mod.count_frames(steps, every) == len(frame_steps(steps, every))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"dtype": torch.int64}, TypeError, "dtype must be a floating torch dtype"),
+        ({"device": "foo"}, ValueError, "device='foo' is not a torch device"),
+        pytest.param(
+            {"device": "cuda"},
+            ValueError,
+            "device='cuda': CUDA is not available here",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available"),
+        ),
+        ({"image": "abc"}, TypeError, "image must be an array of numbers, got str"),
+        ({"image": np.zeros((0, 5))}, ValueError, r"grey picture of shape \(H, W\)"),
+        ({"preset_or_kernel": "spin"}, ValueError, "unknown preset 'spin'"),
+        ({"steps": 2**62, "every": 1}, ValueError, "more than max_frames=1000"),
+    ],
+)
+def test_flow_frames_checks_before_computing(monkeypatch, kwargs, error, match) -> None:
+    def refuse(self):  # noqa: ANN001, ANN202
+        raise AssertionError("computed before checking the arguments")
+
+    monkeypatch.setattr(flow_mod.FlowPlan, "run", refuse)
+    args = {"image": np.zeros((8, 8)), "preset_or_kernel": "blur", "steps": 3, "every": 1}
+    with pytest.raises(error, match=match):
+        flow_frames(**{**args, **kwargs})
+
+
 @pytest.mark.parametrize(
     ("content", "match"),
     [
@@ -357,6 +436,82 @@ def test_gif_has_one_frame_per_kept_step(tmp_path) -> None:
     np.testing.assert_array_equal(last, _expected_panel(frames[5], layout.zoom))
 
 
+@pytest.mark.parametrize(("n", "columns"), [(1, 1), (7, 7), (10, 10), (11, 6), (21, 7), (100, 10)])
+def test_default_columns(n: int, columns: int) -> None:
+    assert flow_mod.default_columns(n) == columns
+
+
+@given(n=st.integers(1, 500))
+def test_default_columns_fill_rows_evenly(n: int) -> None:
+    columns = flow_mod.default_columns(n)
+    rows = -(-n // columns)
+    assert columns <= 10 and rows == -(-n // 10)  # the fewest rows of at most 10
+    assert (rows - 1) * columns < n <= rows * columns  # no empty row
+    assert rows * columns - n < rows  # the last row is at most one panel per row short
+
+
+def test_strip_wraps_into_rows(tmp_path) -> None:
+    rng = np.random.default_rng(5)
+    frames = rng.random((11, 6, 9))
+    out = tmp_path / "rows.png"
+    layout = save_strip(frames, list(range(11)), out, title="t", zoom=2)
+    assert (layout.columns, layout.rows) == (6, 2)
+    with Image.open(out) as im:
+        assert im.size == (layout.width, layout.height)
+        assert layout.width == 6 * 18 + 7 * layout.margin
+        assert layout.height == 22 + layout.margin + 2 * (20 + 12 + layout.margin)
+        pixels = np.asarray(im)
+    for k, frame in enumerate(frames):
+        left, top, right, bottom = layout.panel_box(k)
+        assert (left, top) == (
+            layout.margin + (k % 6) * (18 + layout.margin),
+            layout.margin + 22 + (k // 6) * (20 + 12 + layout.margin) + 20,
+        )
+        np.testing.assert_array_equal(pixels[top:bottom, left:right], _expected_panel(frame, 2))
+    # the unused sixth slot of the second row is blank
+    left, top, right, bottom = layout.panel_box(11)
+    assert (pixels[top:bottom, left:right] == 255).all()
+    # asking for more columns than frames gives one row of them all
+    assert strip_layout(3, (6, 9), columns=8).width == strip_layout(3, (6, 9)).width
+    with pytest.raises(ValueError, match="columns=0 is not allowed"):
+        strip_layout(3, (6, 9), columns=0)
+
+
+def test_drawing_writes_the_format_of_the_extension(tmp_path) -> None:
+    frames = np.zeros((2, 8, 8))
+    for ext, fmt in flow_mod.STRIP_FORMATS.items():
+        if fmt == "WEBP" and not PIL.features.check("webp"):
+            continue
+        save_strip(frames, [0, 1], tmp_path / f"s{ext}")
+        with Image.open(tmp_path / f"s{ext}") as im:
+            assert im.format == fmt
+    with pytest.raises(ValueError, match=r"'.*s\.svg' has extension '\.svg'; .* \.png, \.jpg"):
+        save_strip(frames, [0, 1], tmp_path / "s.svg")
+    with pytest.raises(ValueError, match=r"'.*a\.png' has extension '\.png'; .* use one of \.gif$"):
+        save_gif(frames, [0, 1], tmp_path / "a.png")
+    assert sorted(p.suffix for p in tmp_path.iterdir()) == sorted(
+        e for e, f in flow_mod.STRIP_FORMATS.items() if f != "WEBP" or PIL.features.check("webp")
+    )
+
+
+def test_check_output_path(tmp_path, monkeypatch) -> None:
+    check = flow_mod.check_output_path
+    assert check(tmp_path / "a.PNG") == "PNG" and check(tmp_path / "a.gif", animation=True) == "GIF"
+    (tmp_path / "f").write_text("x")
+    (tmp_path / "d.png").mkdir()
+    with pytest.raises(FileNotFoundError) as info:
+        check(tmp_path / "no" / "a.png")
+    assert info.value.filename == str(tmp_path / "no" / "a.png")
+    assert info.value.strerror == f"the directory {tmp_path / 'no'} does not exist"
+    with pytest.raises(NotADirectoryError):
+        check(tmp_path / "f" / "a.png")
+    with pytest.raises(IsADirectoryError):
+        check(tmp_path / "d.png")
+    monkeypatch.setattr(flow_mod.os, "access", lambda path, mode: False)
+    with pytest.raises(PermissionError, match="is not writable"):
+        check(tmp_path / "a.png")
+
+
 def test_drawing_rejects_mismatched_labels(tmp_path) -> None:
     with pytest.raises(ValueError, match="got 2 frames but 3 step labels"):
         save_strip(np.zeros((2, 4, 4)), [0, 1, 2], tmp_path / "x.png")
@@ -382,6 +537,26 @@ def test_default_image_is_resolution_independent() -> None:
     small = images.default_image(64)
     down = big.reshape(64, 2, 64, 2).mean(axis=(1, 3))
     assert np.abs(down - small).mean() < 0.03
+
+
+def test_picture_sizes_are_bounded() -> None:
+    """Sizes beyond MAX_SIZE are refused by name (was: a numpy allocation traceback)."""
+    with pytest.raises(ValueError, match="size=100000 is not allowed; give an integer from 8 to"):
+        images.default_image(100_000)
+    with pytest.raises(ValueError, match="height=100000 is not allowed"):
+        images.default_image(64, height=100_000)
+    with pytest.raises(ValueError, match="size=100000 is not allowed"):
+        images.resize_image(np.zeros((4, 4)), 100_000)
+    with pytest.raises(TypeError, match="size must be an int, got float"):
+        images.default_image(64.0)
+    assert images.default_image(images.MIN_SIZE).shape == (8, 8)
+
+
+def test_default_image_bands_do_not_change_it(monkeypatch) -> None:
+    """The scene is drawn in bands of rows to bound memory; the band height is invisible."""
+    whole = images.default_image(40, height=36)
+    monkeypatch.setattr(images, "_BAND_ROWS", 7)
+    np.testing.assert_array_equal(images.default_image(40, height=36), whole)
 
 
 def test_load_image_converts_to_grey(tmp_path) -> None:
@@ -496,6 +671,14 @@ def test_cli_list_presets(capsys) -> None:
     assert list(_PRESET_HELP) == list(PRESETS)
 
 
+def _bad_inputs(tmp: Path) -> None:
+    (tmp / "bad.png").write_text("text")
+    (tmp / "even.json").write_text("[[1, 0], [0, 1]]")
+    (tmp / "nan.json").write_text("[[0, 0, 0], [0, NaN, 0], [0, 0, 0]]")
+    Image.fromarray(np.zeros((10, 600), dtype=np.uint8)).save(tmp / "wide.png")
+    Image.fromarray(np.zeros((1, 100), dtype=np.uint8)).save(tmp / "line.png")
+
+
 @pytest.mark.parametrize(
     ("argv", "match"),
     [
@@ -503,18 +686,46 @@ def test_cli_list_presets(capsys) -> None:
         (["--steps", "5"], "give --preset NAME or --kernel FILE"),
         (["--preset", "blur", "--steps", "-1"], "--steps -1 is not allowed"),
         (["--preset", "blur", "--every", "0"], "--every 0 is not allowed"),
-        (["--preset", "blur", "--image", "{tmp}/missing.png"], "missing.png"),
         (["--preset", "blur", "--image", "{tmp}/bad.png"], "cannot read image"),
         (["--kernel", "{tmp}/even.json"], "kernel size 2 x 2 is even"),
+        (["--kernel", "{tmp}/nan.json"], "nan.json': entry [1][1] = nan is not finite"),
         (["--kernel", "{tmp}/even.json", "--eps", "0.1"], "--eps applies to presets only"),
         (["--preset", "blur", "--size", "3"], "--size 3 is not allowed"),
         (["--preset", "blur", "--device", "foo"], "--device 'foo' is not a torch device"),
+        # the option at fault is named (was: a non-finite kernel entry / a numpy traceback)
+        (["--preset", "translate-x", "--eps", "1e308"], "--eps 1e+308 is not allowed"),
+        (["--preset", "blur", "--size", "100000"], "--size 100000 is not allowed; give 8 to"),
+        # frames are bounded before anything is computed (was: >12 GB, killed)
+        (
+            ["--preset", "blur", "--steps", "20000", "--every", "1"],
+            "20000 steps with a frame every 1 give 20001 frames, more than --max-frames 100; "
+            "give --every 203 or more, or raise --max-frames",
+        ),
+        (
+            ["--preset", "blur", "--steps", "5", "--max-frames", "1"],
+            "more than --max-frames 1; raise --max-frames",
+        ),
+        (["--preset", "blur", "--max-frames", "0"], "--max-frames 0 is not allowed"),
+        (["--preset", "blur", "--columns", "0"], "--columns 0 is not allowed"),
+        (
+            ["--preset", "rotate", "--image", "{tmp}/wide.png", "--size", "600"],
+            "the default eps on a 600 px wide picture moves the picture too little for a "
+            "default run of rotate (over 20000 steps); give --steps and --every",
+        ),
+        (["--preset", "rotate", "--eps", "0"], "--eps 0 moves the picture too little"),
+        (
+            ["--kernel", "{tmp}/even.json", "--image", "{tmp}/line.png", "--padding", "reflect"],
+            "kernel size 2 x 2 is even",
+        ),
+        (
+            ["--preset", "blur", "--image", "{tmp}/line.png", "--padding", "reflect"],
+            "reflect padding needs a picture larger than 1 pixels on each side, got 1 x 128",
+        ),
         (["--preset", "blur", "--image", "{tmp}/bad.png", "--digit", "1"], None),
     ],
 )
 def test_cli_bad_arguments(tmp_path, capsys, argv: list[str], match: str | None) -> None:
-    (tmp_path / "bad.png").write_text("text")
-    (tmp_path / "even.json").write_text("[[1, 0], [0, 1]]")
+    _bad_inputs(tmp_path)
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     if match is None:  # argparse itself refuses (mutually exclusive options)
         with pytest.raises(SystemExit) as info:
@@ -527,6 +738,106 @@ def test_cli_bad_arguments(tmp_path, capsys, argv: list[str], match: str | None)
     assert err.startswith("symconv flow: error:") and match in err
     assert len(err.splitlines()) == 1
     assert not (tmp_path / "o.png").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (["--preset", "blur", "--image", "{tmp}/missing.png"], "missing.png' does not exist"),
+        (["--kernel", "{tmp}/missing.json"], "missing.json' does not exist"),
+    ],
+)
+def test_cli_unreadable_inputs_are_os_errors(tmp_path, capsys, argv, match) -> None:
+    """A file that cannot be read is an OSError: one line naming it, exit code 1."""
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    assert run_cli(["flow", *argv, "--out", str(tmp_path / "o.png")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("symconv flow: error:") and match in err
+    assert len(err.splitlines()) == 1
+
+
+@pytest.fixture
+def no_computing(monkeypatch):
+    """Make picture drawing and the flow fail loudly: the command must stop before them."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("computed before checking the options")
+
+    monkeypatch.setattr(images, "default_image", refuse)
+    monkeypatch.setattr(flow_mod.FlowPlan, "run", refuse)
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        (["--out", "{tmp}/nodir/o.png"], "--out: {tmp}/nodir/o.png: the directory {tmp}/nodir "),
+        (["--out", "{tmp}/file.txt/o.png"], "--out: {tmp}/file.txt/o.png: {tmp}/file.txt is not"),
+        (["--out", "{tmp}/adir.png"], "--out: {tmp}/adir.png: is a directory"),
+        (["--out", "{tmp}/o.txt"], "--out: '{tmp}/o.txt' has extension '.txt'; the format is"),
+        (["--out", "{tmp}/o"], "--out: '{tmp}/o' has no extension"),
+        (["--out", "{tmp}/o.png", "--gif", "{tmp}/o.png"], "--gif: '{tmp}/o.png' has extension"),
+        (["--out", "{tmp}/o.png", "--gif", "{tmp}/nodir/o.gif"], "--gif: {tmp}/nodir/o.gif:"),
+        (["--out", "{tmp}/o.gif", "--gif"], "--gif {tmp}/o.gif would overwrite --out"),
+    ],
+)
+def test_cli_checks_outputs_before_computing(
+    tmp_path, capsys, no_computing, extra: list[str], match: str
+) -> None:
+    (tmp_path / "file.txt").write_text("x")
+    (tmp_path / "adir.png").mkdir()
+    extra = [a.replace("{tmp}", str(tmp_path)) for a in extra]
+    assert run_cli(["flow", "--preset", "blur", "--size", "16", *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("symconv flow: error:")
+    assert match.replace("{tmp}", str(tmp_path)) in err
+    assert len(err.splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adir.png", "file.txt"]
+
+
+def test_cli_checks_frame_memory_before_computing(tmp_path, capsys, no_computing) -> None:
+    Image.fromarray(np.zeros((1024, 1024), dtype=np.uint8)).save(tmp_path / "big.png")
+    argv = ["flow", "--preset", "blur", "--image", str(tmp_path / "big.png"), "--size", "1024"]
+    argv += ["--steps", "400", "--every", "1", "--max-frames", "1000"]
+    assert run_cli([*argv, "--out", str(tmp_path / "o.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    # 401 frames * 1024 * 1024 px * 8 bytes
+    assert "401 frames of 1024x1024 px take 3.1 GiB, over the 2 GiB limit" in err
+    assert not (tmp_path / "o.png").exists()
+
+
+@pytest.mark.parametrize(("ext", "fmt"), [("jpg", "JPEG"), ("bmp", "BMP"), ("tif", "TIFF")])
+def test_cli_format_follows_extension(tmp_path, ext: str, fmt: str) -> None:
+    out = tmp_path / f"o.{ext}"
+    assert (
+        run_cli(["flow", "--preset", "blur", "--size", "8", "--steps", "2", "--out", str(out)]) == 0
+    )
+    with Image.open(out) as im:
+        assert im.format == fmt  # was: PNG bytes under any name
+        assert im.size == (strip_layout(3, (8, 8)).width, strip_layout(3, (8, 8)).height)
+
+
+def test_cli_wraps_frames_into_rows(tmp_path, capsys) -> None:
+    out = tmp_path / "rows.png"
+    argv = ["flow", "--preset", "translate-x", "--size", "8", "--every", "1"]
+    assert run_cli([*argv, "--steps", "6", "--columns", "3", "--out", str(out)]) == 0
+    assert "7 frames in 3 rows" in capsys.readouterr().out
+    layout = strip_layout(7, (8, 8), columns=3)
+    with Image.open(out) as im:
+        assert im.size == (layout.width, layout.height)
+    # 21 frames by default: 3 rows of 7 (at most 10 a row).
+    assert run_cli([*argv, "--steps", "20", "--out", str(out)]) == 0
+    assert "21 frames in 3 rows" in capsys.readouterr().out
+    with Image.open(out) as im:
+        assert im.size == (strip_layout(21, (8, 8), columns=7).width, layout.height)
+
+
+def test_cli_limits_mirror_the_library() -> None:
+    """viz.cli repeats the library's limits so that --help needs no torch: they must agree."""
+    from symconv.viz import cli as viz_cli
+
+    assert (viz_cli._MIN_SIZE, viz_cli._MAX_SIZE) == (images.MIN_SIZE, images.MAX_SIZE)
+    assert viz_cli._MAX_ABS_EPS == flow_mod.MAX_ABS_EPS
+    assert {f".{e}" for e in viz_cli._STRIP_EXTENSIONS} == set(flow_mod.STRIP_FORMATS)
 
 
 def test_symconv_main_runs_flow(tmp_path) -> None:
@@ -563,3 +874,11 @@ def test_flow_on_cuda_matches_cpu() -> None:
 def test_module_constants() -> None:
     assert flow_mod.PADDING_MODES == ("zeros", "reflect", "replicate")
     assert set(PRESETS) >= {"blur", "translate-x", "translate-y", "translate-diag", "rotate"}
+
+
+def test_viz_exports_load_on_first_use() -> None:
+    import symconv.viz as viz
+
+    assert sorted(viz.__all__) == sorted(viz._EXPORTS)
+    assert viz.flow_frames is flow_frames and viz.default_image is images.default_image
+    assert all(callable(getattr(viz, name)) or name == "PRESETS" for name in viz.__all__)

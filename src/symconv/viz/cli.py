@@ -1,7 +1,8 @@
 """``symconv flow`` and ``symconv filters``: the command-line side of :mod:`symconv.viz`.
 
 Only :mod:`argparse` is imported at module level; torch, Pillow and the drawing code load
-when a command runs, so ``symconv --help`` stays fast.
+when a command runs, so ``symconv --help`` stays fast. Mistakes in the options are
+:class:`symconv.cli.UsageError` (one line, exit code 2), found before anything is computed.
 """
 
 from __future__ import annotations
@@ -12,6 +13,17 @@ import os
 import sys
 
 __all__ = ["add_parser", "run_filters", "run_flow"]
+
+# Limits of symconv.viz, repeated here so that --help imports no torch (a test checks that
+# they agree): sizes (images.MIN_SIZE, MAX_SIZE), |eps| (flow.MAX_ABS_EPS), the strip formats
+# (flow.STRIP_FORMATS).
+_MIN_SIZE, _MAX_SIZE = 8, 1024
+_MAX_ABS_EPS = 1000.0
+_STRIP_EXTENSIONS = ("png", "jpg", "jpeg", "gif", "bmp", "tif", "tiff", "webp")
+#: Default of --max-frames.
+_DEFAULT_MAX_FRAMES = 100
+#: The frames of a run are held in memory together (then drawn); they may take this much.
+_MAX_FRAME_BYTES = 2 * 2**30
 
 _PRESET_HELP = {
     "blur": "the Gaussian kernel [[1,2,1],[2,4,2],[1,2,1]]/16 (eps mixes it with the identity)",
@@ -63,13 +75,33 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--eps",
         type=_float,
         default=None,
-        help="strength of the preset (default: the preset's; twist presets: 0.4 / W)",
+        help=(
+            "strength of the preset, |eps| <= 1000 (default: the preset's; twist presets: 0.4 / W)"
+        ),
     )
     flow.add_argument(
         "--steps", type=int, default=None, help="applications N (default: per preset)"
     )
     flow.add_argument(
         "--every", type=int, default=None, help="draw a frame every M steps (default: N / 6)"
+    )
+    flow.add_argument(
+        "--max-frames",
+        type=int,
+        default=_DEFAULT_MAX_FRAMES,
+        metavar="F",
+        help=(
+            f"refuse a run that keeps more than F frames (default: {_DEFAULT_MAX_FRAMES}); "
+            "all frames are held in memory, 8 bytes a pixel, at most 2 GiB in all"
+        ),
+    )
+    flow.add_argument(
+        "--columns",
+        type=int,
+        default=None,
+        metavar="C",
+        help="frames per row of the picture (default: one row up to 10 frames, else rows "
+        "of at most 10)",
     )
     src = flow.add_mutually_exclusive_group()
     src.add_argument("--image", metavar="PATH", help="any picture Pillow reads (made grey)")
@@ -80,7 +112,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--size",
         type=int,
         default=None,
-        help="resize so the longer side is SIZE px (default: 128; digits stay 28)",
+        help=f"resize so the longer side is SIZE px, {_MIN_SIZE} to {_MAX_SIZE} (default: 128; "
+        "digits stay 28)",
     )
     flow.add_argument(
         "--padding",
@@ -88,14 +121,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default="replicate",
         help="boundary handling: what enters the frame (default: replicate)",
     )
-    flow.add_argument("--out", default=None, help="output PNG (default: flow_<preset>.png)")
+    flow.add_argument(
+        "--out",
+        default=None,
+        help="output picture, its format from the extension: "
+        f"{', '.join(_STRIP_EXTENSIONS)} (default: flow_<preset>.png)",
+    )
     flow.add_argument(
         "--gif",
         nargs="?",
         const="",
         default=None,
         metavar="FILE",
-        help="also write an animation (default name: the PNG's with .gif)",
+        help="also write an animation, FILE.gif (default name: --out's with .gif)",
     )
     flow.add_argument(
         "--normalize", action="store_true", help="stretch each frame to its own range"
@@ -139,16 +177,62 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     filters.set_defaults(func=run_filters)
 
 
+def _check_options(args: argparse.Namespace) -> None:
+    """The checks that need nothing but the numbers given."""
+    from symconv.cli import UsageError
+
+    if args.steps is not None and args.steps < 0:
+        raise UsageError(f"--steps {args.steps} is not allowed; give 0 or more")
+    if args.every is not None and args.every <= 0:
+        raise UsageError(f"--every {args.every} is not allowed; give 1 or more")
+    if args.size is not None and not _MIN_SIZE <= args.size <= _MAX_SIZE:
+        raise UsageError(
+            f"--size {args.size} is not allowed; give {_MIN_SIZE} to {_MAX_SIZE} (pixels)"
+        )
+    if args.eps is not None and abs(args.eps) > _MAX_ABS_EPS:
+        raise UsageError(f"--eps {args.eps:g} is not allowed; give |eps| <= {_MAX_ABS_EPS:g}")
+    if args.max_frames < 1:
+        raise UsageError(f"--max-frames {args.max_frames} is not allowed; give 1 or more")
+    if args.columns is not None and args.columns < 1:
+        raise UsageError(f"--columns {args.columns} is not allowed; give 1 or more")
+
+
+def _output_paths(args: argparse.Namespace, name: str) -> tuple[str, str | None]:
+    """``(--out, --gif or None)`` with their defaults, checked: format and directory."""
+    from symconv.cli import UsageError, describe_os_error
+    from symconv.viz import flow as flow_mod
+
+    out = args.out or f"flow_{name}.png"
+    gif = None if args.gif is None else args.gif or os.path.splitext(out)[0] + ".gif"
+    for option, path in (("--out", out), ("--gif", gif)):
+        if path is None:
+            continue
+        try:
+            flow_mod.check_output_path(path, animation=option == "--gif")
+        except ValueError as err:
+            raise UsageError(f"{option}: {err}") from None
+        except OSError as err:
+            raise UsageError(f"{option}: {describe_os_error(err)}") from None
+    if gif is not None and os.path.abspath(gif) == os.path.abspath(out):
+        raise UsageError(f"--gif {gif} would overwrite --out; give another name")
+    return out, gif
+
+
 def _load_picture(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from symconv.cli import UsageError
     from symconv.viz import images
 
-    if args.size is not None and args.size < 8:
-        raise ValueError(f"--size {args.size} is not allowed; give at least 8")
     if args.image is not None:
-        pic = images.load_image(args.image)
+        try:
+            pic = images.load_image(args.image)
+        except ValueError as err:  # not a picture; a missing file stays an OSError
+            raise UsageError(str(err)) from None
         return images.resize_image(pic, args.size or 128), os.path.basename(args.image)
     if args.digit is not None:
-        pic = images.mnist_digit(args.digit)
+        try:
+            pic = images.mnist_digit(args.digit)
+        except ValueError as err:
+            raise UsageError(f"--digit: {err}") from None
         return (pic if args.size is None else images.resize_image(pic, args.size)), (
             f"digit {args.digit}"
         )
@@ -156,16 +240,18 @@ def _load_picture(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def run_flow(args: argparse.Namespace) -> int:
-    """Run ``symconv flow``; returns the exit code."""
+    """Run ``symconv flow``; returns the exit code.
+
+    Every option is checked (and the output paths too) before the flow is computed.
+    """
+    from symconv.cli import UsageError
+
     if args.list_presets:
         print(_preset_list())
         return 0
     if args.preset is None and args.kernel is None:
-        raise ValueError("give --preset NAME or --kernel FILE (see --list-presets)")
-    if args.steps is not None and args.steps < 0:
-        raise ValueError(f"--steps {args.steps} is not allowed; give 0 or more")
-    if args.every is not None and args.every <= 0:
-        raise ValueError(f"--every {args.every} is not allowed; give 1 or more")
+        raise UsageError("give --preset NAME or --kernel FILE (see --list-presets)")
+    _check_options(args)
 
     import torch
 
@@ -174,24 +260,43 @@ def run_flow(args: argparse.Namespace) -> int:
     try:
         device = torch.device(args.device)
     except RuntimeError as err:
-        raise ValueError(f"--device {args.device!r} is not a torch device: {err}") from None
+        raise UsageError(f"--device {args.device!r} is not a torch device: {err}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {args.device!r}: CUDA is not available here")
+        raise UsageError(f"--device {args.device!r}: CUDA is not available here")
 
     if args.preset is not None:
-        preset = flow_mod._get_preset(args.preset)
+        try:
+            preset = flow_mod._get_preset(args.preset)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
         what, name = args.preset, args.preset
     else:
         if args.eps is not None:
-            raise ValueError("--eps applies to presets only; scale your kernel file instead")
-        what, name = flow_mod.load_kernel(args.kernel), "kernel"
+            raise UsageError("--eps applies to presets only; scale your kernel file instead")
+        try:
+            what = flow_mod.load_kernel(args.kernel)
+        except ValueError as err:  # malformed; a missing file stays an OSError
+            raise UsageError(str(err)) from None
+        name = "kernel"
+    out, gif = _output_paths(args, name)
     pic, source = _load_picture(args)
 
     # Defaults: a preset's own run (7 frames reaching a visible change); N / 6 otherwise.
     if args.preset is not None:
         eps = preset.default_eps(pic.shape) if args.eps is None else args.eps
         if args.steps is None:
-            _, steps, default_every = preset.defaults(pic.shape, eps)
+            try:
+                _, steps, default_every = preset.defaults(pic.shape, eps)
+            except ValueError:
+                given = (
+                    f"--eps {args.eps:g}"
+                    if args.eps is not None
+                    else f"the default eps on a {pic.shape[1]} px wide picture"
+                )
+                raise UsageError(
+                    f"{given} moves the picture too little for a default run of {name} "
+                    f"(over {flow_mod._MAX_DEFAULT_STEPS} steps); give --steps and --every"
+                ) from None
         else:
             steps, default_every = args.steps, max(1, args.steps // 6)
     else:
@@ -200,24 +305,46 @@ def run_flow(args: argparse.Namespace) -> int:
         default_every = max(1, steps // 6)
     every = default_every if args.every is None else args.every
 
-    frames = flow_mod.flow_frames(
-        pic, what, steps, every, padding=args.padding, eps=eps, device=device
-    )
-    kept = flow_mod.frame_steps(steps, every)
+    n_frames = flow_mod.count_frames(steps, every)
+    if n_frames > args.max_frames:
+        least = flow_mod.min_every(steps, args.max_frames)
+        fix = f"give --every {least} or more, or " if least is not None else ""
+        raise UsageError(
+            f"{steps} steps with a frame every {every} give {n_frames} frames, more than "
+            f"--max-frames {args.max_frames}; {fix}raise --max-frames"
+        )
+    try:
+        plan = flow_mod.plan_flow(
+            pic, what, steps, every, padding=args.padding, eps=eps, device=device
+        )
+    except ValueError as err:  # what only the picture can tell, e.g. too small to reflect
+        raise UsageError(str(err)) from None
+    if plan.frame_bytes > _MAX_FRAME_BYTES:
+        raise UsageError(
+            f"{n_frames} frames of {pic.shape[1]}x{pic.shape[0]} px take "
+            f"{plan.frame_bytes / 2**30:.1f} GiB, over the {_MAX_FRAME_BYTES / 2**30:g} GiB "
+            "limit; lower --size or --max-frames, or raise --every"
+        )
+
+    frames = plan.run()
+    kept = list(plan.kept)
     label = (
         f"{name} eps={eps:.4g}" if eps is not None else f"kernel {os.path.basename(args.kernel)}"
     )
     title = f"{label}, {source} {pic.shape[1]}x{pic.shape[0]}, {args.padding} padding"
-    out = args.out or f"flow_{name}.png"
-    layout = flow_mod.save_strip(frames, kept, out, title=title, normalize=args.normalize)
-    message = f"wrote {out} ({layout.n_panels} frames, steps {kept[0]}..{kept[-1]})"
+    layout = flow_mod.save_strip(
+        frames, kept, out, title=title, normalize=args.normalize, columns=args.columns
+    )
+    message = (
+        f"wrote {out} ({layout.n_panels} frames in {layout.rows} row"
+        f"{'s' if layout.rows > 1 else ''}, steps {kept[0]}..{kept[-1]})"
+    )
     if args.preset is not None:
         rate = preset.rate(eps, pic.shape)
         message += f"; {preset.unit} per step: {rate:.4g}, total {rate * steps:.4g}"
         if preset.unit == "rad":
             message += f" ({math.degrees(rate * steps):.1f} degrees)"
-    if args.gif is not None:
-        gif = args.gif or os.path.splitext(out)[0] + ".gif"
+    if gif is not None:
         n = flow_mod.save_gif(frames, kept, gif, normalize=args.normalize)
         message += f"; wrote {gif} ({n} frames)"
     if not all(map(math.isfinite, (float(frames.min()), float(frames.max())))):
@@ -228,10 +355,11 @@ def run_flow(args: argparse.Namespace) -> int:
 
 def run_filters(args: argparse.Namespace) -> int:
     """Run ``symconv filters``; returns the exit code."""
+    from symconv.cli import UsageError
     from symconv.viz import filters as filters_mod
 
     if args.max_rows < 1 or args.max_in < 1:
-        raise ValueError("--max-rows and --max-in must be >= 1")
+        raise UsageError("--max-rows and --max-in must be >= 1")
     model = filters_mod.load_checkpoint(args.checkpoint, trust=args.trust)
     if args.list_layers:
         for name, info in filters_mod.layers_of(model).items():

@@ -5,6 +5,8 @@ Gaussian kernel blurs it, ``I + eps * A`` (``A``, ``B`` the Sobel kernels) trans
 and a :class:`symconv.ConvTwist` whose twist kernels are Sobel kernels rotates or scales
 it about a centre. :func:`flow_frames` returns the frames as arrays (for notebooks);
 :func:`save_strip` and :func:`save_gif` draw them; ``symconv flow`` wraps all three.
+:func:`flow_frames` checks every argument before the first step (:func:`plan_flow`) and
+keeps at most :data:`MAX_FRAMES` frames unless told otherwise: they are returned in one array.
 
 Why the presets move the picture the way they do (torch convolutions are
 cross-correlations, ``out[i, j] = sum_ab K[a, b] x[i + a - 1, j + b - 1]``; ``i`` is the
@@ -49,6 +51,7 @@ its border.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import numbers
@@ -62,18 +65,28 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
+    "ANIMATION_FORMATS",
+    "GAUSSIAN",
+    "MAX_ABS_EPS",
+    "MAX_FRAMES",
     "PADDING_MODES",
     "PRESETS",
     "SOBEL_X",
     "SOBEL_Y",
-    "GAUSSIAN",
+    "STRIP_FORMATS",
+    "FlowPlan",
     "FlowPreset",
     "KernelFlow",
     "StripLayout",
+    "check_output_path",
+    "count_frames",
+    "default_columns",
     "flow_frames",
     "flow_operator",
     "frame_steps",
     "load_kernel",
+    "min_every",
+    "plan_flow",
     "save_gif",
     "save_strip",
     "strip_layout",
@@ -92,6 +105,12 @@ _IDENTITY = ((0.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 0.0))
 PADDING_MODES = ("zeros", "reflect", "replicate")
 _F_PAD_MODE = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate"}
 
+
+#: Largest ``|eps|`` accepted: far beyond any useful flow (``eps = 1`` already moves a picture
+#: 8 px per step) and far from overflowing the kernel entries (at most ``2 |eps|``).
+MAX_ABS_EPS = 1000.0
+#: :func:`flow_frames` keeps at most this many frames unless given ``max_frames``.
+MAX_FRAMES = 1000
 
 #: Frames a preset's default run shows: steps 0, N/6, 2N/6, ..., N.
 _DEFAULT_PANELS = 7
@@ -215,8 +234,12 @@ PRESETS: dict[str, FlowPreset] = {
 
 
 def _check_eps(eps: object) -> float:
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not math.isfinite(eps):
-        raise ValueError(f"eps={eps!r} is not allowed; give a finite number")
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+        raise TypeError(f"eps must be a number, got {type(eps).__name__} {eps!r}")
+    if not (math.isfinite(eps) and abs(eps) <= MAX_ABS_EPS):
+        raise ValueError(
+            f"eps={eps!r} is not allowed; give a finite number with |eps| <= {MAX_ABS_EPS:g}"
+        )
     return float(eps)
 
 
@@ -378,6 +401,23 @@ def flow_operator(
     return op.to(dtype)
 
 
+def count_frames(steps: int, every: int) -> int:
+    """``len(frame_steps(steps, every))``, without building the list."""
+    steps = _check_int("steps", steps, 0)
+    every = _check_int("every", every, 1)
+    return steps // every + 1 + (steps % every != 0)
+
+
+def min_every(steps: int, max_frames: int) -> int | None:
+    """The smallest ``every`` that keeps at most ``max_frames`` frames of a ``steps`` run;
+    ``None`` when no ``every`` does (``max_frames = 1`` and ``steps > 0``)."""
+    steps = _check_int("steps", steps, 0)
+    max_frames = _check_int("max_frames", max_frames, 1)
+    if steps == 0:
+        return 1
+    return None if max_frames == 1 else max(1, math.ceil(steps / (max_frames - 1)))
+
+
 def frame_steps(steps: int, every: int) -> list[int]:
     """Step counts of the frames: ``0, every, 2 every, ...`` and always ``steps`` itself."""
     steps = _check_int("steps", steps, 0)
@@ -386,6 +426,124 @@ def frame_steps(steps: int, every: int) -> list[int]:
     if out[-1] != steps:
         out.append(steps)
     return out
+
+
+@dataclass(frozen=True)
+class FlowPlan:
+    """A checked flow run, ready to compute: see :func:`plan_flow`.
+
+    ``image`` is the picture ``(1, 1, H, W)`` on the device in the working dtype,
+    ``operator`` one step ``(N, 1, H, W) -> (N, 1, H, W)``, ``kept`` the steps whose
+    pictures :meth:`run` returns.
+    """
+
+    image: Tensor
+    operator: nn.Module
+    steps: int
+    kept: tuple[int, ...]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(H, W)`` of the picture."""
+        return tuple(self.image.shape[-2:])  # type: ignore[return-value]
+
+    @property
+    def frame_bytes(self) -> int:
+        """Size in bytes of the array :meth:`run` returns."""
+        height, width = self.shape
+        return len(self.kept) * height * width * self.image.element_size()
+
+    def run(self) -> np.ndarray:
+        """Apply the operator ``steps`` times; the frames ``(len(kept), H, W)`` on the CPU."""
+        height, width = self.shape
+        frames = torch.empty((len(self.kept), height, width), dtype=self.image.dtype)
+        x, slot = self.image, 0
+        with torch.no_grad():
+            for step in range(self.steps + 1):
+                if step:
+                    x = self.operator(x)
+                if step == self.kept[slot]:
+                    frames[slot].copy_(x[0, 0])  # device to host when on a GPU
+                    slot += 1
+        return frames.numpy()
+
+
+def _check_image(image: object) -> Tensor:
+    if isinstance(image, Tensor):
+        pic = image.detach()
+    else:
+        arr = np.asarray(image)
+        if arr.dtype.kind not in "biuf":
+            raise TypeError(
+                f"image must be an array of numbers, got {type(image).__name__} of dtype "
+                f"{arr.dtype}"
+            )
+        pic = torch.as_tensor(arr)
+    if pic.ndim != 2 or pic.numel() == 0:
+        raise ValueError(
+            f"image must be a grey picture of shape (H, W), H, W >= 1, got {tuple(pic.shape)}"
+        )
+    return pic
+
+
+def plan_flow(
+    image: np.ndarray | Tensor,
+    preset_or_kernel: str | np.ndarray | Tensor | Sequence[Sequence[float]],
+    steps: int | None = None,
+    every: int | None = None,
+    padding: str = "replicate",
+    eps: float | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float64,
+    max_frames: int | None = MAX_FRAMES,
+) -> FlowPlan:
+    """Check the arguments of :func:`flow_frames` and build its operator; computes nothing.
+
+    Every argument is checked here (``TypeError`` for a wrong type, ``ValueError`` for a
+    bad value, each naming the argument), so a mistake surfaces before a long run starts.
+    """
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating torch dtype, got {dtype!r}")
+    try:
+        device = torch.device("cpu" if device is None else device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device={device!r} is not a torch device: {err}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={str(device)!r}: CUDA is not available here")
+    pic = _check_image(image).to(dtype)
+    if not torch.isfinite(pic).all():
+        raise ValueError("image contains NaN or infinite values")
+    shape = (pic.shape[0], pic.shape[1])
+    padding = _check_padding(padding)
+    if eps is not None:
+        eps = _check_eps(eps)
+    if isinstance(preset_or_kernel, str):
+        preset = _get_preset(preset_or_kernel)
+        if steps is None or every is None:
+            _, default_steps, default_every = preset.defaults(shape, eps)
+            steps = default_steps if steps is None else steps
+            every = default_every if every is None else every
+    elif steps is None:
+        raise ValueError("steps must be given for a custom kernel")
+    elif every is None:
+        every = 1
+    n_frames = count_frames(steps, every)
+    if max_frames is not None:
+        max_frames = _check_int("max_frames", max_frames, 1)
+        if n_frames > max_frames:
+            least = min_every(steps, max_frames)
+            fix = f"raise every to {least} or more, or " if least is not None else ""
+            raise ValueError(
+                f"steps={steps} with every={every} keeps {n_frames} frames, more than "
+                f"max_frames={max_frames}; {fix}raise max_frames"
+            )
+    op = flow_operator(preset_or_kernel, shape, eps=eps, padding=padding, dtype=dtype)
+    return FlowPlan(
+        image=pic.to(device)[None, None],
+        operator=op.to(device),
+        steps=int(steps),
+        kept=tuple(frame_steps(steps, every)),
+    )
 
 
 def flow_frames(
@@ -397,6 +555,7 @@ def flow_frames(
     eps: float | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float64,
+    max_frames: int | None = MAX_FRAMES,
 ) -> np.ndarray:
     """Apply a flow ``steps`` times; the picture after each step in :func:`frame_steps`.
 
@@ -410,48 +569,86 @@ def flow_frames(
             kept); ``None``: the preset's default, or every step for a custom kernel.
         padding: ``'replicate'`` (default), ``'reflect'`` or ``'zeros'``: what enters the
             frame (see the module docstring).
-        eps: strength of a preset (default: the preset's own); not for custom kernels.
+        eps: strength of a preset (default: the preset's own; ``|eps| <=`` :data:`MAX_ABS_EPS`);
+            not for custom kernels.
         device, dtype: where and in what precision to compute.
+        max_frames: refuse runs that keep more frames than this (default :data:`MAX_FRAMES`;
+            the frames are returned in one array); ``None``: no limit.
 
     Returns:
         ``(len(frame_steps(steps, every)), H, W)`` array of ``dtype``, frame 0 the input.
+
+    Raises:
+        TypeError, ValueError: for a bad argument, before anything is computed
+            (see :func:`plan_flow`).
     """
-    pic = image.detach() if isinstance(image, Tensor) else torch.as_tensor(np.asarray(image))
-    if pic.ndim != 2:
-        raise ValueError(f"image must be a grey picture of shape (H, W), got {tuple(pic.shape)}")
-    pic = pic.to(dtype)
-    if not torch.isfinite(pic).all():
-        raise ValueError("image contains NaN or infinite values")
-    if steps is None or every is None:
-        if not isinstance(preset_or_kernel, str):
-            if steps is None:
-                raise ValueError("steps must be given for a custom kernel")
-            every = 1
-        else:
-            preset = _get_preset(preset_or_kernel)
-            _, default_steps, default_every = preset.defaults(tuple(pic.shape), eps)
-            steps = default_steps if steps is None else steps
-            every = default_every if every is None else every
-    kept = frame_steps(steps, every)
-    op = flow_operator(preset_or_kernel, tuple(pic.shape), eps=eps, padding=padding, dtype=dtype)
-    op = op.to(device)
-    x = pic.to(device=device, dtype=dtype)[None, None]
-    frames, keep = [], set(kept)
-    with torch.no_grad():
-        for step in range(steps + 1):
-            if step:
-                x = op(x)
-            if step in keep:
-                frames.append(x[0, 0].cpu())
-    return torch.stack(frames).numpy()
+    return plan_flow(
+        image, preset_or_kernel, steps, every, padding, eps, device, dtype, max_frames
+    ).run()
 
 
 # -- drawing ------------------------------------------------------------------------------
 
 
+#: Formats :func:`save_strip` writes, by file extension (Pillow's format names).
+STRIP_FORMATS = {
+    ".png": "PNG",
+    ".jpg": "JPEG",
+    ".jpeg": "JPEG",
+    ".gif": "GIF",
+    ".bmp": "BMP",
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
+    ".webp": "WEBP",
+}
+#: Formats :func:`save_gif` writes (an animation), by file extension.
+ANIMATION_FORMATS = {".gif": "GIF"}
+
+
+def _output_format(path: str, formats: dict[str, str]) -> str:
+    ext = os.path.splitext(path)[1].lower()
+    fmt = formats.get(ext)
+    if fmt is None:
+        given = f"extension {ext!r}" if ext else "no extension"
+        raise ValueError(
+            f"{path!r} has {given}; the format is taken from the extension: use one of "
+            f"{', '.join(formats)}"
+        )
+    if fmt == "WEBP":
+        from PIL import features
+
+        if not features.check("webp"):
+            raise ValueError(f"{path!r}: this Pillow cannot write WebP; use .png")
+    return fmt
+
+
+def check_output_path(path: str | os.PathLike[str], animation: bool = False) -> str:
+    """Check that a picture can be written to ``path``; returns its Pillow format name.
+
+    The format comes from the extension (:data:`STRIP_FORMATS`, or
+    :data:`ANIMATION_FORMATS` when ``animation``): ``ValueError`` if it is not one of them.
+    The directory must exist and be writable and ``path`` must not be a directory: an
+    ``OSError`` (``FileNotFoundError``, ``NotADirectoryError``, ``IsADirectoryError``,
+    ``PermissionError``) naming the path otherwise. Nothing is written.
+    """
+    path = os.fspath(path)
+    fmt = _output_format(path, ANIMATION_FORMATS if animation else STRIP_FORMATS)
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.exists(parent):
+        raise FileNotFoundError(errno.ENOENT, f"the directory {parent} does not exist", path)
+    if not os.path.isdir(parent):
+        raise NotADirectoryError(errno.ENOTDIR, f"{parent} is not a directory", path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(errno.EISDIR, "is a directory", path)
+    target = path if os.path.exists(path) else parent
+    if not os.access(target, os.W_OK):
+        raise PermissionError(errno.EACCES, f"{target} is not writable", path)
+    return fmt
+
+
 @dataclass(frozen=True)
 class StripLayout:
-    """Pixel geometry of a frame strip: panels side by side, each under its label."""
+    """Pixel geometry of a frame strip: panels in rows of ``columns``, each under its label."""
 
     n_panels: int
     zoom: int  # each picture pixel is drawn as zoom x zoom screen pixels
@@ -460,35 +657,66 @@ class StripLayout:
     margin: int
     title_height: int
     label_height: int
+    columns: int
+
+    @property
+    def rows(self) -> int:
+        return -(-self.n_panels // self.columns)
 
     @property
     def width(self) -> int:
-        return self.n_panels * self.panel_width + (self.n_panels + 1) * self.margin
+        return self.columns * self.panel_width + (self.columns + 1) * self.margin
 
     @property
     def height(self) -> int:
-        return self.title_height + self.label_height + self.panel_height + 2 * self.margin
+        row = self.label_height + self.panel_height + self.margin
+        return self.title_height + self.margin + self.rows * row
 
     def panel_box(self, index: int) -> tuple[int, int, int, int]:
         """``(left, top, right, bottom)`` of panel ``index`` (right/bottom exclusive)."""
-        left = self.margin + index * (self.panel_width + self.margin)
-        top = self.margin + self.title_height + self.label_height
+        row, column = divmod(index, self.columns)
+        left = self.margin + column * (self.panel_width + self.margin)
+        top = (
+            self.margin
+            + self.title_height
+            + row * (self.label_height + self.panel_height + self.margin)
+            + self.label_height
+        )
         return left, top, left + self.panel_width, top + self.panel_height
 
 
 #: Panels are enlarged by a whole factor until they are at least this wide.
 _MIN_PANEL = 128
+#: Default strips have rows of at most this many panels.
+_MAX_DEFAULT_COLUMNS = 10
+
+
+def default_columns(n_panels: int) -> int:
+    """Panels per row of a default strip: one row up to 10 panels, else the fewest rows of
+    at most 10, filled evenly (11 panels: rows of 6 and 5)."""
+    n_panels = _check_int("n_panels", n_panels, 1)
+    rows = -(-n_panels // _MAX_DEFAULT_COLUMNS)
+    return -(-n_panels // rows)
 
 
 def strip_layout(
-    n_panels: int, shape: tuple[int, int], zoom: int | None = None, title: bool = True
+    n_panels: int,
+    shape: tuple[int, int],
+    zoom: int | None = None,
+    title: bool = True,
+    columns: int | None = None,
 ) -> StripLayout:
-    """The geometry :func:`save_strip` uses for ``n_panels`` pictures of ``shape = (H, W)``."""
+    """The geometry :func:`save_strip` uses for ``n_panels`` pictures of ``shape = (H, W)``.
+
+    ``columns``: panels per row (at most ``n_panels`` are used); ``None``:
+    :func:`default_columns`.
+    """
     n_panels = _check_int("n_panels", n_panels, 1)
     height, width = shape
     if zoom is None:
         zoom = max(1, math.ceil(_MIN_PANEL / max(height, width)))
     zoom = _check_int("zoom", zoom, 1)
+    columns = default_columns(n_panels) if columns is None else _check_int("columns", columns, 1)
     return StripLayout(
         n_panels=n_panels,
         zoom=zoom,
@@ -497,6 +725,7 @@ def strip_layout(
         margin=8,
         title_height=22 if title else 0,
         label_height=20,
+        columns=min(columns, n_panels),
     )
 
 
@@ -542,17 +771,24 @@ def save_strip(
     title: str | None = None,
     zoom: int | None = None,
     normalize: bool = False,
+    columns: int | None = None,
 ) -> StripLayout:
-    """Draw ``frames`` ``(F, H, W)`` side by side in one PNG, each labelled with its step.
+    """Draw ``frames`` ``(F, H, W)`` in rows of ``columns``, each labelled with its step.
 
-    Values are shown on the fixed scale 0 = black .. 1 = white (clipped), so brightness
-    changes stay visible; ``normalize=True`` stretches each frame to its own range.
-    Returns the :class:`StripLayout` used.
+    The format comes from ``path``'s extension (:data:`STRIP_FORMATS`; checked, with the
+    directory, by :func:`check_output_path` before drawing). ``columns``: panels per row,
+    ``None``: :func:`default_columns` (one row up to 10 frames). Values are shown on the
+    fixed scale 0 = black .. 1 = white (clipped), so brightness changes stay visible;
+    ``normalize=True`` stretches each frame to its own range. Returns the
+    :class:`StripLayout` used.
     """
     from PIL import Image, ImageDraw
 
     frames = _check_frames(frames, steps)
-    layout = strip_layout(len(frames), frames.shape[1:], zoom=zoom, title=title is not None)
+    layout = strip_layout(
+        len(frames), frames.shape[1:], zoom=zoom, title=title is not None, columns=columns
+    )
+    fmt = check_output_path(path)
     canvas = Image.new("L", (layout.width, layout.height), 255)
     draw = ImageDraw.Draw(canvas)
     if title is not None:
@@ -562,7 +798,7 @@ def save_strip(
         left, top, _, _ = layout.panel_box(i)
         canvas.paste(_panel(frame, layout.zoom, normalize), (left, top))
         draw.text((left, top - layout.label_height + 3), f"step {step}", fill=0, font=label_font)
-    canvas.save(os.fspath(path), format="PNG")
+    canvas.save(os.fspath(path), format=fmt)
     return layout
 
 
@@ -576,12 +812,14 @@ def save_gif(
 ) -> int:
     """Write ``frames`` ``(F, H, W)`` as a looping GIF, one labelled frame each.
 
+    ``path`` must end in ``.gif`` (checked, with its directory, before drawing).
     Returns the number of frames written.
     """
     from PIL import Image, ImageDraw
 
     frames = _check_frames(frames, steps)
     duration_ms = _check_int("duration_ms", duration_ms, 1)
+    check_output_path(path, animation=True)
     layout = strip_layout(1, frames.shape[1:], zoom=zoom, title=False)
     font = _font(12)
     images = []

@@ -20,15 +20,24 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["default_image", "load_image", "mnist_digit", "resize_image"]
+__all__ = ["MAX_SIZE", "MIN_SIZE", "default_image", "load_image", "mnist_digit", "resize_image"]
 
+#: Sizes (pixels) :func:`default_image` and :func:`resize_image` accept: larger pictures
+#: take minutes to draw and flow, and gigabytes for a strip of frames.
+MIN_SIZE, MAX_SIZE = 8, 1024
 #: Samples per pixel along each axis when drawing the default scene (anti-aliasing).
 _SUPERSAMPLE = 4
+#: Output rows drawn at once: bounds the supersampled scratch arrays (a few MiB each).
+_BAND_ROWS = 32
 
 
 def _check_size(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 8:
-        raise ValueError(f"{name}={value!r} is not allowed; give an integer >= 8")
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if not MIN_SIZE <= value <= MAX_SIZE:
+        raise ValueError(
+            f"{name}={value!r} is not allowed; give an integer from {MIN_SIZE} to {MAX_SIZE}"
+        )
     return int(value)
 
 
@@ -46,19 +55,8 @@ def _value_noise(u: np.ndarray, v: np.ndarray, cells: int, seed: int) -> np.ndar
     return top * (1 - fy) + bottom * fy
 
 
-def default_image(size: int = 128, height: int | None = None) -> np.ndarray:
-    """The bundled test scene, ``(height or size, size)`` float32 in ``[0, 1]``.
-
-    Drawn in normalised coordinates (``u`` right, ``v`` down, both in ``[0, 1]``), so any
-    size shows the same scene. Deterministic: the same size gives the same array.
-    """
-    width = _check_size("size", size)
-    height = width if height is None else _check_size("height", height)
-    s = _SUPERSAMPLE
-    u = (np.arange(width * s) + 0.5) / (width * s)
-    v = (np.arange(height * s) + 0.5) / (height * s)
-    u, v = np.meshgrid(u, v)
-
+def _scene(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """The test scene's brightness at normalised coordinates ``u`` (right), ``v`` (down)."""
     # Sky: bright near the horizon, darker overhead, with soft clouds.
     img = 0.55 + 0.25 * v + 0.12 * (_value_noise(u * 0.7, v * 1.4, 6, seed=1) - 0.5)
     # Sun, upper left, with a glow.
@@ -98,8 +96,27 @@ def default_image(size: int = 128, height: int | None = None) -> np.ndarray:
     wing = np.abs((v - 0.15) + 0.5 * np.abs(u - 0.62) - 0.01) < 0.006
     img = np.where(wing & (np.abs(u - 0.62) < 0.04), 0.1, img)
 
-    img = np.clip(img, 0.0, 1.0)
-    img = img.reshape(height, s, width, s).mean(axis=(1, 3))
+    return np.clip(img, 0.0, 1.0)
+
+
+def default_image(size: int = 128, height: int | None = None) -> np.ndarray:
+    """The bundled test scene, ``(height or size, size)`` float32 in ``[0, 1]``.
+
+    Drawn in normalised coordinates (``u`` right, ``v`` down, both in ``[0, 1]``), so any
+    size shows the same scene. Deterministic: the same size gives the same array.
+    """
+    width = _check_size("size", size)
+    height = width if height is None else _check_size("height", height)
+    s = _SUPERSAMPLE
+    u = (np.arange(width * s) + 0.5) / (width * s)
+    v = (np.arange(height * s) + 0.5) / (height * s)
+    img = np.empty((height, width))
+    # Every sample depends on its own (u, v) only, so bands of rows give the same picture
+    # as one pass while keeping the supersampled arrays small.
+    for top in range(0, height, _BAND_ROWS):
+        bottom = min(height, top + _BAND_ROWS)
+        band = _scene(*np.meshgrid(u, v[top * s : bottom * s]))
+        img[top:bottom] = band.reshape(bottom - top, s, width, s).mean(axis=(1, 3))
     # A touch of lens softness ([1, 2, 1] / 4 along each axis), as in a real photograph:
     # pixel-sharp edges would make the flows' ripples dominate the pictures.
     padded = np.pad(img, 1, mode="edge")

@@ -1,0 +1,135 @@
+"""The ``symconv`` command: fast help, and its error policy.
+
+Policy (``symconv.cli``): a ``UsageError`` is one line and exit code 2; an ``OSError`` is
+one line naming the path and the cause, exit code 1; anything else is a bug in symconv and
+keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import subprocess
+import sys
+
+import pytest
+
+from symconv import cli
+from symconv.cli import UsageError, describe_os_error, main
+
+HELP_COMMANDS = [[], ["flow"], ["filters"], ["compare"]]
+
+
+@pytest.mark.parametrize("command", HELP_COMMANDS, ids=lambda c: " ".join(c) or "symconv")
+def test_help_imports_no_torch(command: list[str]) -> None:
+    """``symconv [COMMAND] --help`` prints its help without importing torch (was ~3 s)."""
+    code = (
+        "import json, sys\n"
+        "from symconv.cli import main\n"
+        "try:\n"
+        f"    main({[*command, '--help']!r})\n"
+        "except SystemExit as exit:\n"
+        "    code = exit.code\n"
+        "heavy = [m for m in ('torch', 'numpy', 'PIL', 'matplotlib') if m in sys.modules]\n"
+        "print(json.dumps({'code': code, 'heavy': heavy}))\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    *help_text, last = run.stdout.splitlines()
+    result = json.loads(last)
+    assert result == {"code": 0, "heavy": []}
+    assert help_text[0].startswith(f"usage: symconv {' '.join(command)}".rstrip())
+
+
+def test_python_m_symconv_help() -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "symconv", "flow", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0 and "--max-frames" in run.stdout and "--columns" in run.stdout
+
+
+def _run_with(monkeypatch, func) -> int:  # noqa: ANN001
+    """``symconv flow --list-presets`` with the flow command's function replaced."""
+    from symconv.viz import cli as viz_cli
+
+    monkeypatch.setattr(viz_cli, "run_flow", func)
+    return main(["flow", "--list-presets"])
+
+
+def test_usage_error_is_one_line_exit_2(monkeypatch, capsys) -> None:
+    def func(args):  # noqa: ANN001, ANN202
+        raise UsageError("--thing 3 is not allowed")
+
+    assert _run_with(monkeypatch, func) == 2
+    assert capsys.readouterr().err == "symconv flow: error: --thing 3 is not allowed\n"
+
+
+def test_os_error_is_one_line_with_the_path_exit_1(monkeypatch, capsys) -> None:
+    def func(args):  # noqa: ANN001, ANN202
+        raise OSError(errno.ENOSPC, "No space left on device", "/data/out.png")
+
+    assert _run_with(monkeypatch, func) == 1
+    assert (
+        capsys.readouterr().err == "symconv flow: error: /data/out.png: No space left on device\n"
+    )
+
+
+@pytest.mark.parametrize("error", [TypeError, ValueError, KeyError, RuntimeError])
+def test_other_exceptions_keep_their_traceback(monkeypatch, error: type[Exception]) -> None:
+    """A bug must not be dressed up as a user mistake: the exception propagates."""
+
+    def func(args):  # noqa: ANN001, ANN202
+        raise error("internal")
+
+    with pytest.raises(error, match="internal"):
+        _run_with(monkeypatch, func)
+
+
+def test_a_bug_exits_with_a_traceback_from_the_shell(tmp_path) -> None:
+    code = (
+        "import sys\n"
+        "from symconv.viz import cli as viz_cli\n"
+        "def boom(args):\n"
+        "    raise TypeError('internal bug')\n"
+        "viz_cli.run_flow = boom\n"
+        "from symconv.cli import main\n"
+        "sys.exit(main(['flow', '--list-presets']))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode not in (0, 2)
+    assert "Traceback (most recent call last)" in run.stderr
+    assert run.stderr.rstrip().endswith("TypeError: internal bug")
+
+
+def test_describe_os_error() -> None:
+    assert describe_os_error(FileNotFoundError(errno.ENOENT, "No such file", "a.png")) == (
+        "a.png: No such file"
+    )
+    assert describe_os_error(OSError(errno.EXDEV, "Cross-device link", "a", None, "b")) == (
+        "a -> b: Cross-device link"
+    )
+    assert describe_os_error(OSError("disk on fire")) == "disk on fire"
+
+
+def test_flow_usage_errors_are_usage_errors(tmp_path, capsys) -> None:
+    """viz.cli turns its option checks into UsageError (main no longer catches ValueError)."""
+    assert main(["flow", "--preset", "blur", "--steps", "-1"]) == 2
+    assert capsys.readouterr().err == (
+        "symconv flow: error: --steps -1 is not allowed; give 0 or more\n"
+    )
+
+
+def test_filters_usage_error(tmp_path, capsys) -> None:
+    assert main(["filters", str(tmp_path / "none.pt"), "--max-rows", "0"]) == 2
+    assert capsys.readouterr().err == (
+        "symconv filters: error: --max-rows and --max-in must be >= 1\n"
+    )
+
+
+def test_no_command_prints_help(capsys) -> None:
+    assert cli.main([]) == 2
+    assert capsys.readouterr().out.startswith("usage: symconv")
