@@ -70,6 +70,7 @@ RUN_KEYS = {
     "peak_memory_mb",
     "memory_kind",
     "history",
+    "diverged",
 }
 
 
@@ -118,7 +119,7 @@ def test_compare_writes_every_output(tmp_path: Path, capsys: pytest.CaptureFixtu
         assert len(v["runs"]) == 2
         assert [r["seed"] for r in v["runs"]] == [0, 1]
         for r in v["runs"]:
-            assert set(r) == RUN_KEYS
+            assert set(r) == RUN_KEYS and r["diverged"] is None
             assert r["params"] == v["params"] > 0
             assert set(r["accuracy"]) == set(TRANSFORMS)
             # accuracies are fractions of the 100 test images
