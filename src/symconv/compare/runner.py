@@ -311,7 +311,10 @@ def run_compare(
     ``results.json`` is left with ``"status": "interrupted"`` and the exception goes on,
     with the folder in its ``out`` attribute.
     """
-    ctx = setup_distributed(config.device)
+    try:
+        ctx = setup_distributed(config.device)
+    except ValueError as err:  # --device cuda without CUDA
+        raise CompareError(str(err)) from err
     threads = torch.get_num_threads()
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -571,8 +574,8 @@ def _train_all(
     ]
     if diverged:
         say(
-            f"diverged (training loss not finite; accuracies over the other runs): "
-            f"{', '.join(diverged)}"
+            "runs that diverged (training loss not finite), left out of the accuracies: "
+            + ", ".join(diverged)
         )
     if ctx.is_main and config.plots:
         title = f"{data.name}, {s.model}, {s.epochs} epochs"

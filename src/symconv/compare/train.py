@@ -714,6 +714,8 @@ def train_run(
         history.append(record)
         if job is not None:
             job.epoch_done()
+            if not math.isfinite(loss_sum):
+                job.skip(s.epochs - epoch - 1)
         tag = f"  [{job.describe()}]" if job is not None else ""
         if not math.isfinite(loss_sum):
             # Every later step would be NaN too, and the scores would be chance level.
@@ -722,8 +724,6 @@ def train_run(
                 f"{label} epoch {epoch + 1}/{s.epochs}: loss {loss_sum / count} - diverged; "
                 f"this run stops here (a lower --lr may help){tag}"
             )
-            if job is not None:
-                job.skip(s.epochs - epoch - 1)
             break
         log(
             f"{label} epoch {epoch + 1}/{s.epochs}: loss {record['train_loss']:.4f}  "
