@@ -9,6 +9,7 @@ The output folder holds::
     learning_curves.png    training loss and clean test accuracy per epoch
     robustness.png         accuracy per transformation and variant
     checkpoints/<variant>-run<k>.pt
+    .lock                  held (flock) by the run writing the folder
 """
 
 from __future__ import annotations
@@ -286,7 +287,7 @@ def _console(log: Callable[[str], None] | None) -> Callable[[str], None]:
         return print_line
 
     def say(message: str) -> None:
-        if not tqdm._instances:  # type: ignore[attr-defined]
+        if not getattr(tqdm, "_instances", None):
             print_line(message)
             return
         with tqdm.external_write_mode(file=sys.stdout):
