@@ -404,7 +404,9 @@ def _run(
         out = _on_main(ctx, open_out)
         store = CheckpointStore(out / "checkpoints")
         found, notes = _on_main(ctx, lambda: _scan_checkpoints(store, config, identity))
-        return _train_all(config, ctx, say, command, data, out, store, found, notes, started)
+        return _train_all(
+            config, ctx, say, command, data, out, store, found, notes, started, identity
+        )
     finally:
         if lock is not None:
             lock.release()
@@ -421,9 +423,9 @@ def _train_all(
     found: dict[tuple[str, int], dict[str, Any]],
     notes: list[str],
     started: float,
+    identity: dict[str, Any],
 ) -> dict[str, Any]:
     s = config.settings
-    identity = _fingerprint(config.to_dict(), ctx.world_size)
     config_dict = config.to_dict()
     config_dict["out"] = str(out)
     if ctx.is_main and not config.resume:
