@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
 import json
 import math
 import os
+import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -70,6 +76,7 @@ RUN_KEYS = {
     "peak_memory_mb",
     "memory_kind",
     "history",
+    "diverged",
 }
 
 
@@ -118,7 +125,7 @@ def test_compare_writes_every_output(tmp_path: Path, capsys: pytest.CaptureFixtu
         assert len(v["runs"]) == 2
         assert [r["seed"] for r in v["runs"]] == [0, 1]
         for r in v["runs"]:
-            assert set(r) == RUN_KEYS
+            assert set(r) == RUN_KEYS and r["diverged"] is None
             assert r["params"] == v["params"] > 0
             assert set(r["accuracy"]) == set(TRANSFORMS)
             # accuracies are fractions of the 100 test images
@@ -359,6 +366,13 @@ def test_progress_bar_or_plain_lines(
     # one summary line per epoch either way; the bar (on stderr) only with tqdm
     assert captured.out.count("plain run 1/1 epoch") == 2
     assert ("plain run 1/1 epoch 1" in captured.err) == tqdm_installed
+    # where the whole job stands: on every epoch line, and as a bar of its own with tqdm
+    lines = [line for line in captured.out.splitlines() if "plain run 1/1 epoch" in line]
+    for k, line in enumerate(lines, 1):
+        assert re.search(
+            rf"\[variant 1/1, job epoch {k}/2, \d+:\d\d elapsed, ETA \d+:\d\d\]$", line
+        )
+    assert ("job: plain (variant 1/1), run 1/1" in captured.err) == tqdm_installed
     assert res["variants"]["plain"]["runs"][0]["history"][-1]["epoch"] == 2
 
 
@@ -410,3 +424,331 @@ def test_compare_on_an_image_folder(tmp_path: Path) -> None:
     assert res["data"]["size"] == [8, 8] and res["data"]["channels"] == 3
     assert res["data"]["train"] == 12 and res["data"]["test"] == 6
     assert set(res["variants"]) == {"plain", "sym-inv"}
+
+
+# -- output folder, signals, failures (issue 11) -------------------------------------------
+
+
+def _start(out: Path, *args: str, **popen: Any) -> subprocess.Popen:
+    """``symconv compare`` in a child process, with Python's own Ctrl-C handling (a shell
+    may start background jobs with SIGINT ignored)."""
+    cmd = [sys.executable, "-m", "symconv", "compare", *QUICK, *args, "--out", str(out)]
+    return subprocess.Popen(
+        cmd,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        start_new_session=True,
+        text=True,
+        **popen,
+    )
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(f"the run ended before {path} appeared:\n{out}\n{err}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"{path} did not appear within {timeout} s")
+        time.sleep(0.05)
+
+
+LONG = ["--limit", "100", "--epochs", "40", "--variants", "plain", "--no-plots"]
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_leaves_an_interrupted_run_that_resumes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], signum: int
+) -> None:
+    out = tmp_path / "run"
+    proc = _start(out, *LONG, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _wait_for(out / "checkpoints" / "plain-run0.pt", proc)
+    if signum == signal.SIGTERM:
+        # Meanwhile a second run into the folder, fresh or resuming, is refused.
+        for extra in ([], ["--resume"]):
+            assert _compare(*LONG, *extra, "--out", str(out)) == 2
+            err = capsys.readouterr().err
+            assert err.startswith("symconv compare: error:") and len(err.splitlines()) == 1
+            assert f"{out} is in use by another symconv compare (process {proc.pid})" in err
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+    proc.send_signal(signum)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert (out / "results.json").is_file(), stderr
+    res = _load(out)
+    assert res["status"] == "interrupted" and res["variants"] == {}
+    assert proc.returncode == 128 + signum, stderr
+    name = signal.Signals(signum).name
+    assert f"interrupted ({name}); finished epochs are checkpointed" in stderr
+    assert f"--resume --out {out}" in stderr and "Traceback" not in stderr
+    ckpt = torch.load(out / "checkpoints" / "plain-run0.pt", weights_only=True)
+    assert not ckpt["finished"] and 1 <= ckpt["epoch"] < 40
+
+    assert _compare(*LONG, "--out", str(out), "--resume") == 0
+    assert f"resuming after epoch {ckpt['epoch']}/40" in capsys.readouterr().out
+    res = _load(out)
+    assert res["status"] == "complete"
+    assert [h["epoch"] for h in res["variants"]["plain"]["runs"][0]["history"]] == list(
+        range(1, 41)
+    )
+
+
+@pytest.mark.timeout(300)
+def test_a_closed_stdout_does_not_stop_training(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # every line leaves at once, as on a tty
+    args = ["--limit", "60", "--epochs", "3", "--variants", "plain,sym", "--no-plots"]
+    proc = _start(out, *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    assert proc.stdout is not None and proc.stdout.readline().startswith("symconv compare:")
+    proc.stdout.close()  # `symconv compare | head -1`
+    _, stderr = proc.communicate(timeout=240)
+    assert proc.returncode == 0, stderr
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr
+    res = _load(out)
+    assert res["status"] == "complete" and list(res["variants"]) == ["plain", "sym"]
+
+
+def test_default_folder_names_are_unique(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import datetime
+
+    from symconv.compare import outdir
+
+    monkeypatch.chdir(tmp_path)
+    # Two runs in the same second (the old names were per second).
+    monkeypatch.setattr(outdir, "_now", lambda: datetime.datetime(2030, 1, 2, 3, 4, 5))
+    args = ["--epochs", "1", "--variants", "plain", "--limit", "40", "--no-plots"]
+    assert _compare(*args) == 0
+    assert _compare(*args, "--max-epochs-this-run", "1", "--runs", "2") == 0
+    runs = sorted(p.name for p in (tmp_path / "symconv-runs").iterdir())
+    assert runs == ["mnist-cnn-20300102-030405", "mnist-cnn-20300102-030405-2"]
+    assert _load(tmp_path / "symconv-runs" / runs[0])["status"] == "complete"
+    # the latest is the second one, whatever the names sort like
+    for n in range(3, 11):
+        (tmp_path / "symconv-runs" / f"mnist-cnn-20300102-030405-{n}").mkdir()
+    assert outdir.latest_run(tmp_path / "symconv-runs", "mnist-cnn-").name == runs[1]
+    # parallel claims of one name never share a folder
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(8) as pool:
+        made = list(pool.map(lambda _: outdir.new_run_folder(Path("par"), "x-"), range(16)))
+    assert len(set(made)) == 16
+
+
+def test_resume_checks_every_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["--epochs", "1", "--variants", "plain,sym", "--limit", "40", "--no-plots"]
+    run, other = tmp_path / "run", tmp_path / "other"
+    assert _compare(*args, "--out", str(run), "--max-epochs-this-run", "1") == 0
+    assert _compare(*args, "--out", str(other), "--seed", "7") == 0
+    capsys.readouterr()
+    ckpts = run / "checkpoints"
+
+    def refused(message: str) -> None:
+        assert _compare(*args, "--out", str(run), "--resume") == 2
+        err = capsys.readouterr().err
+        assert err.startswith("symconv compare: error:") and len(err.splitlines()) == 1
+        assert message in err, err
+
+    # another variant's checkpoint under this one's name
+    shutil.copy(ckpts / "plain-run0.pt", ckpts / "sym-run0.pt")
+    refused(f"{ckpts / 'sym-run0.pt'} holds 'plain' run 0 (seed 0), not 'sym' run 0 (seed 0)")
+    # the same variant from a run with another seed (the options are otherwise the same)
+    shutil.copy(other / "checkpoints" / "sym-run0.pt", ckpts / "sym-run0.pt")
+    refused("holds 'sym' run 0 (seed 7), not 'sym' run 0 (seed 0)")
+    # another run index
+    shutil.copy(ckpts / "plain-run0.pt", ckpts / "plain-run1.pt")
+    (ckpts / "sym-run0.pt").unlink()
+    refused(f"{ckpts / 'plain-run1.pt'} holds 'plain' run 0 (seed 0), not 'plain' run 1 (seed 1)")
+    # made with other options, renamed to fit
+    (ckpts / "plain-run1.pt").unlink()
+    state = torch.load(ckpts / "plain-run0.pt", weights_only=True)
+    state["config"]["settings"]["lr"] = 0.5
+    torch.save(state, ckpts / "plain-run0.pt")
+    refused("was made with other options than this run: settings: was")
+    # a file that is no checkpoint
+    (ckpts / "plain-run0.pt").write_text("junk")
+    refused(f"cannot read checkpoint {ckpts / 'plain-run0.pt'}")
+    assert not (ckpts / "sym-run0.pt").exists()  # nothing trained meanwhile
+
+
+def test_resume_with_fewer_variants_and_runs_keeps_every_result(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from symconv.compare import runner
+
+    drawn: list[dict] = []
+    monkeypatch.setattr(runner, "plot_learning_curves", lambda v, path, title: True)
+    monkeypatch.setattr(
+        runner, "plot_robustness", lambda v, t, path, title: drawn.append(dict(v)) or True
+    )
+    out = tmp_path / "run"
+    args = ["--epochs", "1", "--limit", "40", "--out", str(out)]
+    assert _compare(*args, "--variants", "plain,sym", "--runs", "2") == 0
+    full = _load(out)
+    drawn.clear()
+    assert _compare(*args, "--variants", "plain", "--runs", "1", "--resume") == 0
+    assert "keeping 3 finished runs this invocation does not ask for" in capsys.readouterr().out
+    res = _load(out)
+    assert res["status"] == "complete" and res["seeds"] == [0, 1]
+    assert _numbers(res) == _numbers(full)
+    assert res["variants"]["sym"]["mean"] == full["variants"]["sym"]["mean"]
+    with open(out / "results.csv", newline="") as fh:
+        assert [r["variant"] for r in csv.DictReader(fh)] == ["plain", "sym"]
+    table = (out / "table.md").read_text()
+    assert "`plain`" in table and "`sym`" in table
+    (plotted,) = drawn
+    assert {v: len(plotted[v]["runs"]) for v in plotted} == {"plain": 2, "sym": 2}
+
+
+def test_plots_never_disagree_with_the_tables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from symconv.compare import runner
+
+    drawn: list[int] = []
+
+    def fake_plot(*args: Any) -> bool:
+        variants, path = args[0], Path(args[-2])
+        drawn.append(len(variants["plain"]["runs"]))
+        path.write_bytes(b"png")
+        return True
+
+    monkeypatch.setattr(runner, "plot_learning_curves", fake_plot)
+    monkeypatch.setattr(runner, "plot_robustness", fake_plot)
+    out = tmp_path / "run"
+    args = ["--epochs", "2", "--limit", "40", "--out", str(out), "--variants", "plain"]
+    assert _compare(*args) == 0
+    assert _load(out)["plots"] == ["learning_curves.png", "robustness.png"] and drawn == [1, 1]
+    # one more run, stopped before it ends: the plots of one run are gone
+    assert _compare(*args, "--runs", "2", "--resume", "--max-epochs-this-run", "1") == 0
+    res = _load(out)
+    assert res["status"] == "interrupted" and res["plots"] == []
+    assert not list(out.glob("*.png"))
+    assert _compare(*args, "--runs", "2", "--resume") == 0
+    assert _load(out)["plots"] == ["learning_curves.png", "robustness.png"]
+    assert drawn == [1, 1, 2, 2]
+
+
+def test_a_spec_that_converts_nothing_fails_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    assert _compare("--variants", "plain,sym", "--symmetry", "hv:3%", "--out", str(out)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("symconv compare: error: variant 'sym' converts no layer of the cnn")
+    assert len(err.splitlines()) == 1
+    assert not out.exists()  # nothing trained, nothing written
+
+
+def test_a_run_whose_loss_is_not_finite_says_it_diverged(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    args = ["--epochs", "3", "--limit", "60", "--variants", "plain", "--no-plots"]
+    assert _compare(*args, "--lr", "1e30", "--out", str(out)) == 0
+    printed = capsys.readouterr().out
+    epochs = [line for line in printed.splitlines() if line.startswith("plain run 1/1 epoch")]
+    *trained, last = epochs  # the first step's loss is finite, so it may take an epoch
+    assert len(epochs) < 3 and "nan" not in "".join(trained)
+    assert f"epoch {len(epochs)}/3: loss nan - diverged; this run stops here" in last
+    (row,) = (line for line in printed.splitlines() if line.split()[1:2] == ["1.7k"])
+    assert row.split()[2:10] == ["diverged"] * 8
+    assert (
+        "runs that diverged (training loss not finite), left out of the accuracies: plain (1/1)"
+        in printed
+    )
+    table = (out / "table.md").read_text()
+    assert table.splitlines()[2].startswith("| `plain` | ") and table.count("diverged") == 8
+    res = _load(out)
+    run = res["variants"]["plain"]["runs"][0]
+    assert run["diverged"] == len(epochs) and res["variants"]["plain"]["diverged"] == 1
+    assert set(run["accuracy"].values()) == {None}  # not chance level reported as a score
+    assert res["variants"]["plain"]["mean"]["accuracy"]["clean"] is None
+    with open(out / "results.csv", newline="") as fh:
+        (row,) = csv.DictReader(fh)
+    assert row["diverged"] == "1" and row["acc_clean"] == ""
+    # finished: a resume does not train it again
+    assert _compare(*args, "--lr", "1e30", "--out", str(out), "--resume") == 0
+    assert "finished earlier" in capsys.readouterr().out
+
+
+def test_some_runs_diverged() -> None:
+    from symconv.compare.report import format_table, summarise
+
+    good = {"accuracy": {"clean": 0.5}, "history": [{"train_loss": 1.0}], "diverged": None}
+    bad = {"accuracy": {"clean": math.nan}, "history": [{"train_loss": math.nan}], "diverged": 2}
+    for run in (good, bad):
+        run.update(images_per_s=10.0, train_seconds=1.0, peak_memory_mb=5.0)
+    summary = summarise([good, bad, good])
+    assert summary["diverged"] == 1
+    assert summary["mean"]["accuracy"]["clean"] == 0.5 and summary["std"]["accuracy"]["clean"] == 0
+    text = format_table({"plain": {"params": 10, "runs": [good, bad, good], **summary}}, ["clean"])
+    assert text.splitlines()[2].split()[:5] == ["plain", "(1/3", "diverged)", "10", "50.0±0.0"]
+
+
+def test_file_system_errors_are_one_line_with_the_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["--epochs", "1", "--limit", "40", "--variants", "plain", "--no-plots"]
+    (tmp_path / "file").write_text("")
+    assert _compare(*args, "--out", str(tmp_path / "file" / "run")) == 1
+    err = capsys.readouterr().err
+    assert err == f"symconv compare: error: {tmp_path / 'file' / 'run'}: Not a directory\n"
+
+    # a full disk while a checkpoint is written (the OS names no file)
+    def full(obj: Any, f: Any) -> None:
+        with open(f, "wb") if isinstance(f, str | os.PathLike) else contextlib.nullcontext(f) as fh:
+            fh.write(b"partial")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(torch, "save", full)
+    out = tmp_path / "full"
+    assert _compare(*args, "--out", str(out)) == 1
+    err = capsys.readouterr().err
+    ckpt = out / "checkpoints" / "plain-run0.pt"
+    assert err == f"symconv compare: error: {ckpt}: No space left on device\n"
+    assert not ckpt.exists() and not list(out.rglob("*.tmp"))
+
+    if os.geteuid() != 0:  # root writes anywhere
+        (tmp_path / "ro").mkdir(mode=0o555)
+        assert _compare(*args, "--out", str(tmp_path / "ro" / "run")) == 1
+        assert "Permission denied" in capsys.readouterr().err
+
+
+def test_atomic_write_syncs_before_renaming(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from symconv.compare import report
+
+    calls: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        calls.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src: Any, dst: Any) -> None:
+        calls.append(("replace", str(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    path = tmp_path / "results.json"
+    report.write_json(path, {"a": 1})
+    assert json.loads(path.read_text()) == {"a": 1}
+    tmp = calls[0][1]
+    assert calls[:2] == [("fsync", tmp), ("replace", str(path))]
+    assert Path(tmp).name == f".results.json.{os.getpid()}.tmp"
+    assert calls[2:] == [("fsync", str(tmp_path))]  # the rename itself
+
+    # a full disk at fsync (where delayed allocation reports it): the path, nothing left
+    def no_space(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", no_space)
+    with pytest.raises(OSError, match="No space left on device") as info:
+        report.write_json(path, {"a": 2})
+    assert info.value.filename == str(path) and info.value.errno == errno.ENOSPC
+    assert json.loads(path.read_text()) == {"a": 1} and len(list(tmp_path.iterdir())) == 1

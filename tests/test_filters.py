@@ -159,29 +159,47 @@ def test_checkpoint_formats(tmp_path) -> None:
 
 
 def test_compare_checkpoint_is_rebuilt(tmp_path) -> None:
-    variants = pytest.importorskip("symconv.compare.variants")
-    train = pytest.importorskip("symconv.compare.train")
-    torch.manual_seed(0)
-    built = variants.build_variant("sym", "cnn", 1, 10, width=8, symmetry="hv:50%")
-    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
-    config = {
-        "config": {"size": None, "settings": {"model": "cnn", "width": 8, "symmetry": "hv:50%"}}
-    }
-    (tmp_path / "run" / "config.json").write_text(json.dumps(config))
-    path = tmp_path / "run" / "checkpoints" / "sym-run0.pt"
-    torch.save(
-        {"format": train.CHECKPOINT_FORMAT, "variant": "sym", "model": built.model.state_dict()},
-        path,
-    )
+    """A compare checkpoint records how its network was built: drawn right wherever it
+    lies, with no config.json beside it and whatever a config.json there says."""
+    pytest.importorskip("symconv.compare.train")
+    import shutil
+
+    args = ["--limit", "40", "--width", "8", "--batch-size", "20", "--epochs", "1"]
+    args += ["--variants", "sym", "--symmetry", "v:50%", "--no-progress", "--no-plots"]
+    args += ["--device", "cpu", "--threads", "1", "--out", str(tmp_path / "run")]
+    assert run_cli(["compare", *args]) == 0
+    saved = torch.load(tmp_path / "run" / "checkpoints" / "sym-run0.pt", weights_only=True)
+
+    # moved away from its run folder: no config.json two folders up
+    (tmp_path / "moved").mkdir()
+    path = tmp_path / "moved" / "sym.pt"
+    shutil.copy(tmp_path / "run" / "checkpoints" / "sym-run0.pt", path)
     model = load_checkpoint(path)
+    torch.testing.assert_close(model.state_dict(), saved["model"], rtol=0, atol=0)
     first = next(m for m in model.modules() if isinstance(m, SymmetricConv2d))
-    reference = next(m for m in built.model.modules() if isinstance(m, SymmetricConv2d))
-    torch.testing.assert_close(first.expanded_weight, reference.expanded_weight)
-    fig = plot_filters(model, tmp_path / "cmp.png")
-    check_orbit_rows(fig, first, read_png(tmp_path / "cmp.png"))
-    (tmp_path / "run" / "config.json").unlink()
-    with pytest.raises(FileNotFoundError, match="config.json"):
-        load_checkpoint(path)
+    assert [b.key for b in first.plan.blocks] == ["v"]
+    fig = plot_filters(model, tmp_path / "cmp.png", layer="features.4")
+    check_orbit_rows(fig, model.features[4], read_png(tmp_path / "cmp.png"))
+    assert {r.tiles for r in fig.rows if r.label.startswith("orbit")} == {("id", "v")}
+
+    # copied into another run whose config.json says 'h:50%': still drawn as 'v' orbits
+    (tmp_path / "other" / "checkpoints").mkdir(parents=True)
+    config = {"config": {"size": None, "settings": {"model": "cnn", "width": 8}}}
+    config["config"]["settings"]["symmetry"] = "h:50%"
+    (tmp_path / "other" / "config.json").write_text(json.dumps(config))
+    shutil.copy(path, tmp_path / "other" / "checkpoints" / "sym-run0.pt")
+    fig = plot_filters(
+        load_checkpoint(tmp_path / "other" / "checkpoints" / "sym-run0.pt"),
+        tmp_path / "o.png",
+        layer="features.4",
+    )
+    assert {r.tiles for r in fig.rows if r.label.startswith("orbit")} == {("id", "v")}
+
+    # a compare checkpoint that does not record its network is refused, not guessed
+    del saved["build"]
+    torch.save(saved, tmp_path / "old.pt")
+    with pytest.raises(ValueError, match="does not record the settings its network"):
+        load_checkpoint(tmp_path / "old.pt")
 
 
 def test_bad_filter_arguments(tmp_path) -> None:

@@ -202,58 +202,90 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    """The :class:`~symconv.compare.runner.CompareConfig` for parsed arguments."""
+    """The :class:`~symconv.compare.runner.CompareConfig` for parsed arguments.
+
+    Raises :class:`~symconv.cli.UsageError` for a bad value (``--symmetry``,
+    ``--variants``, ``--transforms``, ...).
+    """
+    from symconv.cli import UsageError
     from symconv.compare.runner import CompareConfig
     from symconv.compare.train import TrainSettings
     from symconv.compare.transforms import parse_transforms
 
-    settings = TrainSettings(
-        model=args.model,
-        width=args.width,
-        symmetry=args.symmetry,
-        invariant_key=args.invariant_key,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        label_smoothing=args.label_smoothing,
-        augment=args.augment,
-        transforms=tuple(parse_transforms(args.transforms)),
-    )
-    return CompareConfig(
-        data=args.data,
-        variants=args.variants,
-        runs=args.runs,
-        seed=args.seed,
-        size=args.size,
-        color=args.color,
-        limit=args.limit,
-        settings=settings,
-        out=args.out,
-        resume=args.resume,
-        device=args.device,
-        workers=args.workers,
-        progress=args.progress,
-        plots=args.plots,
-        max_epochs_this_run=args.max_epochs_this_run,
-        threads=args.threads,
-    )
+    try:
+        settings = TrainSettings(
+            model=args.model,
+            width=args.width,
+            symmetry=args.symmetry,
+            invariant_key=args.invariant_key,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            weight_decay=args.weight_decay,
+            label_smoothing=args.label_smoothing,
+            augment=args.augment,
+            transforms=tuple(parse_transforms(args.transforms)),
+        )
+        return CompareConfig(
+            data=args.data,
+            variants=args.variants,
+            runs=args.runs,
+            seed=args.seed,
+            size=args.size,
+            color=args.color,
+            limit=args.limit,
+            settings=settings,
+            out=args.out,
+            resume=args.resume,
+            device=args.device,
+            workers=args.workers,
+            progress=args.progress,
+            plots=args.plots,
+            max_epochs_this_run=args.max_epochs_this_run,
+            threads=args.threads,
+        )
+    except ValueError as err:  # the options' own checks: a bad value the user gave
+        raise UsageError(str(err)) from err
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``timeout``, Slurm, ``kill``), handled like Ctrl-C."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_terminated(signum: int, _frame: object) -> None:
+    raise Terminated(signum)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Entry point of ``symconv compare``; returns the exit code."""
+    """Entry point of ``symconv compare``; returns the exit code (128 + the signal number
+    after an interruption: 130 for Ctrl-C, 143 for SIGTERM)."""
+    import signal
+    import threading
+
+    config = config_from_args(args)
+
     from symconv.compare.runner import run_compare
     from symconv.compare.train import keep_freed_memory
 
-    config = config_from_args(args)
     keep_freed_memory()  # this process is ours: trade peak-heap retention for speed
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
     try:
         results = run_compare(config, command=list(sys.argv))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
+        out = getattr(err, "out", None) or config.out
+        signum = err.signum if isinstance(err, Terminated) else signal.SIGINT
         print(
-            "\nsymconv compare: interrupted; finished epochs are checkpointed, continue with "
-            "--resume" + (f" --out {config.out}" if config.out else ""),
+            f"\nsymconv compare: interrupted ({signal.Signals(signum).name}); finished epochs "
+            "are checkpointed, continue with --resume" + (f" --out {out}" if out else ""),
             file=sys.stderr,
         )
-        return 130
+        return 128 + int(signum)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     return 0 if results["status"] in ("complete", "interrupted") else 1

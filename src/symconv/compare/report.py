@@ -7,6 +7,7 @@ matplotlib; without it they are skipped with a note.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -14,7 +15,7 @@ import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 __all__ = [
     "format_table",
@@ -30,7 +31,10 @@ SCALAR_METRICS = ("images_per_s", "train_seconds", "peak_memory_mb")
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float | None]:
-    clean = [float(v) for v in values]
+    """Mean and sample std of the finite ``values`` (NaN and None when there are none)."""
+    clean = [float(v) for v in values if v is not None and math.isfinite(v)]
+    if not clean:
+        return math.nan, None
     mean = sum(clean) / len(clean)
     if len(clean) < 2:
         return mean, None
@@ -39,19 +43,24 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float | None]:
 
 
 def summarise(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Mean and sample standard deviation (``None`` for one run) over ``runs``."""
+    """Mean and sample standard deviation (``None`` for one run) over ``runs``.
+
+    Accuracies and the final loss are over the runs that did not diverge (NaN when all
+    did); ``diverged`` counts the others.
+    """
     if not runs:
         raise ValueError("summarise needs at least one run")
+    good = [r for r in runs if not r.get("diverged")]
     mean: dict[str, Any] = {"accuracy": {}}
     std: dict[str, Any] = {"accuracy": {}}
     for t in runs[0]["accuracy"]:
-        mean["accuracy"][t], std["accuracy"][t] = _mean_std([r["accuracy"][t] for r in runs])
+        mean["accuracy"][t], std["accuracy"][t] = _mean_std([r["accuracy"][t] for r in good])
     for key in SCALAR_METRICS:
         mean[key], std[key] = _mean_std([r[key] for r in runs])
     mean["final_train_loss"], std["final_train_loss"] = _mean_std(
-        [r["history"][-1]["train_loss"] for r in runs]
+        [r["history"][-1]["train_loss"] for r in good]
     )
-    return {"mean": mean, "std": std}
+    return {"mean": mean, "std": std, "diverged": len(runs) - len(good)}
 
 
 # -- terminal ----------------------------------------------------------------------------
@@ -74,15 +83,26 @@ def _table_rows(
     transforms: Sequence[str],
     name: Callable[[str], str] = str,
 ) -> list[list[str]]:
-    """The header and one row of cells per variant, accuracies in percent."""
+    """The header and one row of cells per variant, accuracies in percent.
+
+    A variant whose runs all diverged shows ``diverged`` for every accuracy; one where
+    some did says how many beside its name (its accuracies are over the others).
+    """
     rows = [["variant", "params", *transforms, "img/s", "peak MB"]]
     for variant, v in variants.items():
         m, s = v["mean"], v["std"]
+        diverged, n = v.get("diverged", 0), len(v["runs"])
+        label = name(variant) + (f" ({diverged}/{n} diverged)" if 0 < diverged < n else "")
+        accuracies = (
+            ["diverged"] * len(transforms)
+            if diverged == n
+            else [_pct(m["accuracy"][t], s["accuracy"][t]) for t in transforms]
+        )
         rows.append(
             [
-                name(variant),
+                label,
                 _params(v["params"]),
-                *(_pct(m["accuracy"][t], s["accuracy"][t]) for t in transforms),
+                *accuracies,
                 f"{m['images_per_s']:.0f}",
                 f"{m['peak_memory_mb']:.0f}",
             ]
@@ -114,18 +134,45 @@ def format_markdown(variants: Mapping[str, Mapping[str, Any]], transforms: Seque
 # -- files -------------------------------------------------------------------------------
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """``write(tmp)`` to a temporary file beside ``path``, then rename it over ``path``: a
-    reader never sees a half-written file (the folder is made; the temporary never stays)."""
+def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """``write(fh)`` into a temporary file beside ``path``, flush it to the disk, then rename
+    it over ``path``: a reader, or a machine that loses power, never sees a half-written
+    file (the folder is made; the temporary never stays).
+
+    An ``OSError`` without a file name (a full disk reports none) gets ``path``.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        write(tmp)
+        with open(tmp, "wb") as fh:
+            write(fh)
+            fh.flush()
+            # Data first, then the rename: otherwise a crash can leave `path` empty.
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
+        _fsync_folder(path.parent)
+    except OSError as err:
+        if err.filename is None:
+            raise OSError(err.errno, err.strerror or str(err), str(path)) from err
+        raise
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (POSIX; Windows cannot open folders)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems refuse fsync on folders; the data is synced
+        pass
+    finally:
+        os.close(fd)
 
 
 def _finite(obj: Any) -> Any:
@@ -141,11 +188,12 @@ def _finite(obj: Any) -> Any:
 
 def write_json(path: Path, obj: Any) -> None:
     text = json.dumps(_finite(obj), indent=2, allow_nan=False) + "\n"
-    atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
+    write_text(path, text)
 
 
 def write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
+    data = text.encode("utf-8")
+    atomic_write(path, lambda fh: fh.write(data))
 
 
 def csv_rows(
@@ -155,12 +203,17 @@ def csv_rows(
     rows = []
     for name, v in variants.items():
         m, s = v["mean"], v["std"]
-        row: dict[str, Any] = {"variant": name, "params": v["params"], "runs": len(v["runs"])}
+        row: dict[str, Any] = {
+            "variant": name,
+            "params": v["params"],
+            "runs": len(v["runs"]),
+            "diverged": v.get("diverged", 0),
+        }
         for t in transforms:
-            row[f"acc_{t}"] = m["accuracy"][t]
+            row[f"acc_{t}"] = m["accuracy"][t] if math.isfinite(m["accuracy"][t]) else None
             row[f"acc_{t}_std"] = s["accuracy"][t]
         for key in (*SCALAR_METRICS, "final_train_loss"):
-            row[key] = m[key]
+            row[key] = m[key] if math.isfinite(m[key]) else None
             row[f"{key}_std"] = s[key]
         rows.append(row)
     return rows
@@ -172,7 +225,7 @@ def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
     writer.writeheader()
     for row in rows:
         writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
-    atomic_write(path, lambda p: p.write_text(buf.getvalue(), encoding="utf-8"))
+    write_text(path, buf.getvalue())
 
 
 # -- plots -------------------------------------------------------------------------------
@@ -190,8 +243,8 @@ def _pyplot():  # type: ignore[no-untyped-def]
 
 
 def _save(fig, path: Path) -> None:  # type: ignore[no-untyped-def]
-    def write(tmp: Path) -> None:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    def write(fh: BinaryIO) -> None:
+        fig.savefig(fh, format="png", dpi=120, bbox_inches="tight")
 
     atomic_write(path, write)
 

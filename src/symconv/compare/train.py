@@ -13,12 +13,13 @@ rank 0 writes files or prints.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import random
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from symconv.compare.data import ImageData
+from symconv.compare.errors import CompareError
 from symconv.compare.report import atomic_write
 from symconv.compare.transforms import TRANSFORMS, affine_theta
 from symconv.compare.variants import build_variant, count_parameters
@@ -39,9 +41,11 @@ from symconv.symmetry import make_plan
 __all__ = [
     "CheckpointStore",
     "DistContext",
+    "JobProgress",
     "Normaliser",
     "RunInterrupted",
     "TrainSettings",
+    "check_checkpoint",
     "evaluate",
     "keep_freed_memory",
     "one_cycle",
@@ -51,7 +55,8 @@ __all__ = [
     "train_run",
 ]
 
-CHECKPOINT_FORMAT = 1
+#: 2: checkpoints record the settings and the network they were made with.
+CHECKPOINT_FORMAT = 2
 
 
 class RunInterrupted(Exception):
@@ -160,6 +165,12 @@ class TrainSettings:
                 raise ValueError(f"unknown transform {t!r}; allowed: {', '.join(TRANSFORMS)}")
         # A bad spec fails here, not after the first variants have trained.
         make_plan(self.symmetry, 64, 2)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values (lists, not tuples), as in ``results.json`` and the checkpoints."""
+        d = dataclasses.asdict(self)
+        d["transforms"] = list(self.transforms)
+        return d
 
 
 # -- data on the device ------------------------------------------------------------------
@@ -335,20 +346,137 @@ class CheckpointStore:
         return self.folder / f"{variant}-run{run}.pt"
 
     def load(self, variant: str, run: int) -> dict[str, Any] | None:
-        path = self.path(variant, run)
-        if not path.is_file():
+        """The checkpoint of ``(variant, run)``, None if there is none.
+
+        ``OSError`` when it cannot be read; :class:`CompareError` when it is not a
+        checkpoint of this symconv version (which does not say it is the right one: see
+        :func:`check_checkpoint`).
+        """
+        return self.read(self.path(variant, run))
+
+    @staticmethod
+    def read(path: Path) -> dict[str, Any] | None:
+        if not path.exists():
             return None
         try:
             # On the CPU: RNG states must stay CPU tensors; load_state_dict moves the rest.
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # a truncated or foreign file: say which
-            raise ValueError(f"cannot read checkpoint {path}: {err}") from err
-        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{path} is not a symconv compare checkpoint (format 1)")
+        except OSError:
+            raise
+        except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
+            raise CompareError(
+                f"cannot read checkpoint {path}: {str(err).splitlines()[0]}"
+            ) from err
+        if not isinstance(state, dict) or "format" not in state:
+            raise CompareError(f"{path} is not a symconv compare checkpoint")
+        if state["format"] != CHECKPOINT_FORMAT:
+            raise CompareError(
+                f"{path} is a symconv compare checkpoint of format {state['format']!r}; this "
+                f"version reads format {CHECKPOINT_FORMAT} (older ones do not record their "
+                "settings): start a new run in another --out"
+            )
         return state
 
     def save(self, variant: str, run: int, state: dict[str, Any]) -> None:
-        atomic_write(self.path(variant, run), lambda tmp: torch.save(state, tmp))
+        atomic_write(self.path(variant, run), lambda fh: torch.save(state, fh))
+
+
+def _differences(was: Mapping[str, Any], now: Mapping[str, Any]) -> str:
+    keys = sorted(set(was) | set(now))
+    return "; ".join(
+        f"{k}: was {was.get(k)!r}, now {now.get(k)!r}" for k in keys if was.get(k) != now.get(k)
+    )
+
+
+def check_checkpoint(
+    state: Mapping[str, Any],
+    path: Path,
+    variant: str,
+    run: int,
+    seed: int,
+    identity: Mapping[str, Any],
+    build: Mapping[str, Any] | None = None,
+) -> None:
+    """Raise :class:`CompareError` unless ``state`` is the checkpoint of ``(variant, run)``
+    made with ``seed``, the options ``identity`` and (when given) the network ``build``.
+
+    A checkpoint copied or renamed from another variant or run, or made with other
+    options, is refused rather than continued or reported as this one.
+    """
+    got = (state.get("variant"), state.get("run"), state.get("seed"))
+    if got != (variant, run, seed):
+        raise CompareError(
+            f"{path} holds {got[0]!r} run {got[1]} (seed {got[2]}), not {variant!r} run {run} "
+            f"(seed {seed}): a copied or renamed checkpoint? Move it away to train this run "
+            "again"
+        )
+    if state.get("config") != dict(identity):
+        raise CompareError(
+            f"{path} was made with other options than this run: "
+            f"{_differences(state.get('config') or {}, identity)}"
+        )
+    if build is not None and state.get("build") != dict(build):
+        raise CompareError(
+            f"{path} holds a different network than the data and options give now (has the "
+            f"data changed?): {_differences(state.get('build') or {}, build)}"
+        )
+
+
+class JobProgress:
+    """Where the whole job stands: variant i of n, run, epochs done of all, elapsed, ETA.
+
+    The ETA assumes the epochs still to come take as long as those done so far in this
+    invocation. With ``bar`` (and tqdm installed) a progress bar shows the same above the
+    per-epoch bar.
+    """
+
+    def __init__(self, total_epochs: int, variants: int, runs: int, bar: bool = False) -> None:
+        self.total = total_epochs
+        self.variants, self.runs = variants, runs
+        self.variant_index, self.run_index, self.done = 0, 0, 0
+        self.started = time.perf_counter()
+        self.bar = _tqdm(bar, total=total_epochs, desc="job", unit="epoch", position=0)
+
+    def start(self, variant: str, variant_index: int, run_index: int) -> None:
+        self.variant_index, self.run_index = variant_index, run_index
+        if self.bar is not None:
+            self.bar.set_description(
+                f"job: {variant} (variant {variant_index + 1}/{self.variants}), "
+                f"run {run_index + 1}/{self.runs}"
+            )
+
+    def epoch_done(self) -> None:
+        self.done += 1
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def describe(self) -> str:
+        elapsed = time.perf_counter() - self.started
+        text = (
+            f"variant {self.variant_index + 1}/{self.variants}, job epoch {self.done}/"
+            f"{self.total}, {_clock(elapsed)} elapsed"
+        )
+        if self.done:
+            text += f", ETA {_clock(elapsed / self.done * (self.total - self.done))}"
+        return text
+
+    def skip(self, epochs: int) -> None:
+        """``epochs`` of the job that will not be trained (a run that diverged)."""
+        self.total -= epochs
+        if self.bar is not None:
+            self.bar.total = self.total
+            self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(round(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
 # -- one (variant, run) ------------------------------------------------------------------
@@ -407,31 +535,40 @@ def train_run(
     progress: bool = False,
     label: str = "",
     budget: list[int] | None = None,
+    identity: Mapping[str, Any] | None = None,
+    job: JobProgress | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate one ``(variant, run)``; returns its result record.
 
     ``budget`` is a one-element list of epochs this invocation may still train (for
     ``--max-epochs-this-run``): at zero, :class:`RunInterrupted` is raised before the next
-    epoch would start (the last one is checkpointed).
+    epoch would start (the last one is checkpointed). ``identity`` (default: the
+    settings) is recorded in the checkpoint, and a checkpoint found in ``store`` is
+    continued only if it records the same one, ``variant``, ``run`` and ``seed`` (see
+    :func:`check_checkpoint`). A run whose training loss stops being finite is stopped
+    and reported with ``diverged`` (the epoch) and NaN accuracies.
     """
     device = ctx.device
     s = settings
+    identity = dict(identity) if identity is not None else {"settings": s.to_dict()}
+    build = {
+        "model": s.model,
+        "in_channels": data.channels,
+        "num_classes": data.num_classes,
+        "size": min(data.size),
+        "width": s.width,
+        "symmetry": s.symmetry,
+        "invariant_key": s.invariant_key,
+    }
     state = store.load(variant, run) if store is not None else None
+    if state is not None:
+        check_checkpoint(state, store.path(variant, run), variant, run, seed, identity, build)  # type: ignore[union-attr]
     if state is not None and state.get("finished"):
         log(f"{label}: finished earlier, taken from {store.path(variant, run)}")  # type: ignore[union-attr]
         return state["result"]
 
     torch.manual_seed(seed)
-    built = build_variant(
-        variant,
-        s.model,
-        data.channels,
-        data.num_classes,
-        size=min(data.size),
-        width=s.width,
-        symmetry=s.symmetry,
-        invariant_key=s.invariant_key,
-    )
+    built = build_variant(variant, **build)
     model = built.model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -483,6 +620,8 @@ def train_run(
                 "variant": variant,
                 "run": run,
                 "seed": seed,
+                "config": identity,
+                "build": build,
                 "epoch": epoch,
                 "finished": finished,
                 "model": model.state_dict(),
@@ -494,6 +633,7 @@ def train_run(
             },
         )
 
+    diverged: int | None = None
     for epoch in range(start_epoch, s.epochs):
         if budget is not None and budget[0] <= 0:
             ctx.barrier()
@@ -504,7 +644,13 @@ def train_run(
         order = torch.tensor(list(sampler), dtype=torch.int64, device=device)
         ddp_model.train()
         totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
-        bar = _progress_bar(progress and ctx.is_main, steps, f"{label} epoch {epoch + 1}")
+        bar = _tqdm(
+            progress and ctx.is_main,
+            total=steps,
+            desc=f"{label} epoch {epoch + 1}",
+            unit="batch",
+            position=1 if job is not None and job.bar is not None else 0,
+        )
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()
@@ -566,10 +712,23 @@ def train_run(
             "images_per_s": count / seconds if seconds > 0 else float("nan"),
         }
         history.append(record)
+        if job is not None:
+            job.epoch_done()
+            if not math.isfinite(loss_sum):
+                job.skip(s.epochs - epoch - 1)
+        tag = f"  [{job.describe()}]" if job is not None else ""
+        if not math.isfinite(loss_sum):
+            # Every later step would be NaN too, and the scores would be chance level.
+            diverged = epoch + 1
+            log(
+                f"{label} epoch {epoch + 1}/{s.epochs}: loss {loss_sum / count} - diverged; "
+                f"this run stops here (a lower --lr may help){tag}"
+            )
+            break
         log(
             f"{label} epoch {epoch + 1}/{s.epochs}: loss {record['train_loss']:.4f}  "
             f"train {100 * record['train_acc']:.2f}%  test {100 * test_acc:.2f}%  "
-            f"{record['images_per_s']:.0f} img/s  {seconds:.1f}s"
+            f"{record['images_per_s']:.0f} img/s  {seconds:.1f}s{tag}"
         )
         save_checkpoint(
             epoch + 1,
@@ -582,7 +741,9 @@ def train_run(
 
     memory_mb, memory_kind = peak_memory(device)
     accuracy = {
-        t: evaluate(
+        t: math.nan
+        if diverged
+        else evaluate(
             model,
             test_images,
             test_labels,
@@ -608,8 +769,9 @@ def train_run(
         "peak_memory_mb": memory_mb,
         "memory_kind": memory_kind,
         "history": history,
+        "diverged": diverged,
     }
-    save_checkpoint(s.epochs, finished=True, result=result)
+    save_checkpoint(len(history), finished=True, result=result)
     ctx.barrier()
     return result
 
@@ -629,13 +791,12 @@ def _gather_rng(ctx: DistContext) -> list[dict[str, Any]]:
     return states
 
 
-def _progress_bar(enabled: bool, total: int, desc: str):  # type: ignore[no-untyped-def]
+def _tqdm(enabled: bool, **kwargs: Any):  # type: ignore[no-untyped-def]
+    """A tqdm bar on stderr, or None when disabled or tqdm is not installed."""
     if not enabled:
         return None
     try:
         from tqdm.auto import tqdm
     except ImportError:
         return None
-    return tqdm(
-        total=total, desc=desc, leave=False, unit="batch", dynamic_ncols=True, file=sys.stderr
-    )
+    return tqdm(leave=False, dynamic_ncols=True, file=sys.stderr, **kwargs)

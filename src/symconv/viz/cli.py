@@ -360,13 +360,27 @@ def run_filters(args: argparse.Namespace) -> int:
 
     if args.max_rows < 1 or args.max_in < 1:
         raise UsageError("--max-rows and --max-in must be >= 1")
-    model = filters_mod.load_checkpoint(args.checkpoint, trust=args.trust)
+    if not os.path.isfile(args.checkpoint):
+        raise UsageError(f"checkpoint {args.checkpoint!r} does not exist or is not a file")
+    try:
+        # Its ValueErrors are all about the file: unreadable, pickled, of another kind.
+        model = filters_mod.load_checkpoint(args.checkpoint, trust=args.trust)
+        layers = filters_mod.layers_of(model)
+    except ValueError as err:
+        raise UsageError(str(err)) from err
     if args.list_layers:
-        for name, info in filters_mod.layers_of(model).items():
+        for name, info in layers.items():
             print(f"{name}: {info.describe()}")
         return 0
+    if not layers:
+        raise UsageError(f"{args.checkpoint!r} holds no 2-D convolution to draw")
+    if args.layer is not None and args.layer not in layers:
+        raise UsageError(
+            f"layer {args.layer!r} is not a 2-D convolution here; choose one of "
+            f"{', '.join(map(repr, layers))}"
+        )
     result = filters_mod.plot_filters(
-        model, args.out, layer=args.layer, max_rows=args.max_rows, max_in=args.max_in
+        layers, args.out, layer=args.layer, max_rows=args.max_rows, max_in=args.max_in
     )
     print(f"wrote {args.out} (layer {result.layer}: {result.describe()})")
     return 0

@@ -13,7 +13,8 @@ Accepted inputs (:func:`load_checkpoint` reads files, ``torch.load`` with
 - an ``nn.Module``, or a file holding one (pickled: needs ``trust=True``);
 - a dict whose ``'model'`` entry is an ``nn.Module`` or a state_dict;
 - a ``symconv compare`` checkpoint ``<out>/checkpoints/<variant>-run<k>.pt``: the network
-  is rebuilt from ``<out>/config.json`` and the variant, then the weights are loaded;
+  is rebuilt from the variant and the settings the checkpoint records, then the weights
+  are loaded (the file may be moved anywhere);
 - a bare state_dict. A state_dict does not record which channels share weights (the
   plan is derived, not stored), so give ``symmetry={layer: spec}`` (in a file: a
   ``'symmetry'`` entry beside ``'model'``, with an optional ``'out_channels'``
@@ -23,7 +24,6 @@ Accepted inputs (:func:`load_checkpoint` reads files, ``torch.load`` with
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Mapping
@@ -214,39 +214,31 @@ def _state_layers(
 
 
 def _compare_model(path: Path, ckpt: Mapping[str, Any]) -> nn.Module:
-    """Rebuild a ``symconv compare`` variant from ``<out>/config.json`` and load its weights."""
-    config_path = path.resolve().parent.parent / "config.json"
-    if not config_path.is_file():
-        raise FileNotFoundError(
-            f"{str(path)!r} is a symconv compare checkpoint but {str(config_path)!r}, which "
-            "says how to rebuild its network, is missing"
+    """Rebuild a ``symconv compare`` variant from the settings its checkpoint records
+    (``'build'``: the network, data channels, classes and image side) and load its weights.
+    """
+    build = ckpt.get("build")
+    if not isinstance(build, Mapping):
+        raise ValueError(
+            f"{str(path)!r} is a symconv compare checkpoint (format {ckpt.get('format')!r}) "
+            "that does not record the settings its network was built with ('build'); "
+            "symconv compare writes them from checkpoint format 2 on"
         )
     from symconv.compare.variants import build_variant
 
-    config = json.loads(config_path.read_text())
-    settings = config.get("config", config).get("settings", {})
-    state = ckpt["model"]
-    weights = [v for v in state.values() if isinstance(v, Tensor) and v.ndim in (2, 4)]
-    convs = [v for v in weights if v.ndim == 4]
-    heads = [v for v in weights if v.ndim == 2]
-    if not convs or not heads:
-        raise ValueError(f"{str(path)!r}: cannot tell the network's input and output sizes")
-    built = build_variant(
-        ckpt["variant"],
-        settings.get("model", "cnn"),
-        int(convs[0].shape[1]),
-        int(heads[-1].shape[0]),
-        size=int(config.get("config", config).get("size") or 28),
-        width=settings.get("width"),
-        symmetry=settings.get("symmetry", "hv:50%"),
-        invariant_key=settings.get("invariant_key", "hv"),
-    )
     try:
-        built.model.load_state_dict(state)
+        built = build_variant(ckpt["variant"], **build)
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"{str(path)!r}: cannot rebuild variant {ckpt['variant']!r} from the recorded "
+            f"settings {dict(build)}: {err}"
+        ) from err
+    try:
+        built.model.load_state_dict(ckpt["model"])
     except RuntimeError as err:
         raise ValueError(
-            f"{str(path)!r}: the weights do not fit the network rebuilt from "
-            f"{str(config_path)!r}: {str(err).splitlines()[0]}"
+            f"{str(path)!r}: the weights do not fit the network its settings describe: "
+            f"{str(err).splitlines()[0]}"
         ) from err
     return built.model
 
