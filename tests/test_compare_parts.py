@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import math
 import pickle
 import sys
 
@@ -399,3 +400,12 @@ def test_auto_threads_leaves_busy_cores_alone(
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
     assert auto_threads(processes) == expected
+
+
+def test_throughput_is_the_median_after_the_first_epoch() -> None:
+    from symconv.compare.train import steady_images_per_s
+
+    history = [{"images_per_s": v} for v in (100.0, 900.0, 1000.0, 2000.0)]
+    assert steady_images_per_s(history) == 1000.0  # not the warm-up epoch, not the mean
+    assert steady_images_per_s(history[:1]) == 100.0
+    assert math.isnan(steady_images_per_s([]))

@@ -17,6 +17,7 @@ import dataclasses
 import math
 import os
 import random
+import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -522,6 +523,19 @@ def one_cycle(total_steps: int, warmup: float = 0.25) -> Callable[[int], float]:
     return factor
 
 
+def steady_images_per_s(history: list[dict[str, Any]]) -> float:
+    """Training throughput of a run: the median of its epochs' images/s after the first.
+
+    The first epoch pays one-off costs (cuDNN autotuning, oneDNN primitive creation, the
+    allocator's first growth) that say nothing about the layer's speed; it is used only
+    when it is the only epoch.
+    """
+    rates = [r["images_per_s"] for r in history]
+    if not rates:
+        return float("nan")
+    return statistics.median(rates[1:] or rates)
+
+
 def train_run(
     variant: str,
     run: int,
@@ -764,7 +778,7 @@ def train_run(
         "converted": built.converted,
         "skipped": built.skipped,
         "accuracy": accuracy,
-        "images_per_s": images_seen / train_seconds if train_seconds > 0 else float("nan"),
+        "images_per_s": steady_images_per_s(history),
         "train_seconds": train_seconds,
         "peak_memory_mb": memory_mb,
         "memory_kind": memory_kind,
