@@ -332,6 +332,12 @@ def test_symmetric_skips_converted_layers() -> None:
         ((None, "twist"), {"predicate": "layer1"}, TypeError, "predicate='layer1' must be"),
         ((None, "twist"), {"init_max": -1}, ValueError, "init_max=-1 must be"),
         ((None, "twist"), {"init_max": float("nan")}, ValueError, "init_max=nan must be"),
+        (
+            (None, "twist"),
+            {"include_degenerate": True},
+            ValueError,
+            "include_degenerate=True is only used with to='symmetric'",
+        ),
     ],
 )
 def test_bad_arguments(args: tuple, kwargs: dict, exc: type, match: str) -> None:

@@ -14,10 +14,10 @@ zero, so the model computes the same function until it trains.
 ``SymmetricConv1d``/``2d``/``3d`` with the ``symmetry`` spec applied to each layer on its
 own (percentages are of that layer's ``out_channels``); with ``copy_weights=True`` the
 free filters are the least-squares projection of the original ones. Layers the spec
-cannot fit are left alone and listed in the report with the reason. A key whose every
-reflection leaves the layer's kernel unchanged along some flipped axis (kernel extent 1
-there, e.g. any key on a 1x1 convolution) would fill its orbits with identical copies, so
-it is not applied to that layer unless ``include_degenerate=True``.
+cannot fit are left alone and listed in the report with the reason. A key that flips an
+axis along which the layer's kernel has extent 1 (any key on a 1x1 convolution) would fill
+its orbits with identical copies, so it is not applied to that layer unless
+``include_degenerate=True``.
 
 ``convert`` never changes what a kept module computes, and never silently drops one:
 only exact ``nn.Conv1d/2d/3d`` instances are candidates by default; a ``predicate(name,
@@ -234,6 +234,8 @@ def _check_args(
     ):
         if not isinstance(value, bool):
             raise TypeError(f"{name}={value!r} must be a bool")
+    if to == "twist" and include_degenerate:
+        raise ValueError("include_degenerate=True is only used with to='symmetric'")
     if predicate is not None and not callable(predicate):
         raise TypeError(f"predicate={predicate!r} must be a callable (name, module) -> bool")
     if to == "symmetric":

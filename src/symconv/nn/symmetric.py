@@ -21,6 +21,10 @@ costs what a plain convolution costs; the cache is keyed on the parameters' iden
 storage and version counter, so in-place optimiser steps, ``load_state_dict``, ``.to()``
 and ``torch.nn.init`` invalidate it. Writes through ``param.data`` bypass the version
 counter: call :meth:`clear_cache` after those.
+
+Under ``torch.jit.trace``, ``torch.fx`` symbolic tracing and ONNX export the expansion is
+recorded as a plain ``index_select`` (so a traced model saves with ``torch.jit.save``);
+``torch.jit.script`` is not supported and says so.
 """
 
 from __future__ import annotations
