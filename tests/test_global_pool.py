@@ -314,3 +314,76 @@ def test_topk_mask():
         TopKPool(2)(y, torch.ones(3, 5, dtype=torch.bool))
     with pytest.raises(TypeError, match=r"mask must be a bool tensor.*torch.int64"):
         TopKPool(2)(y, torch.ones(3, 6, dtype=torch.long))
+
+
+# -- deployment: FX, jit.trace, TorchScript ------------------------------------------------
+class _SetModel(nn.Module):
+    """A set model: equivariant layers, then TopKPool (a mask is optional)."""
+
+    def __init__(self, reduction: str) -> None:
+        super().__init__()
+        self.g1 = GlobalConv1d(1, 4, reduction=reduction, activation=torch.tanh)
+        self.g2 = GlobalConv1d(4, 3, reduction=reduction, activation=nn.ReLU())
+        self.pool = TopKPool(2)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.pool(self.g2(self.g1(x, mask), mask), mask)
+
+
+def _outputs_and_grads(model, x, mask):
+    model.zero_grad()
+    x = x.clone().requires_grad_(True)
+    out = model(x) if mask is None else model(x, mask)
+    (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
+    return [out.detach(), x.grad, *(p.grad for p in model.parameters())]
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+@pytest.mark.parametrize("use_mask", [False, True])
+def test_fx_symbolic_trace_same_outputs_and_gradients(reduction, use_mask):
+    torch.manual_seed(40)
+    model = _SetModel(reduction).double()
+    graph = torch.fx.symbolic_trace(model, concrete_args=None if use_mask else {"mask": None})
+    for n in (2, 6):  # the surround count follows the input length
+        x = torch.randn(3, n, dtype=torch.float64)  # (N, n): a 2-D input, one channel
+        mask = torch.rand(3, n) > 0.3 if use_mask else None
+        if mask is not None:
+            mask[:, 0] = True
+        got, want = _outputs_and_grads(graph, x, mask), _outputs_and_grads(model, x, mask)
+        assert len(got) == len(want) == 2 + 6
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    # the input checks stay in the graph
+    with pytest.raises(ValueError, match=r"TopKPool\(k=2\) needs at least k values"):
+        torch.fx.symbolic_trace(TopKPool(2))(torch.randn(2, 3, 1))
+    with pytest.raises(ValueError, match=r"expects input of shape \(N, 1, n\), got \(2, 3, 5\)"):
+        graph(torch.randn(2, 3, 5, dtype=torch.float64))
+
+
+def test_fx_global_conv_length_is_not_baked_in():
+    torch.manual_seed(41)
+    layer = GlobalConv1d(2, 3, reduction="mean").double()
+    # traced on its own, an optional argument is a graph input unless given concretely
+    graph = torch.fx.symbolic_trace(layer, concrete_args={"mask": None})
+    for n in (1, 2, 7):
+        x = torch.randn(2, 2, n, dtype=torch.float64)
+        torch.testing.assert_close(graph(x), layer(x), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(graph(x), reference(layer, x), rtol=1e-12, atol=1e-12)
+
+
+def test_jit_trace_saves_and_loads(tmp_path):
+    torch.manual_seed(42)
+    model = _SetModel("mean").eval()
+    x = torch.randn(2, 5)
+    path = tmp_path / "set.pt"
+    torch.jit.save(torch.jit.trace(model, (x,)), str(path))
+    loaded = torch.jit.load(str(path))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x))
+
+
+@pytest.mark.parametrize("module", [GlobalConv1d(2, 3), TopKPool(2)], ids=["global", "topk"])
+def test_jit_script_raises_a_clear_error(module):
+    name = type(module).__name__
+    with pytest.raises(TypeError, match=rf"torch.jit.script does not support {name}; use "):
+        torch.jit.script(module)

@@ -567,3 +567,160 @@ def test_index_tensors_start_on_the_parameters_device(share_bias):
     )
     derived = [t for t in (layer._gather_index, layer._bias_index) if t is not None]
     assert derived and all(t.device == layer.weight.device for t in derived)
+
+
+# -- constructor arguments -----------------------------------------------------------------
+@pytest.mark.parametrize("nd", [1, 2, 3])
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "match"),
+    [
+        ({"in_channels": 0}, ValueError, r"in_channels=0 is not allowed; it must be an int >= 1"),
+        ({"out_channels": 0}, ValueError, r"out_channels=0 is not allowed; it must be an int >= 1"),
+        ({"out_channels": -4}, ValueError, r"out_channels=-4 is not allowed"),
+        ({"in_channels": 2.0}, TypeError, r"in_channels=2.0 must be an int >= 1, got float"),
+        ({"out_channels": "8"}, TypeError, r"out_channels='8' must be an int >= 1, got str"),
+        ({"kernel_size": 0}, ValueError, r"kernel_size=0 is not allowed; allowed: an int >= 1"),
+        ({"kernel_size": 3.0}, TypeError, r"kernel_size=3.0 must be an int >= 1 or a tuple"),
+        ({"kernel_size": (3,) * 4}, ValueError, r"kernel_size=\(3, 3, 3, 3\) has 4 entries"),
+        ({"stride": 0}, ValueError, r"stride=0 is not allowed; allowed: an int >= 1"),
+        ({"padding": -1}, ValueError, r"padding=-1 is negative; allowed: an int >= 0"),
+        ({"padding": "full"}, ValueError, r"padding='full' is not allowed; use 'same', 'valid'"),
+        ({"dilation": 0}, ValueError, r"dilation=0 is not allowed"),
+        ({"groups": 0}, ValueError, r"groups=0 is not allowed; it must be an int >= 1"),
+        ({"bias": 1}, TypeError, r"bias=1 must be a bool"),
+    ],
+)
+def test_invalid_conv_arguments(nd, kwargs, exc, match):
+    args = {"in_channels": 2, "out_channels": 8, "kernel_size": 3, "symmetry": {"h": 2}} | kwargs
+    with pytest.raises(exc, match=match):
+        LAYERS[nd](**args)
+
+
+@pytest.mark.parametrize("nd", [2, 3])
+def test_invalid_conv_argument_tuples(nd):
+    with pytest.raises(ValueError, match=r"padding=\(1, -1.*\) is negative"):
+        LAYERS[nd](2, 8, 3, padding=(1, -1, 1)[:nd])
+    with pytest.raises(ValueError, match=r"stride=\(1, 0.*\) is not allowed"):
+        LAYERS[nd](2, 8, 3, stride=(1, 0, 1)[:nd])
+    with pytest.raises(TypeError, match=r"kernel_size=\(3, None.*\) must be an int >= 1"):
+        LAYERS[nd](2, 8, (3, None, 3)[:nd])
+    assert LAYERS[nd](2, 8, [3] * nd, padding=[1] * nd, symmetry={"h": 2}).padding == (1,) * nd
+
+
+# -- deployment: to_conv's mode, TorchScript, FX, jit.trace ---------------------------------
+@pytest.mark.parametrize("nd", [1, 2, 3])
+@pytest.mark.parametrize("train", [False, True])
+def test_to_conv_and_from_conv_keep_mode(nd, train):
+    layer = LAYERS[nd](3, 8, 3, padding=1, symmetry={"h": 4}).train(train)
+    conv = layer.to_conv()
+    assert conv.training is train and conv.weight.requires_grad
+    assert LAYERS[nd].from_conv(conv, {"h": 4}).training is train
+    layer.requires_grad_(False)
+    assert not any(p.requires_grad for p in layer.to_conv().parameters())
+    frozen = LAYERS[nd].from_conv(layer.to_conv(), {"h": 4})
+    assert not any(p.requires_grad for p in frozen.parameters())
+
+
+def test_to_conv_fuses_with_batch_norm():
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    torch.manual_seed(30)
+    layer = SymmetricConv2d(3, 8, 3, padding=1, symmetry={"hv": 4})
+    bn = nn.BatchNorm2d(8)
+    with torch.no_grad():
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+    model = nn.Sequential(layer, bn).eval()
+    fused = fuse_conv_bn_eval(model[0].to_conv(), model[1])
+    x = torch.randn(2, 3, 6, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("layer", [SymmetricConv1d, SymmetricConv2d, SymmetricConv3d, "pool"])
+def test_jit_script_raises_a_clear_error(layer):
+    conv = SymmetricConv2d(2, 4, 3, symmetry={"h": 2})
+    module = OrbitPool(conv) if layer == "pool" else layer(2, 4, 3, symmetry={"h": 2})
+    name = type(module).__name__
+    with pytest.raises(TypeError, match=rf"torch.jit.script does not support {name}; use "):
+        torch.jit.script(module)
+    with pytest.raises(TypeError, match=rf"does not support {name}"):
+        torch.jit.script(nn.Sequential(nn.Identity(), module))  # nested too
+
+
+def _sym_model(nd: int = 2) -> nn.Module:
+    torch.manual_seed(31)
+    spec = {"h": 2} if nd == 1 else {"hv": 4, "h": 2}
+    conv = LAYERS[nd](3, 8, 3, padding=1, symmetry=spec)
+    pool = OrbitPool(conv, "max")
+    head = LAYERS[nd](pool.out_channels, 6, 3, symmetry=spec)
+    return nn.Sequential(conv, nn.ReLU(), pool, head)
+
+
+@pytest.mark.parametrize("nd", [1, 2])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fx_symbolic_trace_same_outputs_and_gradients(nd, channels_last):
+    model = _sym_model(nd).double()
+    x = torch.randn(2, 3, *([7] * nd), dtype=torch.float64)
+    if channels_last and nd == 2:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.to(memory_format=torch.channels_last)
+    graph = torch.fx.symbolic_trace(model)
+    # the symmetric layers' forward is traced through (no leaf calls), the check kept
+    targets = {n.target for n in graph.graph.nodes if n.op == "call_function"}
+    assert torch.nn.functional.__dict__[f"conv{nd}d"] in targets
+    assert any(getattr(t, "__name__", "") == "_check_orbit_input" for t in targets)
+    results = []
+    for m in (graph, model):
+        m.zero_grad()
+        xi = x.clone().requires_grad_(True)
+        out = m(xi)
+        (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
+        results.append([out.detach(), xi.grad, *(p.grad for p in m.parameters())])
+    assert len(results[0]) == len(results[1]) == 2 + 4
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match=r"OrbitPool expects input of shape \(N, 8, ...\)"):
+        torch.fx.symbolic_trace(model[2])(torch.randn(2, 5, 3, 3))
+
+
+def test_fx_trace_under_no_grad_does_not_cache():
+    model = _sym_model().eval()
+    with torch.no_grad():
+        graph = torch.fx.symbolic_trace(model)
+        assert model[0]._cache is None
+    x = torch.randn(1, 3, 6, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(graph(x), model(x))
+    with torch.no_grad():
+        model[0].weight.mul_(2)  # the traced graph reads the live parameters
+        torch.testing.assert_close(graph(x), model(x))
+
+
+def test_jit_trace_saves_and_loads(tmp_path):
+    model = _sym_model().eval()
+    x = torch.randn(2, 3, 7, 7)
+    traced = torch.jit.trace(model, (x,))
+    path = tmp_path / "sym.pt"
+    torch.jit.save(traced, str(path))
+    loaded = torch.jit.load(str(path))
+    x2 = torch.randn(3, 3, 9, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x2), model(x2))
+    # training through the traced module reaches the free parameters like the eager one
+    model.train()
+    traced = torch.jit.trace(model, (x,))
+    traced(x).sum().backward()
+    ref = copy.deepcopy(model)
+    ref.zero_grad()
+    ref(x).sum().backward()
+    torch.testing.assert_close(traced.state_dict()["0.weight"], ref[0].weight)
+    torch.testing.assert_close(model[0].weight.grad, ref[0].weight.grad)
+
+
+def test_torch_export_same_outputs():
+    model = _sym_model().eval()
+    x = torch.randn(2, 3, 7, 7)
+    program = torch.export.export(model, (x,))
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(x), model(x))

@@ -251,6 +251,15 @@ def test_parse_symmetry_string():
     assert make_plan("hv:50%,h:2", 16, 2).n_symmetric == 10
 
 
+@pytest.mark.parametrize("text", ["hv:-4", "hv: -4", "h:2,hv:-4"])
+def test_string_spec_negative_count_says_negative(text):
+    """The string form gives the dict form's message (it used to say 'not a percentage')."""
+    with pytest.raises(ValueError, match=r"symmetry\['hv'\] = -4 is negative; counts must be >= 0"):
+        make_plan(text, 16, 2)
+    assert parse_symmetry_string(text)["hv"] == -4
+    assert parse_symmetry_string("hv:+4") == {"hv": 4}
+
+
 def test_flip_permutation_rejects_bad_axes():
     plan = make_plan({"h": 2}, 4, 2)
     with pytest.raises(ValueError, match="axes='z' is not a set of flip axes for a 2-D layer"):

@@ -14,12 +14,19 @@ zero, so the model computes the same function until it trains.
 ``SymmetricConv1d``/``2d``/``3d`` with the ``symmetry`` spec applied to each layer on its
 own (percentages are of that layer's ``out_channels``); with ``copy_weights=True`` the
 free filters are the least-squares projection of the original ones. Layers the spec
-cannot fit are left alone and listed in the report with the reason.
+cannot fit are left alone and listed in the report with the reason. A key that flips an
+axis along which the layer's kernel has extent 1 (any key on a 1x1 convolution) would fill
+its orbits with identical copies, so it is not applied to that layer unless
+``include_degenerate=True``.
 
-Only exact ``nn.Conv1d/2d/3d`` instances are candidates by default; a ``predicate(name,
-module) -> bool`` narrows the choice or opts subclasses in. Transposed convolutions and
-layers that are already ``SymmetricConv``/``ConvTwist`` are never converted. Forward hooks
-and parametrizations registered on a replaced layer are not carried over.
+``convert`` never changes what a kept module computes, and never silently drops one:
+only exact ``nn.Conv1d/2d/3d`` instances are candidates by default; a ``predicate(name,
+module) -> bool`` narrows the choice or opts in subclasses that keep ``nn.ConvNd``'s
+forward, while subclasses with their own ``forward`` (weight standardisation, dynamic
+"same" padding) are refused unless ``allow_subclasses=True``. Layers with forward hooks or
+parametrizations (which the replacement would not carry over), transposed convolutions,
+layers that are already ``SymmetricConv``/``ConvTwist`` and conv-like modules that are not
+``nn.ConvNd`` are left alone and listed in the report with the reason.
 """
 
 from __future__ import annotations
@@ -31,7 +38,13 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from symconv.symmetry import SymmetrySpec, make_plan
+from symconv.symmetry import (
+    SymmetrySpec,
+    canonical_key,
+    letter_axis,
+    make_plan,
+    parse_symmetry_string,
+)
 
 __all__ = ["ConversionReport", "convert", "name_matches"]
 
@@ -46,13 +59,17 @@ class ConversionReport:
     Attributes:
         to: ``'twist'`` or ``'symmetric'``.
         converted: ``(qualified name, old layer, new layer)`` for every replaced layer.
-        skipped: ``(qualified name, reason)`` for every convolution left alone.
+        skipped: ``(qualified name, reason)`` for every convolution (or conv-like module)
+            left alone.
+        notes: ``(qualified name, note)`` for converted layers that did not take the whole
+            spec (a key left out because it would only make identical copies).
         params_before, params_after: trainable-or-not parameter counts of the model.
     """
 
     to: str
     converted: list[tuple[str, str, str]] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[tuple[str, str]] = field(default_factory=list)
     params_before: int = 0
     params_after: int = 0
 
@@ -79,6 +96,10 @@ class ConversionReport:
             w = max(len("skipped"), *(len(n) for n, _ in self.skipped))
             lines += ["", f"{'skipped':<{w}}  reason", f"{'-' * w}  {'-' * 6}"]
             lines += [f"{n or '<root>':<{w}}  {why}" for n, why in self.skipped]
+        if self.notes:
+            w = max(len("note on"), *(len(n) for n, _ in self.notes))
+            lines += ["", f"{'note on':<{w}}  note", f"{'-' * w}  {'-' * 4}"]
+            lines += [f"{n or '<root>':<{w}}  {note}" for n, note in self.notes]
         return "\n".join(lines)
 
 
@@ -113,6 +134,78 @@ def _twist_reason(conv: nn.Conv2d) -> str | None:
     return None
 
 
+def _own_computation(module: nn.Module, base: type[nn.Module]) -> str | None:
+    """The method by which a subclass of ``base`` computes differently, or ``None``."""
+    for method in ("forward", "_conv_forward", "__call__"):
+        if getattr(type(module), method) is not getattr(base, method):
+            return method
+    return None
+
+
+def _hooks_reason(module: nn.Module) -> str | None:
+    """Why replacing ``module`` would drop part of its computation, or ``None``."""
+    from torch.nn.utils import parametrize
+
+    if parametrize.is_parametrized(module):
+        names = ", ".join(module.parametrizations.keys())  # type: ignore[union-attr]
+        return (
+            f"parametrized ({names}): the replacement would not carry the parametrization "
+            "over; remove it (torch.nn.utils.parametrize.remove_parametrizations) to convert"
+        )
+    hooks = [
+        kind
+        for kind, registry in (
+            ("forward hooks", module._forward_hooks),
+            ("forward pre-hooks", module._forward_pre_hooks),
+        )
+        if registry
+    ]
+    if hooks:
+        return (
+            f"has {' and '.join(hooks)}, which the replacement would not carry over; "
+            "remove them to convert it"
+        )
+    return None
+
+
+def _is_conv_like(module: nn.Module) -> bool:
+    """A module with its own parameters that describes itself as a convolution."""
+    attrs = ("in_channels", "out_channels", "kernel_size")
+    own_params = any(p is not None for p in module._parameters.values())
+    return own_params and all(hasattr(module, a) for a in attrs)
+
+
+def _spec_for_layer(
+    symmetry: SymmetrySpec, conv: nn.Module, ndim: int, include_degenerate: bool
+) -> tuple[dict[object, object], list[str]]:
+    """The part of ``symmetry`` worth applying to ``conv``, and why any key was left out.
+
+    A reflection along an axis where the kernel has extent 1 maps the kernel to itself, so
+    a key flipping such an axis makes orbit members that are identical copies.
+    """
+    spec = parse_symmetry_string(symmetry) if isinstance(symmetry, str) else dict(symmetry or {})
+    kept: dict[object, object] = {}
+    dropped: list[str] = []
+    k = tuple(conv.kernel_size)
+    for key, value in spec.items():
+        try:
+            canon = canonical_key(key, ndim)
+        except ValueError:
+            kept[key] = value  # make_plan names the problem for this layer
+            continue
+        flat = [ch for ch in canon if k[letter_axis(ch, ndim)] == 1]
+        if flat and not include_degenerate:
+            axes = f"{flat[0]} axis" if len(flat) == 1 else f"{', '.join(flat)} axes"
+            dropped.append(
+                f"key {key!r} not applied: kernel_size={k} has extent 1 along the {axes}, "
+                "whose reflection leaves the kernel unchanged, so its orbits would hold "
+                "identical copies (include_degenerate=True applies it)"
+            )
+            continue
+        kept[key] = value
+    return kept, dropped
+
+
 def _check_args(
     model: object,
     to: object,
@@ -121,6 +214,8 @@ def _check_args(
     predicate: object,
     copy_weights: object,
     init_max: object,
+    include_degenerate: object,
+    allow_subclasses: object,
 ) -> None:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -132,8 +227,15 @@ def _check_args(
         raise ValueError(f"symmetry={symmetry!r} is only used with to='symmetric'")
     if not isinstance(share_bias, bool):
         raise TypeError(f"share_bias={share_bias!r} must be a bool")
-    if not isinstance(copy_weights, bool):
-        raise TypeError(f"copy_weights={copy_weights!r} must be a bool")
+    for name, value in (
+        ("copy_weights", copy_weights),
+        ("include_degenerate", include_degenerate),
+        ("allow_subclasses", allow_subclasses),
+    ):
+        if not isinstance(value, bool):
+            raise TypeError(f"{name}={value!r} must be a bool")
+    if to == "twist" and include_degenerate:
+        raise ValueError("include_degenerate=True is only used with to='symmetric'")
     if predicate is not None and not callable(predicate):
         raise TypeError(f"predicate={predicate!r} must be a callable (name, module) -> bool")
     if to == "symmetric":
@@ -173,6 +275,8 @@ def convert(
     predicate: Predicate | None = None,
     copy_weights: bool = True,
     init_max: float = 1.5,
+    include_degenerate: bool = False,
+    allow_subclasses: bool = False,
 ) -> ConversionReport:
     """Replace convolutions of ``model`` in place; return a :class:`ConversionReport`.
 
@@ -185,15 +289,35 @@ def convert(
         share_bias: ``to='symmetric'``: one bias per orbit.
         predicate: ``predicate(qualified_name, module) -> bool`` picks which convolutions
             to convert, instead of the default rule; it is asked about every
-            non-transposed, not yet converted ``nn.ConvNd`` (subclasses included). Chosen
-            layers the target cannot represent are skipped with the reason.
+            non-transposed, not yet converted ``nn.ConvNd`` without hooks or
+            parametrizations (subclasses included, except those with their own ``forward``
+            unless ``allow_subclasses``). Chosen layers the target cannot represent are
+            skipped with the reason.
         copy_weights: start from the original weights (``True``) or from a fresh
             initialisation.
         init_max: ``to='twist'``: range of the initial centres.
+        include_degenerate: ``to='symmetric'``: also apply keys that flip an axis along
+            which the kernel has extent 1 (1x1 convolutions, 1xk ones for ``'v'``): their
+            orbits hold identical copies, so by default such keys are left out for that
+            layer (listed in ``notes``, or the layer in ``skipped`` if no key is left).
+        allow_subclasses: also convert subclasses of ``nn.ConvNd`` that compute
+            differently (their own ``forward``, ``_conv_forward`` or ``__call__``, e.g.
+            weight standardisation or dynamic "same" padding); the replacement computes a
+            plain convolution instead, so only do this knowingly.
 
     A module shared under several names is converted once and replaced everywhere.
     """
-    _check_args(model, to, symmetry, share_bias, predicate, copy_weights, init_max)
+    _check_args(
+        model,
+        to,
+        symmetry,
+        share_bias,
+        predicate,
+        copy_weights,
+        init_max,
+        include_degenerate,
+        allow_subclasses,
+    )
     from symconv.nn.symmetric import (
         SymmetricConv1d,
         SymmetricConv2d,
@@ -214,6 +338,15 @@ def convert(
             report.skipped.append((name, f"already a {type(module).__name__}"))
             continue
         if not isinstance(module, nn.modules.conv._ConvNd):
+            if _is_conv_like(module):
+                report.skipped.append(
+                    (
+                        name,
+                        f"not convertible: {type(module).__name__} looks like a convolution "
+                        "(in_channels, out_channels, kernel_size) but is not an "
+                        "nn.Conv1d/2d/3d",
+                    )
+                )
             continue
         if module.transposed:
             report.skipped.append((name, f"transposed convolution ({type(module).__name__})"))
@@ -222,22 +355,57 @@ def convert(
         if base is None:
             report.skipped.append((name, f"{type(module).__name__}: ConvTwist is 2-D only"))
             continue
+        if (why := _hooks_reason(module)) is not None:
+            report.skipped.append((name, why))
+            continue
+        if (
+            type(module) is not base
+            and not allow_subclasses
+            and (method := _own_computation(module, base)) is not None
+        ):
+            report.skipped.append(
+                (
+                    name,
+                    f"{type(module).__name__} subclasses nn.{base.__name__} with its own "
+                    f"{method}, which the replacement would drop; pass allow_subclasses=True "
+                    "to convert it anyway",
+                )
+            )
+            continue
         if predicate is not None:
             if not predicate(name, module):
                 report.skipped.append((name, "not selected by predicate"))
                 continue
-        elif type(module) is not base:
+        elif type(module) is not base and not allow_subclasses:
             report.skipped.append(
                 (
                     name,
-                    f"{type(module).__name__} subclasses nn.{base.__name__} (may override "
-                    "forward); select it with predicate to convert it",
+                    f"{type(module).__name__} subclasses nn.{base.__name__}; select it with "
+                    "predicate (or allow_subclasses=True) to convert it",
                 )
             )
             continue
         elif to == "twist" and (why := _twist_reason(module)) is not None:
             report.skipped.append((name, why))
             continue
+        notes: list[str] = []
+        layer_spec: SymmetrySpec = symmetry
+        if to == "symmetric":
+            layer_spec, notes = _spec_for_layer(
+                symmetry, module, sym_cls[base]._ndim, include_degenerate
+            )
+            if not layer_spec:
+                k = module.kernel_size
+                if all(n == 1 for n in k):
+                    shape = "x".join("1" * len(k)) if len(k) > 1 else "length-1"
+                    why = (
+                        f"{shape} kernel: every reflection leaves it unchanged, so each orbit "
+                        "would be identical copies (include_degenerate=True converts it anyway)"
+                    )
+                else:
+                    why = "; ".join(notes)
+                report.skipped.append((name, why))
+                continue
         if name == "":
             report.skipped.append(
                 (
@@ -251,7 +419,7 @@ def convert(
             if to == "twist":
                 new = ConvTwist.from_conv(module, init_max=init_max, copy_weights=copy_weights)
             else:
-                new = _to_symmetric(module, sym_cls[base], symmetry, share_bias, copy_weights)
+                new = _to_symmetric(module, sym_cls[base], layer_spec, share_bias, copy_weights)
         except ValueError as exc:
             report.skipped.append((name, str(exc)))
             continue
@@ -260,6 +428,7 @@ def convert(
             new.requires_grad_(False)
         replacements[id(module)] = new
         report.converted.append((name, _summary(module), _summary(new)))
+        report.notes += [(name, note) for note in notes]
 
     # Swap every reference (a module registered under several names is replaced everywhere).
     for parent in model.modules():

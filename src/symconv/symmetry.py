@@ -66,6 +66,7 @@ KEY_ORDER = ("h", "v", "hv", "z", "hz", "vz", "hvz")
 SymmetrySpec = Mapping[str, "int | str"] | str | None
 
 _PERCENT = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*%\s*$")
+_INTEGER = re.compile(r"^[+-]?\d+$")
 
 
 def _letters_for_ndim(ndim: int) -> tuple[str, ...]:
@@ -137,7 +138,8 @@ def parse_symmetry_string(text: str) -> dict[str, str | int]:
             )
         if key in spec:
             raise ValueError(f"symmetry key {key!r} appears twice in {text!r}")
-        spec[key] = int(value) if value.isdigit() else value
+        # Signed integers are counts, so '-4' gets the dict form's "negative" message.
+        spec[key] = int(value) if _INTEGER.match(value) else value
     return spec
 
 

@@ -13,12 +13,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from symconv.nn._cache import recording_graph
+
 
 class _Gather(torch.autograd.Function):
     @staticmethod
     def forward(source: Tensor, index: Tensor) -> Tensor:
         # index_select on flat views: 5x faster than advanced indexing on the CPU.
-        return source.reshape(-1).index_select(0, index.reshape(-1)).view(index.shape)
+        return _flat_index_select(source, index)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:  # type: ignore[no-untyped-def]
@@ -45,5 +47,15 @@ def scatter_sum(values: Tensor, index: Tensor, shape: torch.Size) -> Tensor:
 
 
 def gather(source: Tensor, index: Tensor) -> Tensor:
-    """``source.reshape(-1)[index]`` (shape of ``index``), with a fast, exact backward."""
+    """``source.reshape(-1)[index]`` (shape of ``index``), with a fast, exact backward.
+
+    Under ``torch.jit.trace``, FX or ONNX export the same ``index_select`` is recorded as a
+    plain op (its autograd backward is the same ``index_add``), so the graph can be saved.
+    """
+    if recording_graph():
+        return _flat_index_select(source, index)
     return _Gather.apply(source, index)
+
+
+def _flat_index_select(source: Tensor, index: Tensor) -> Tensor:
+    return source.reshape(-1).index_select(0, index.reshape(-1)).view(index.shape)

@@ -22,9 +22,12 @@ import numbers
 from collections.abc import Callable
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn import init
+
+from symconv.nn._cache import not_scriptable
 
 __all__ = ["GlobalConv1d"]
 
@@ -42,6 +45,42 @@ def _positive_int(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{name}={value!r} must be a positive integer")
     return int(value)
+
+
+def _check_input(in_channels: int, input: Tensor, mask: Tensor | None) -> Tensor:
+    """``input`` as ``(N, in_channels, n)`` once it and ``mask`` fit the layer."""
+    if input.dim() == 2:
+        if in_channels != 1:
+            raise ValueError(
+                f"a 2-D input (N, n) is read as one channel, but in_channels="
+                f"{in_channels}; pass (N, {in_channels}, n)"
+            )
+        input = input.unsqueeze(1)
+    if input.dim() != 3 or input.shape[1] != in_channels:
+        raise ValueError(
+            f"GlobalConv1d expects input of shape (N, {in_channels}, n), got {tuple(input.shape)}"
+        )
+    if mask is not None:
+        if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+            got = f"a {mask.dtype} tensor" if isinstance(mask, Tensor) else type(mask).__name__
+            raise TypeError(f"mask must be a bool tensor of shape (N, n), got {got}")
+        expected = (input.shape[0], input.shape[2])
+        if tuple(mask.shape) != expected:
+            raise ValueError(
+                f"mask has shape {tuple(mask.shape)}, expected (N, n) = {expected} for "
+                f"input of shape {tuple(input.shape)}"
+            )
+    return input
+
+
+def _n_others(x: Tensor) -> int:
+    """Positions in the surround of each position of ``(N, C, n)``: ``n - 1``, at least 1."""
+    return max(x.shape[2] - 1, 1)
+
+
+# An FX graph calls these instead of tracing into their shape tests (which FX cannot).
+torch.fx.wrap("_check_input")
+torch.fx.wrap("_n_others")
 
 
 class GlobalConv1d(nn.Module):
@@ -131,35 +170,10 @@ class GlobalConv1d(nn.Module):
         if self.bias is not None:
             init.uniform_(self.bias, -bound, bound)
 
-    def _check_input(self, input: Tensor, mask: Tensor | None) -> Tensor:
-        if input.dim() == 2:
-            if self.in_channels != 1:
-                raise ValueError(
-                    f"a 2-D input (N, n) is read as one channel, but in_channels="
-                    f"{self.in_channels}; pass (N, {self.in_channels}, n)"
-                )
-            input = input.unsqueeze(1)
-        if input.dim() != 3 or input.shape[1] != self.in_channels:
-            raise ValueError(
-                f"GlobalConv1d expects input of shape (N, {self.in_channels}, n), got "
-                f"{tuple(input.shape)}"
-            )
-        if mask is not None:
-            if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
-                got = f"a {mask.dtype} tensor" if isinstance(mask, Tensor) else type(mask).__name__
-                raise TypeError(f"mask must be a bool tensor of shape (N, n), got {got}")
-            expected = (input.shape[0], input.shape[2])
-            if tuple(mask.shape) != expected:
-                raise ValueError(
-                    f"mask has shape {tuple(mask.shape)}, expected (N, n) = {expected} for "
-                    f"input of shape {tuple(input.shape)}"
-                )
-        return input
-
     def forward(self, input: Tensor, mask: Tensor | None = None) -> Tensor:
         """``(N, in_channels, n)`` (or ``(N, n)``) and optional bool ``mask`` ``(N, n)`` ->
         ``(N, out_channels, n)``."""
-        x = self._check_input(input, mask)
+        x = _check_input(self.in_channels, input, mask)
         keep = None if mask is None else mask.unsqueeze(1)  # (N, 1, n)
         if keep is not None:
             # `where`, not a product: padding may hold inf/NaN, which must not leak.
@@ -168,7 +182,7 @@ class GlobalConv1d(nn.Module):
         surround = x.sum(dim=2, keepdim=True) - x
         if self.reduction == "mean":
             if keep is None:
-                others = max(x.shape[2] - 1, 1)
+                others = _n_others(x)
             else:
                 others = (keep.sum(dim=2, keepdim=True) - 1).clamp(min=1).to(x.dtype)  # (N, 1, 1)
             surround = surround / others
@@ -183,6 +197,9 @@ class GlobalConv1d(nn.Module):
         if keep is not None:
             out = torch.where(keep, out, out.new_zeros(()))
         return out
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        raise not_scriptable(self)
 
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}, reduction={self.reduction!r}"

@@ -10,8 +10,10 @@ that makes them flip-*invariant*.
 from __future__ import annotations
 
 import torch
+import torch.fx
 from torch import Tensor, nn
 
+from symconv.nn._cache import not_scriptable
 from symconv.symmetry import SymmetryPlan
 
 __all__ = ["OrbitPool", "flip_permutation"]
@@ -29,6 +31,19 @@ def _plan_of(source: SymmetryPlan | nn.Module, argname: str) -> SymmetryPlan:
         f"{argname} must be a SymmetryPlan or a layer with a `.plan` (e.g. SymmetricConv2d), "
         f"got {type(source).__name__}"
     )
+
+
+def _check_orbit_input(input: Tensor, channels: int) -> Tensor:
+    """``input`` itself, once its shape is ``(N, channels, ...)``."""
+    if input.dim() < 2 or input.shape[1] != channels:
+        raise ValueError(
+            f"OrbitPool expects input of shape (N, {channels}, ...), got {tuple(input.shape)}"
+        )
+    return input
+
+
+# An FX graph calls the check instead of tracing into its shape tests (which FX cannot).
+torch.fx.wrap("_check_orbit_input")
 
 
 def flip_permutation(layer_or_plan: SymmetryPlan | nn.Module, axes: str) -> tuple[Tensor, Tensor]:
@@ -69,11 +84,7 @@ class OrbitPool(nn.Module):
         return self.plan.n_orbits
 
     def forward(self, input: Tensor) -> Tensor:
-        if input.dim() < 2 or input.shape[1] != self.plan.out_channels:
-            raise ValueError(
-                f"OrbitPool expects input of shape (N, {self.plan.out_channels}, ...), got "
-                f"{tuple(input.shape)}"
-            )
+        input = _check_orbit_input(input, self.plan.out_channels)
         pieces = []
         for block in self.plan.blocks:
             members = input[:, block.start : block.stop].unflatten(
@@ -83,6 +94,9 @@ class OrbitPool(nn.Module):
         if self.plan.n_plain:
             pieces.append(input[:, self.plan.n_symmetric :])
         return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        raise not_scriptable(self)
 
     def extra_repr(self) -> str:
         return (

@@ -11,7 +11,10 @@ from __future__ import annotations
 import numbers
 
 import torch
+import torch.fx
 from torch import Tensor, nn
+
+from symconv.nn._cache import not_scriptable
 
 __all__ = ["TopKPool"]
 
@@ -32,6 +35,28 @@ def check_length(k: int, length: int) -> None:
             f"TopKPool(k={k}) needs at least k values along the pooled axis, but its length "
             f"is {length}"
         )
+
+
+def _check_topk_input(input: Tensor, mask: Tensor | None, k: int) -> Tensor:
+    """``input`` itself, once it and ``mask`` fit a ``TopKPool(k)``."""
+    if input.dim() < 1:
+        raise ValueError("TopKPool expects input of shape (N, C, L), got a scalar")
+    check_length(k, input.shape[-1])
+    if mask is None:
+        return input
+    if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+        got = f"a {mask.dtype} tensor" if isinstance(mask, Tensor) else type(mask).__name__
+        raise TypeError(f"mask must be a bool tensor of shape (N, L), got {got}")
+    if input.dim() != 3 or tuple(mask.shape) != (input.shape[0], input.shape[2]):
+        raise ValueError(
+            f"mask has shape {tuple(mask.shape)}, expected (N, L) = "
+            f"{(input.shape[0], input.shape[-1])} for input of shape {tuple(input.shape)}"
+        )
+    return input
+
+
+# An FX graph calls the check instead of tracing into its shape tests (which FX cannot).
+torch.fx.wrap("_check_topk_input")
 
 
 class TopKPool(nn.Module):
@@ -64,19 +89,9 @@ class TopKPool(nn.Module):
 
     def forward(self, input: Tensor, mask: Tensor | None = None) -> Tensor:
         """``(N, C, L)`` and an optional bool ``mask`` ``(N, L)`` -> ``(N, C, k)``."""
-        if input.dim() < 1:
-            raise ValueError("TopKPool expects input of shape (N, C, L), got a scalar")
-        check_length(self.k, input.shape[-1])
+        input = _check_topk_input(input, mask, self.k)
         if mask is None:
             return torch.topk(input, self.k, dim=-1, largest=True, sorted=True).values
-        if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
-            got = f"a {mask.dtype} tensor" if isinstance(mask, Tensor) else type(mask).__name__
-            raise TypeError(f"mask must be a bool tensor of shape (N, L), got {got}")
-        if input.dim() != 3 or tuple(mask.shape) != (input.shape[0], input.shape[2]):
-            raise ValueError(
-                f"mask has shape {tuple(mask.shape)}, expected (N, L) = "
-                f"{(input.shape[0], input.shape[-1])} for input of shape {tuple(input.shape)}"
-            )
         keep = mask.unsqueeze(1)
         values = torch.topk(
             input.masked_fill(~keep, float("-inf")), self.k, dim=-1, largest=True, sorted=True
@@ -85,6 +100,9 @@ class TopKPool(nn.Module):
         slots = torch.arange(self.k, device=input.device)
         filled = slots < mask.sum(dim=-1, keepdim=True).unsqueeze(1)
         return torch.where(filled, values, values.new_zeros(()))
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        raise not_scriptable(self)
 
     def extra_repr(self) -> str:
         return f"k={self.k}"

@@ -21,18 +21,23 @@ costs what a plain convolution costs; the cache is keyed on the parameters' iden
 storage and version counter, so in-place optimiser steps, ``load_state_dict``, ``.to()``
 and ``torch.nn.init`` invalidate it. Writes through ``param.data`` bypass the version
 counter: call :meth:`clear_cache` after those.
+
+Under ``torch.jit.trace``, ``torch.fx`` symbolic tracing and ONNX export the expansion is
+recorded as a plain ``index_select`` (so a traced model saves with ``torch.jit.save``);
+``torch.jit.script`` is not supported and says so.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 from torch.nn import init
 
-from symconv.nn._cache import caching_allowed, version_key
+from symconv.nn._cache import caching_allowed, not_scriptable, tracing, version_key
 from symconv.nn._gather import gather
 from symconv.symmetry import SymmetryPlan, SymmetrySpec, make_plan
 
@@ -124,10 +129,11 @@ class _SymmetricConvNd:
 
     @staticmethod
     def _is_channels_last(weight: Tensor) -> bool:
-        if weight.dim() not in (4, 5) or weight.is_contiguous():
+        # Traced graphs take the layout-agnostic gather (FX proxies have no layout at all).
+        if tracing() or weight.dim() not in (4, 5) or weight.is_contiguous():
             return False
         fmt = torch.channels_last if weight.dim() == 4 else torch.channels_last_3d
-        return weight.is_contiguous(memory_format=fmt) and not torch.compiler.is_compiling()
+        return weight.is_contiguous(memory_format=fmt)
 
     def _expand_channels_last(self, weight: Tensor) -> Tensor:
         """Gather straight from and into channels_last storage: no layout copies.
@@ -192,14 +198,22 @@ class _SymmetricConvNd:
             "dtype": conv.weight.dtype,
         }
 
+    def __prepare_scriptable__(self) -> nn.Module:
+        raise not_scriptable(self)
+
     def to_conv(self) -> nn.modules.conv._ConvNd:
-        """A plain ``nn.ConvNd`` with the expanded kernel: same outputs, for deployment."""
+        """A plain ``nn.ConvNd`` with the expanded kernel: same outputs, for deployment.
+
+        It keeps this layer's training mode and ``requires_grad`` (so, e.g.,
+        ``torch.nn.utils.fusion.fuse_conv_bn_eval`` accepts it from a model in eval mode).
+        """
         conv = self._plain_cls(**self._conv_kwargs(self))
         with torch.no_grad():
             weight, bias = self._expand()
             conv.weight.copy_(weight)
             if bias is not None:
                 conv.bias.copy_(bias)
+        _copy_mode(self, conv)  # type: ignore[arg-type]
         return conv
 
     @classmethod
@@ -210,7 +224,8 @@ class _SymmetricConvNd:
 
         Each free filter is the average of its orbit's members with their reflection
         undone (the least-squares projection), so a ``conv`` that already has the
-        symmetry is reproduced exactly. Raises ``ValueError`` when the spec does not fit.
+        symmetry is reproduced exactly. The layer keeps ``conv``'s training mode and
+        ``requires_grad``. Raises ``ValueError`` when the spec does not fit.
         """
         if not isinstance(conv, cls._plain_cls) or isinstance(conv, _SymmetricConvNd):
             raise TypeError(
@@ -229,6 +244,7 @@ class _SymmetricConvNd:
                     layer.bias.copy_(
                         layer._project(conv.bias, layer._bias_index, layer.plan.n_bias)
                     )
+        _copy_mode(conv, layer)
         layer.clear_cache()
         return layer
 
@@ -250,6 +266,64 @@ class _SymmetricConvNd:
         return f"{base}, symmetry={{{spec}}}, share_bias={self.plan.share_bias}"
 
 
+def _copy_mode(source: nn.Module, target: nn.Module) -> None:
+    """Give ``target`` the training mode and (all-or-nothing) ``requires_grad`` of ``source``."""
+    target.train(source.training)
+    if not source.weight.requires_grad:
+        target.requires_grad_(False)
+
+
+def _check_int(name: str, value: object, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}={value!r} must be an int >= {minimum}, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name}={value!r} is not allowed; it must be an int >= {minimum}")
+
+
+def _check_sizes(name: str, value: object, ndim: int, minimum: int) -> None:
+    """``value`` is an int or a tuple of ``ndim`` ints, each ``>= minimum``."""
+    allowed = f"an int >= {minimum} or a tuple of {ndim} such ints"
+    items = tuple(value) if isinstance(value, tuple | list) else (value,)
+    if isinstance(value, tuple | list) and len(items) != ndim:
+        raise ValueError(f"{name}={value!r} has {len(items)} entries; allowed: {allowed}")
+    for v in items:
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            raise TypeError(f"{name}={value!r} must be {allowed}, got {type(v).__name__}")
+        if v < minimum:
+            what = "negative" if v < 0 else "not allowed"
+            raise ValueError(f"{name}={value!r} is {what}; allowed: {allowed}")
+
+
+def _check_conv_args(
+    ndim: int,
+    in_channels: object,
+    out_channels: object,
+    kernel_size: object,
+    stride: object,
+    padding: object,
+    dilation: object,
+    groups: object,
+    bias: object,
+) -> None:
+    """Reject what ``nn.ConvNd`` would accept and then fail on (or silently mis-handle)."""
+    _check_int("in_channels", in_channels, 1)
+    _check_int("out_channels", out_channels, 1)
+    _check_sizes("kernel_size", kernel_size, ndim, 1)
+    _check_sizes("stride", stride, ndim, 1)
+    if isinstance(padding, str):
+        if padding not in ("same", "valid"):
+            raise ValueError(
+                f"padding={padding!r} is not allowed; use 'same', 'valid', an int >= 0 or a "
+                f"tuple of {ndim} such ints"
+            )
+    else:
+        _check_sizes("padding", padding, ndim, 0)
+    _check_sizes("dilation", dilation, ndim, 1)
+    _check_int("groups", groups, 1)
+    if not isinstance(bias, bool):
+        raise TypeError(f"bias={bias!r} must be a bool")
+
+
 def _make_init(ndim: int):  # type: ignore[no-untyped-def]
     def __init__(  # noqa: N807 - assigned as a method
         self: _SymmetricConvNd,
@@ -268,7 +342,10 @@ def _make_init(ndim: int):  # type: ignore[no-untyped-def]
         symmetry: SymmetrySpec = None,
         share_bias: bool = True,
     ) -> None:
-        # Validate the spec before nn.ConvNd allocates anything.
+        # Validate everything before nn.ConvNd allocates anything.
+        _check_conv_args(
+            ndim, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias
+        )
         plan = make_plan(symmetry, out_channels, ndim, groups=groups, share_bias=share_bias)
         self._plain_cls.__init__(
             self,
