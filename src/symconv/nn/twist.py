@@ -159,9 +159,10 @@ def _autocast_enabled(device_type: str) -> bool:
 
 
 def _exporting() -> bool:
-    """Whether a graph is being recorded to be kept (``torch.export``, ONNX export,
-    ``torch.jit.trace``), as opposed to compiled and run by ``torch.compile``."""
-    return torch.compiler.is_exporting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+    """Whether a graph is being recorded to be kept (``torch.export``, ``torch.jit.trace``
+    and the ONNX exporters, which run one of them), as opposed to compiled and run by
+    ``torch.compile``."""
+    return torch.compiler.is_exporting() or torch.jit.is_tracing()
 
 
 def _constant(values: list, like: Tensor) -> Tensor:
