@@ -141,7 +141,7 @@ def run_shape(args: argparse.Namespace, device: str, c: int, hw: int, precision:
     torch.manual_seed(0)
     bf16 = precision == "bf16-cl"
     fmt = torch.channels_last if bf16 else torch.contiguous_format
-    twist = ConvTwist(c, c, device=device)
+    twist = ConvTwist(c, c, bias=False, device=device)  # as the nn.Conv2d it is timed against
     conv = nn.Conv2d(c, c, 3, padding=1, bias=False, device=device)
     post = PostConvTwist(c, c).to(device)
     stacked, split, taps = (copy.deepcopy(twist) for _ in range(3))

@@ -21,7 +21,7 @@ from symconv import ConvTwist, SymmetricConv2d
 
 LAYERS = {
     "conv2d": lambda c: nn.Conv2d(c, c, 3, padding=1, bias=False),
-    "twist": lambda c: ConvTwist(c, c),
+    "twist": lambda c: ConvTwist(c, c, bias=False),
     "sym": lambda c: SymmetricConv2d(c, c, 3, padding=1, bias=False, symmetry={"hv": "100%"}),
 }
 

@@ -149,15 +149,16 @@ def test_twist_predicate() -> None:
     model = _model()
     report = convert(model, "twist", predicate=name_matches("layer2.conv*"))
     assert [n for n, _, _ in report.converted] == ["layer2.conv1", "layer2.conv2"]
-    # a predicate may also pick a 1x1 conv (ConvTwist with k = 1) ...
+    # a predicate that picks a 1x1 conv gets it skipped: a 1x1 kernel has no twist terms
     model = _model()
     ref = copy.deepcopy(model)
     report = convert(model, "twist", predicate=lambda name, m: m.kernel_size == (1, 1))
-    assert [n for n, _, _ in report.converted] == ["layer2.downsample.0"]
+    assert not report.converted
+    assert "kernel_size=1" in dict(report.skipped)["layer2.downsample.0"]
     assert ("conv1", "not selected by predicate") in report.skipped
     x = torch.randn(1, 3, 16, 16)
     torch.testing.assert_close(model.eval()(x), ref.eval()(x))
-    # ... but what ConvTwist cannot represent is skipped with the reason
+    # and so is anything else ConvTwist cannot represent, with the reason
     model = nn.Sequential(nn.Conv2d(2, 2, 3, padding=2, dilation=2), nn.Conv2d(2, 2, 4))
     report = convert(model, "twist", predicate=lambda name, m: True)
     assert not report
@@ -636,7 +637,6 @@ def test_bool_options_are_checked(name: str) -> None:
 
 
 # -- deployment and tooling paths on converted models ------------------------------------------
-_TWIST_XFAIL = pytest.mark.xfail(reason="needs the twist branch", strict=False)
 
 
 def _converted(to: str) -> SmallResNet:
@@ -678,7 +678,7 @@ def _outputs_and_grads(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor,
     return (out.detach(), x.grad, *(p.grad for p in model.parameters()))
 
 
-@pytest.mark.parametrize("to", ["symmetric", pytest.param("twist", marks=_TWIST_XFAIL)])
+@pytest.mark.parametrize("to", ["symmetric", "twist"])
 @pytest.mark.parametrize("train", [False, True])
 def test_fx_symbolic_trace_same_outputs_and_gradients(to: str, train: bool) -> None:
     model = _converted(to).double().train(train)
@@ -692,7 +692,7 @@ def test_fx_symbolic_trace_same_outputs_and_gradients(to: str, train: bool) -> N
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("to", ["symmetric", pytest.param("twist", marks=_TWIST_XFAIL)])
+@pytest.mark.parametrize("to", ["symmetric", "twist"])
 def test_torchvision_feature_extraction(to: str) -> None:
     torchvision = pytest.importorskip("torchvision")
     from torchvision.models.feature_extraction import create_feature_extractor
