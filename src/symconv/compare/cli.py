@@ -105,7 +105,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="small 3-layer CNN (default) or ResNet-18-style net",
     )
     g.add_argument(
-        "--width", type=_positive, default=None, help="channels of the first stage (default 32)"
+        "--width",
+        type=_positive,
+        default=None,
+        help="channels of the first stage (default 16 for cnn, 32 for resnet)",
     )
     g.add_argument(
         "--variants",
@@ -126,7 +129,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
 
     g = p.add_argument_group("training")
-    g.add_argument("--epochs", type=_positive, default=5, help="epochs per run (default 5)")
+    g.add_argument("--epochs", type=_positive, default=4, help="epochs per run (default 4)")
     g.add_argument(
         "--batch-size",
         type=_positive,

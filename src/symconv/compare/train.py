@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from symconv.compare.data import ImageData
 from symconv.compare.errors import CompareError
+from symconv.compare.models import DEFAULT_WIDTH
 from symconv.compare.report import atomic_write
 from symconv.compare.transforms import TRANSFORMS, affine_theta
 from symconv.compare.variants import build_variant, count_parameters
@@ -141,7 +142,7 @@ class TrainSettings:
     width: int | None = None
     symmetry: str = "hv:50%"
     invariant_key: str = "hv"
-    epochs: int = 5
+    epochs: int = 4
     batch_size: int = 128
     lr: float = 4e-3
     weight_decay: float = 5e-4
@@ -570,7 +571,8 @@ def train_run(
         "in_channels": data.channels,
         "num_classes": data.num_classes,
         "size": min(data.size),
-        "width": s.width,
+        # resolved, so the checkpoint rebuilds the same network if the default changes
+        "width": s.width or DEFAULT_WIDTH[s.model],
         "symmetry": s.symmetry,
         "invariant_key": s.invariant_key,
     }
