@@ -30,23 +30,13 @@ def is_fx_tracing() -> bool:
 
 def tracing() -> bool:
     """Whether a compiler, tracer or exporter is recording: traced graphs must compute derived
-    tensors themselves (no caches) and see plain ops (no custom autograd functions)."""
+    tensors themselves (no caches)."""
     return (
         torch.compiler.is_compiling()
         or torch.jit.is_tracing()
         or is_fx_tracing()
         or torch.onnx.is_in_onnx_export()
     )
-
-
-def recording_graph() -> bool:
-    """Whether ``torch.jit.trace``, ``torch.fx`` symbolic tracing or ONNX export is recording.
-
-    Their graphs cannot hold a Python autograd function: ``torch.jit.save`` cannot serialise
-    one and FX cannot trace into one, so layers use plain differentiable ops instead.
-    (``torch.compile`` and ``torch.export`` trace through autograd functions.)
-    """
-    return torch.jit.is_tracing() or is_fx_tracing() or torch.onnx.is_in_onnx_export()
 
 
 def caching_allowed(params: Iterable[Tensor | None]) -> bool:
