@@ -21,6 +21,7 @@ from keras import ops
 
 from symconv.keras._common import (
     bool_arg,
+    conv,
     data_format_arg,
     independent_initializer,
     int_tuple,
@@ -239,7 +240,7 @@ class ConvTwist2D(keras.layers.Layer):
             if self.data_format == "channels_first":
                 pads = [[0, 0], [0, 0], [p, p], [p, p]]
             inputs = ops.pad(inputs, pads, mode=PADDING_MODES[self.padding_mode])
-        y = ops.conv(
+        y = conv(
             inputs,
             self.fused_kernel(),
             strides=self.strides,
