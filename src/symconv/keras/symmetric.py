@@ -4,7 +4,7 @@ The Keras twins of :class:`symconv.SymmetricConv1d/2d/3d`, driven by the same
 framework-agnostic :func:`symconv.symmetry.make_plan`: the same ``symmetry`` spec forms
 (counts, percentage strings, ``'hv:50%,h:2'``), the same validation messages, the same
 channel layout and the same ``share_bias`` semantics. Built with ``keras.ops`` only, so
-they run on the TensorFlow and the PyTorch backends.
+they run on the TensorFlow, PyTorch and JAX backends.
 
 Shapes (``k`` the kernel size, ``g`` the groups)::
 

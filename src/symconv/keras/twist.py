@@ -47,7 +47,7 @@ def odd_kernel(free: Any, kernel_size: int) -> Any:
 @keras.saving.register_keras_serializable(package="symconv")
 class ConvTwist2D(keras.layers.Layer):
     r"""A 2-D convolution plus position-weighted odd convolutions that generate rotations
-    and dilations about learnable centres (Keras 3; TensorFlow and PyTorch backends).
+    and dilations about learnable centres (Keras 3; TensorFlow, PyTorch and JAX backends).
 
     .. math::
         \text{out} = x \star W + (X - c_x)\,(x \star W_x) + (Y - c_y)\,(x \star W_y) + b
