@@ -183,6 +183,23 @@ def test_topk_parity():
     assert keras_to_torch(TopKPool(2)).k == 2
 
 
+def test_copies_share_no_memory():
+    """Updating one twin in place leaves the other as copied (JAX keeps numpy buffers)."""
+    t = ConvTwist(2, 4, bias=True)
+    k = torch_to_keras(t)
+    t2 = keras_to_torch(k)
+    before = [np_(w).copy() for w in k.weights]
+    with torch.no_grad():
+        for p in (*t.parameters(), *t2.parameters()):
+            p.add_(1.0)
+    for w, b in zip(k.weights, before, strict=True):
+        np.testing.assert_array_equal(np_(w), b)
+    for w in k.weights:
+        w.assign(w + 1.0)
+    for twin in (t, t2):
+        np.testing.assert_array_equal(twin.center_x.detach().numpy(), before[3] + 1.0)
+
+
 def test_float64_torch_layer_round_trip():
     t = GlobalConv1d(2, 3, dtype=torch.float64)
     k = torch_to_keras(t)

@@ -114,7 +114,9 @@ def torch_to_keras(
     for target, array in zip(
         _keras_weights(keras_layer), _torch_arrays_as_keras(torch_layer), strict=True
     ):
-        target.assign(array.astype(target.dtype, copy=False))
+        # A copy: `array` may view the torch parameter's memory, and JAX keeps a CPU numpy
+        # buffer without copying, so the Keras weight would follow later torch updates.
+        target.assign(np.array(array, dtype=target.dtype))
     return keras_layer
 
 
