@@ -80,12 +80,13 @@ class TopKPool(keras.layers.Layer):
         if backend == "torch" and length is not None and not isinstance(length, int):
             import torch
 
-            length = int(length)  # a size traced as a tensor: torch is exporting to ONNX
-            if length < self.k and torch.onnx.is_in_onnx_export():
+            # torch's ONNX tracing gives sizes as tensors; Keras traces a length-None input
+            # at length 1.
+            if torch.onnx.is_in_onnx_export() and int(length) < self.k:
                 raise ValueError(
                     f"TopKPool(k={self.k}) cannot be exported to ONNX from the torch backend "
-                    f"with a length-None input: Keras traces it at length {length} < k; give "
-                    f"keras.Input a fixed length of at least {self.k}"
+                    f"with a length-None input: Keras traces it at length {int(length)} < k; "
+                    f"give keras.Input a fixed length of at least {self.k}"
                 )
         if isinstance(length, int):
             check_length(self.k, length)
