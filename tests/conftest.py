@@ -1,8 +1,8 @@
 """Shared test configuration.
 
 Keras chooses its backend once per process, on first import. The main run uses the
-TensorFlow backend; ``tests/keras_layers/test_backends.py`` re-runs the Keras tests in a
-subprocess with ``KERAS_BACKEND=torch``.
+TensorFlow backend; ``tests/keras_layers/test_backends.py`` re-runs the Keras tests in
+subprocesses on torch, on JAX and on TensorFlow with ``TF_ENABLE_ONEDNN_OPTS=0``.
 """
 
 import os

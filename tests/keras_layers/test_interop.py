@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import pytest
 import torch
+from _tolerance import assert_close_to_scale
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from keras import ops
@@ -25,7 +26,6 @@ from symconv.keras import (
 from symconv.symmetry import allowed_keys
 
 TORCH_SYM = {1: SymmetricConv1d, 2: SymmetricConv2d, 3: SymmetricConv3d}
-TOL = dict(atol=1e-5, rtol=1e-5)
 
 
 def np_(t):
@@ -86,12 +86,12 @@ def test_symmetric_parity_both_ways(cfg, seed):
     y_keras = np_(k(to_keras_layout(x, cfg["data_format"])))
     if cfg["data_format"] == "channels_last":
         y_keras = np.moveaxis(y_keras, -1, 1)
-    np.testing.assert_allclose(y_keras, y_torch, **TOL)
+    assert_close_to_scale(y_keras, y_torch)
     # Back: a fresh torch twin from the Keras layer computes the same again.
     back = keras_to_torch(k)
     assert type(back) is type(t)
     np.testing.assert_array_equal(back.weight.detach().numpy(), t.weight.detach().numpy())
-    np.testing.assert_allclose(run_torch(back, x), y_torch, **TOL)
+    assert_close_to_scale(run_torch(back, x), y_torch)
 
 
 def test_symmetric_into_existing_layers_and_keras_initialised_weights():
@@ -100,13 +100,11 @@ def test_symmetric_into_existing_layers_and_keras_initialised_weights():
     y_keras = np.moveaxis(np_(k(np.moveaxis(x, 1, -1))), -1, 1)
     t = SymmetricConv3d(2, 8, 3, padding=1, symmetry={"hvz": 8})
     assert keras_to_torch(k, t) is t
-    np.testing.assert_allclose(run_torch(t, x), y_keras, **TOL)
+    assert_close_to_scale(run_torch(t, x), y_keras)
     # torch -> an existing, unbuilt Keras layer (built on the fly).
     fresh = SymmetricConv3D(8, 3, padding="same", symmetry={"hvz": 8})
     assert torch_to_keras(t, fresh) is fresh
-    np.testing.assert_allclose(
-        np.moveaxis(np_(fresh(np.moveaxis(x, 1, -1))), -1, 1), y_keras, **TOL
-    )
+    assert_close_to_scale(np.moveaxis(np_(fresh(np.moveaxis(x, 1, -1))), -1, 1), y_keras)
 
 
 @pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
@@ -128,13 +126,13 @@ def test_twist_parity_both_ways(data_format, stride, groups, bias, padding_mode)
     y_keras = np_(k(to_keras_layout(x, data_format)))
     if data_format == "channels_last":
         y_keras = np.moveaxis(y_keras, -1, 1)
-    np.testing.assert_allclose(y_keras, y_torch, **TOL)
+    assert_close_to_scale(y_keras, y_torch)
     # The odd kernels agree tap for tap.
     np.testing.assert_array_equal(
         np_(k.kernel_x), t.weight_x.detach().numpy().transpose(2, 3, 1, 0)
     )
     back = keras_to_torch(k)
-    np.testing.assert_allclose(run_torch(back, x), y_torch, **TOL)
+    assert_close_to_scale(run_torch(back, x), y_torch)
     for name in ("weight", "twist_x", "twist_y", "center_x", "center_y"):
         np.testing.assert_array_equal(
             getattr(back, name).detach().numpy(), getattr(t, name).detach().numpy()
@@ -153,10 +151,26 @@ def test_global_conv_parity_both_ways(reduction, activation):
     for m in (None, mask):
         y_torch = run_torch(t, x, None if m is None else torch.from_numpy(m))
         y_keras = np_(k(np.moveaxis(x, 1, -1), mask=m))
-        np.testing.assert_allclose(np.moveaxis(y_keras, -1, 1), y_torch, **TOL)
+        assert_close_to_scale(np.moveaxis(y_keras, -1, 1), y_torch)
     back = keras_to_torch(k)
     assert isinstance(back.activation, nn.Tanh) if activation else back.activation is None
-    np.testing.assert_allclose(run_torch(back, x), run_torch(t, x), **TOL)
+    assert_close_to_scale(run_torch(back, x), run_torch(t, x))
+
+
+def test_wide_twist_parity_is_relative_to_the_output_scale():
+    """64 channels, outputs of ~50: float32 rounding is ~3e-5 absolute, ~6e-7 of the scale."""
+    torch.manual_seed(0)
+    t = ConvTwist(64, 64, 3, bias=True)
+    k = torch_to_keras(t)
+    x = 10 * np.random.default_rng(0).standard_normal((2, 64, 12, 12)).astype("float32")
+    y_torch = run_torch(t, x)
+    assert np.abs(y_torch).max() > 40
+    assert_close_to_scale(np.moveaxis(np_(k(np.moveaxis(x, 1, -1))), -1, 1), y_torch)
+    # ... and a real difference (one centre moved by 1e-3) is still caught.
+    with torch.no_grad():
+        t.center_x[0] += 1e-3
+    with pytest.raises(AssertionError):
+        assert_close_to_scale(np.moveaxis(np_(k(np.moveaxis(x, 1, -1))), -1, 1), run_torch(t, x))
 
 
 def test_topk_parity():
@@ -167,6 +181,23 @@ def test_topk_parity():
         np.moveaxis(np_(k(np.moveaxis(x, 1, -1))), -1, 1), run_torch(TorchTopKPool(3), x)
     )
     assert keras_to_torch(TopKPool(2)).k == 2
+
+
+def test_copies_share_no_memory():
+    """Updating one twin in place leaves the other as copied (JAX keeps numpy buffers)."""
+    t = ConvTwist(2, 4, bias=True)
+    k = torch_to_keras(t)
+    t2 = keras_to_torch(k)
+    before = [np_(w).copy() for w in k.weights]
+    with torch.no_grad():
+        for p in (*t.parameters(), *t2.parameters()):
+            p.add_(1.0)
+    for w, b in zip(k.weights, before, strict=True):
+        np.testing.assert_array_equal(np_(w), b)
+    for w in k.weights:
+        w.assign(w + 1.0)
+    for twin in (t, t2):
+        np.testing.assert_array_equal(twin.center_x.detach().numpy(), before[3] + 1.0)
 
 
 def test_float64_torch_layer_round_trip():
@@ -214,6 +245,44 @@ def test_mismatched_configs_raise():
         torch_to_keras(TorchTopKPool(2), TopKPool(3), strict=False)
     with pytest.raises(ValueError, match=r"mismatched stride / strides"):
         torch_to_keras(ConvTwist(2, 2, stride=2), ConvTwist2D(2))
+
+
+def test_strict_compares_activations():
+    """A Keras activation the torch twin lacks changes the output: strict=True refuses."""
+    x = np.random.default_rng(5).standard_normal((2, 3, 6, 6)).astype("float32")
+    t = SymmetricConv2d(3, 8, 3, padding=1, symmetry={"hv": 4})
+    relu = SymmetricConv2D(8, 3, padding="same", symmetry={"hv": 4}, activation="relu")
+    message = (
+        r"mismatched activation: the torch layer has None, the Keras layer 'relu' "
+        r"\(SymmetricConv2d has no activation: apply it after the torch layer\); pass "
+        r"strict=False to copy the weights anyway"
+    )
+    with pytest.raises(ValueError, match=message):
+        torch_to_keras(t, relu)
+    torch_to_keras(t, relu, strict=False)  # the weights only
+    y_keras = np.moveaxis(np_(relu(np.moveaxis(x, 1, -1))), -1, 1)
+    assert_close_to_scale(y_keras, np.maximum(run_torch(t, x), 0))
+    with pytest.raises(ValueError, match=message):
+        keras_to_torch(relu)
+    assert_close_to_scale(np.maximum(run_torch(keras_to_torch(relu, strict=False), x), 0), y_keras)
+    # 'linear' is no activation.
+    torch_to_keras(
+        t, SymmetricConv2D(8, 3, padding="same", symmetry={"hv": 4}, activation="linear")
+    )
+    with pytest.raises(ValueError, match=r"mismatched activation: .* None, the Keras layer 'tanh'"):
+        torch_to_keras(ConvTwist(2, 2), ConvTwist2D(2, activation="tanh"))
+    # GlobalConv1d: its activation against the Keras one.
+    with pytest.raises(
+        ValueError, match=r"mismatched activation: .* 'relu', the Keras layer 'tanh'"
+    ):
+        torch_to_keras(GlobalConv1d(2, 2, activation=nn.ReLU()), GlobalConv1D(2, activation="tanh"))
+    with pytest.raises(ValueError, match=r"mismatched activation: .* None, the Keras layer 'relu'"):
+        torch_to_keras(GlobalConv1d(2, 2), GlobalConv1D(2, activation="relu"))
+    torch_to_keras(GlobalConv1d(2, 2, activation=torch.relu), GlobalConv1D(2, activation="relu"))
+    gelu = GlobalConv1d(2, 2, activation=nn.GELU())
+    with pytest.raises(ValueError, match=r"activation=GELU.* strict=True cannot check"):
+        torch_to_keras(gelu, GlobalConv1D(2, activation="gelu"))
+    torch_to_keras(gelu, GlobalConv1D(2, activation="gelu"), strict=False)
 
 
 def test_wrong_pairs_and_unsupported_layers_raise():

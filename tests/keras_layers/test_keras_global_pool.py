@@ -212,6 +212,15 @@ def _grad(fn, x):
             w = tf.reshape(10.0 ** tf.range(y.shape[1], dtype=y.dtype), (1, -1, 1))
             loss = tf.reduce_sum(y * w)
         return tape.gradient(loss, xt).numpy()
+    if keras.backend.backend() == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        def loss(xj):
+            y = fn(xj)
+            return jnp.sum(y * (10.0 ** jnp.arange(y.shape[1], dtype=y.dtype))[None, :, None])
+
+        return np.asarray(jax.grad(loss)(jnp.asarray(x)))
     xt = ops.convert_to_tensor(x).requires_grad_()
     y = fn(xt)
     w = (10.0 ** ops.arange(y.shape[1], dtype=y.dtype)).reshape(1, -1, 1)

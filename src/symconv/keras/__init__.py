@@ -1,5 +1,5 @@
-"""Keras 3 layers (built with ``keras.ops`` only: TensorFlow and PyTorch backends) and
-weight interop with the PyTorch layers.
+"""Keras 3 layers (built with ``keras.ops`` only: TensorFlow, PyTorch and JAX backends)
+and weight interop with the PyTorch layers.
 
 Importing this package imports keras and registers every layer for ``.keras`` loading
 (package ``'symconv'``); ``import symconv`` alone never imports keras.

@@ -1,10 +1,15 @@
-"""Argument checks and shape arithmetic shared by the Keras layers (no keras.src imports)."""
+"""Argument checks, shape arithmetic and the two backend-sensitive ops (convolution and
+gather) shared by the Keras layers (no keras.src imports)."""
 
 from __future__ import annotations
 
 import numbers
 from collections.abc import Sequence
 from typing import Any
+
+import keras
+import numpy as np
+from keras import ops
 
 _DATA_FORMATS = ("channels_last", "channels_first")
 _PADDINGS = ("valid", "same")
@@ -34,8 +39,6 @@ def padding_arg(padding: object) -> str:
 
 def data_format_arg(data_format: object) -> str:
     if data_format is None:
-        import keras
-
         return keras.config.image_data_format()
     text = data_format.lower() if isinstance(data_format, str) else data_format
     if text not in _DATA_FORMATS:
@@ -81,3 +84,59 @@ def independent_initializer(initializer: Any, offset: int) -> Any:
     elif seed is not None:
         return initializer
     return type(initializer).from_config(config)
+
+
+def conv(
+    inputs: Any,
+    kernel: Any,
+    *,
+    strides: tuple[int, ...],
+    padding: str,
+    data_format: str,
+    dilation_rate: tuple[int, ...] | int = 1,
+) -> Any:
+    """``keras.ops.conv`` that works with ``channels_first`` on every backend and device.
+
+    TensorFlow has no ``channels_first`` (NCHW) convolution on a CPU unless its oneDNN
+    kernels are on, which TensorFlow decides per CPU at import (``TF_ENABLE_ONEDNN_OPTS``);
+    and which device runs an op is not known when Keras traces a graph. So on TensorFlow a
+    ``channels_first`` input is always convolved as ``channels_last`` between two
+    transposes: one code path on every machine, bit-identical to the ``channels_last``
+    computation. The torch and JAX backends convolve either layout natively everywhere.
+
+    Shapes: ``inputs`` ``(batch, *spatial, in)`` or ``(batch, in, *spatial)``, ``kernel``
+    ``(*k, in / groups, out)``; the output has the input's layout.
+    """
+    if data_format == "channels_first" and keras.backend.backend() == "tensorflow":
+        rank = len(inputs.shape) - 2
+        to_last = (0, *range(2, rank + 2), 1)
+        to_first = (0, rank + 1, *range(1, rank + 1))
+        outputs = ops.conv(
+            ops.transpose(inputs, to_last),
+            kernel,
+            strides=strides,
+            padding=padding,
+            data_format="channels_last",
+            dilation_rate=dilation_rate,
+        )
+        return ops.transpose(outputs, to_first)
+    return ops.conv(
+        inputs,
+        kernel,
+        strides=strides,
+        padding=padding,
+        data_format=data_format,
+        dilation_rate=dilation_rate,
+    )
+
+
+def gather(values: Any, index: np.ndarray) -> Any:
+    """``values.reshape(-1)[index]``: shape ``index.shape``, differentiable in ``values``.
+
+    Written as a row gather from ``(n, 1)``: on the torch backend that is an embedding
+    lookup, which ONNX export handles; ``keras.ops.take`` in any other form calls
+    ``torch.ravel``, which the TorchScript ONNX exporter (Keras' choice for a dynamic batch)
+    does not support.
+    """
+    rows = ops.take(ops.reshape(values, (-1, 1)), index, axis=0)
+    return ops.reshape(rows, index.shape)

@@ -21,11 +21,13 @@ Keras ``(*k, in, out)``) and the two compute the same function up to float round
 Checks before copying: the weight-carrying configuration (channels, kernel size, groups,
 bias, symmetry plan and ``share_bias``) must match, or a ``ValueError`` names the first
 difference. With ``strict=True`` (default) so must everything else that changes the
-output (strides, dilation, padding, reduction, padding mode, ``k``), so that a successful
-copy means "same outputs"; ``strict=False`` copies weights between layers that differ
-only there. Activations of ``GlobalConv1d`` (an arbitrary callable in torch) are not
-compared; twins created here map ``nn.ReLU``/``nn.Tanh``/``nn.Sigmoid`` (and
-``torch.relu``/``torch.tanh``/``torch.sigmoid``) to the Keras activation of that name.
+output (strides, dilation, padding, reduction, padding mode, activation, ``k``), so that a
+successful copy means "same outputs"; ``strict=False`` copies weights between layers that
+differ only there. Activations: the torch convolutions have none, so their Keras twin's
+must be ``None``/``'linear'``; a ``GlobalConv1d`` activation ``nn.ReLU``/``nn.Tanh``/
+``nn.Sigmoid`` (or ``torch.relu``/``torch.tanh``/``torch.sigmoid``) must meet the Keras
+activation of that name, and ``None`` meets ``'linear'``; any other torch callable cannot
+be compared, so ``strict=True`` rejects it. Twins created here map activations the same way.
 
 Layout: Keras layers are ``channels_last`` unless the Keras layer (or the
 ``data_format`` argument when a twin is created) says ``channels_first``; a torch input
@@ -112,7 +114,9 @@ def torch_to_keras(
     for target, array in zip(
         _keras_weights(keras_layer), _torch_arrays_as_keras(torch_layer), strict=True
     ):
-        target.assign(array.astype(target.dtype, copy=False))
+        # A copy: `array` may view the torch parameter's memory, and JAX keeps a CPU numpy
+        # buffer without copying, so the Keras weight would follow later torch updates.
+        target.assign(np.array(array, dtype=target.dtype))
     return keras_layer
 
 
@@ -197,6 +201,38 @@ def _torch_padding_as_keras(layer: nn.Module) -> str | None:
     return "same" if same else None
 
 
+def _keras_activation_name(k: keras.layers.Layer) -> object:
+    """The Keras layer's activation as compared with torch's: ``None`` for the identity,
+    else its serialized form (the name, for a built-in)."""
+    name = keras.activations.serialize(k.activation)
+    return None if name == "linear" else name
+
+
+def _check_activation(t: nn.Module, k: keras.layers.Layer) -> None:
+    torch_activation = getattr(t, "activation", None)  # only GlobalConv1d has one
+    if torch_activation is None:
+        torch_name = None
+    else:
+        torch_name = _ACTIVATIONS.get(type(torch_activation)) or _ACTIVATIONS.get(torch_activation)
+        if torch_name is None:
+            raise ValueError(
+                f"activation={torch_activation!r} of the torch layer has no known Keras "
+                "equivalent, so strict=True cannot check that the twins compute the same; "
+                "pass strict=False to copy the weights anyway"
+            )
+    keras_name = _keras_activation_name(k)
+    if torch_name != keras_name:
+        hint = (
+            ""
+            if isinstance(t, GlobalConv1d)
+            else f" ({type(t).__name__} has no activation: apply it after the torch layer)"
+        )
+        raise ValueError(
+            f"mismatched activation: the torch layer has {torch_name!r}, the Keras layer "
+            f"{keras_name!r}{hint}; pass strict=False to copy the weights anyway"
+        )
+
+
 def _check_pair(t: nn.Module, k: keras.layers.Layer, strict: bool) -> None:
     if isinstance(t, tuple(_SYMMETRIC)):
         _mismatch("in_channels", t.in_channels, int(k.kernel.shape[-2]) * k.groups)
@@ -227,6 +263,8 @@ def _check_pair(t: nn.Module, k: keras.layers.Layer, strict: bool) -> None:
             _mismatch("reduction", t.reduction, k.reduction)
     elif isinstance(t, TorchTopKPool):
         _mismatch("k", t.k, k.k)
+    if strict and not isinstance(t, TorchTopKPool):
+        _check_activation(t, k)
 
 
 # -- weights ----------------------------------------------------------------------------

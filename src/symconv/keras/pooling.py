@@ -13,6 +13,16 @@ from symconv.nn.pooling import check_k, check_length
 __all__ = ["TopKPool"]
 
 
+def _top_k(x: Any, k: int) -> Any:
+    """The ``k`` largest values along the last axis, sorted descending: ``(..., n) ->
+    (..., k)``. On JAX a descending sort and a slice: ``jax.lax.top_k`` lowers to a
+    StableHLO op newer than TensorFlow can load, so a model using it exports to a SavedModel
+    that fails when called; ``sort`` lowers to an op every StableHLO reader knows."""
+    if keras.backend.backend() == "jax":
+        return -ops.sort(-x, axis=-1)[..., :k]
+    return ops.top_k(x, k, sorted=True)[0]
+
+
 @keras.saving.register_keras_serializable(package="symconv")
 class TopKPool(keras.layers.Layer):
     """The ``k`` largest values of every channel along the length axis, sorted descending.
@@ -33,6 +43,11 @@ class TopKPool(keras.layers.Layer):
     both when the length is known (at build time for a static length, and in every
     eager call); inside a compiled graph with an unknown length the backend's own
     top-k error is raised instead.
+
+    Export: a ``length=None`` input exports to a TensorFlow SavedModel from TensorFlow, but
+    not from JAX (which cannot know ``n >= k`` for a symbolic length), nor to ONNX from
+    torch with ``k > 1`` (Keras traces a length-``None`` input at length 1): both raise a
+    ``ValueError`` saying so. A fixed length exports everywhere.
     """
 
     def __init__(self, k: int, **kwargs: Any) -> None:
@@ -46,21 +61,43 @@ class TopKPool(keras.layers.Layer):
             check_length(self.k, int(input_shape[1]))
 
     def call(self, inputs: Any, mask: Any = None) -> Any:
-        length = inputs.shape[1]
-        if isinstance(length, int):
-            check_length(self.k, length)
+        self._check_call_length(inputs.shape[1])
         if mask is not None:
             keep = ops.expand_dims(ops.cast(mask, "bool"), -1)  # (batch, n, 1)
             inputs = ops.where(keep, inputs, ops.full_like(inputs, float("-inf")))
         # top_k works on the last axis: (batch, n, c) -> (batch, c, n) -> (batch, c, k).
-        values, _ = ops.top_k(ops.transpose(inputs, (0, 2, 1)), self.k, sorted=True)
-        values = ops.transpose(values, (0, 2, 1))
+        values = ops.transpose(_top_k(ops.transpose(inputs, (0, 2, 1)), self.k), (0, 2, 1))
         if mask is None:
             return values
         # Slots beyond a set's number of valid positions hold 0, not -inf.
         count = ops.sum(ops.cast(mask, "int32"), axis=1)  # (batch,)
         filled = ops.arange(self.k)[None, :, None] < count[:, None, None]
         return ops.where(filled, values, ops.zeros_like(values))
+
+    def _check_call_length(self, length: Any) -> None:
+        """``n >= k`` wherever the length is known when the call runs or is traced."""
+        backend = keras.backend.backend()
+        if backend == "torch" and length is not None and not isinstance(length, int):
+            import torch
+
+            # torch's ONNX tracing gives sizes as tensors; Keras traces a length-None input
+            # at length 1.
+            if torch.onnx.is_in_onnx_export() and int(length) < self.k:
+                raise ValueError(
+                    f"TopKPool(k={self.k}) cannot be exported to ONNX from the torch backend "
+                    f"with a length-None input: Keras traces it at length {int(length)} < k; "
+                    f"give keras.Input a fixed length of at least {self.k}"
+                )
+        if isinstance(length, int):
+            check_length(self.k, length)
+        elif length is not None and backend == "jax":
+            # A symbolic length: JAX is exporting with a polymorphic shape (a SavedModel of a
+            # model whose keras.Input has length None), where JAX cannot know that n >= k.
+            raise ValueError(
+                f"TopKPool(k={self.k}) on the JAX backend needs a fixed length to export "
+                f"(got length {length}): give keras.Input a fixed length, or export with "
+                "the TensorFlow backend"
+            )
 
     def compute_mask(self, inputs: Any, mask: Any = None) -> Any:
         return None  # the k slots are not positions: nothing to mask downstream

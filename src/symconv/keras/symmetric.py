@@ -4,7 +4,7 @@ The Keras twins of :class:`symconv.SymmetricConv1d/2d/3d`, driven by the same
 framework-agnostic :func:`symconv.symmetry.make_plan`: the same ``symmetry`` spec forms
 (counts, percentage strings, ``'hv:50%,h:2'``), the same validation messages, the same
 channel layout and the same ``share_bias`` semantics. Built with ``keras.ops`` only, so
-they run on the TensorFlow and the PyTorch backends.
+they run on the TensorFlow, PyTorch and JAX backends.
 
 Shapes (``k`` the kernel size, ``g`` the groups)::
 
@@ -26,8 +26,10 @@ from keras import ops
 
 from symconv.keras._common import (
     bool_arg,
+    conv,
     conv_output_length,
     data_format_arg,
+    gather,
     int_tuple,
     padding_arg,
     positive_int,
@@ -166,18 +168,18 @@ class _SymmetricConv(keras.layers.Layer):
         """The full kernel ``(*kernel_size, in_channels / groups, filters)`` (differentiable)."""
         if self._gather_index is None:
             return self.kernel
-        return ops.take(ops.reshape(self.kernel, (-1,)), self._gather_index)
+        return gather(self.kernel, self._gather_index)
 
     @property
     def expanded_bias(self) -> Any:
         """The full bias ``(filters,)``, or ``None`` without bias."""
         if self.bias is None or self._bias_index is None:
             return self.bias
-        return ops.take(self.bias, self._bias_index)
+        return gather(self.bias, self._bias_index)
 
     # -- forward -------------------------------------------------------------------------
     def call(self, inputs: Any) -> Any:
-        outputs = ops.conv(
+        outputs = conv(
             inputs,
             self.expanded_kernel,
             strides=self.strides,

@@ -21,6 +21,7 @@ from keras import ops
 
 from symconv.keras._common import (
     bool_arg,
+    conv,
     data_format_arg,
     independent_initializer,
     int_tuple,
@@ -46,7 +47,7 @@ def odd_kernel(free: Any, kernel_size: int) -> Any:
 @keras.saving.register_keras_serializable(package="symconv")
 class ConvTwist2D(keras.layers.Layer):
     r"""A 2-D convolution plus position-weighted odd convolutions that generate rotations
-    and dilations about learnable centres (Keras 3; TensorFlow and PyTorch backends).
+    and dilations about learnable centres (Keras 3; TensorFlow, PyTorch and JAX backends).
 
     .. math::
         \text{out} = x \star W + (X - c_x)\,(x \star W_x) + (Y - c_y)\,(x \star W_y) + b
@@ -239,7 +240,7 @@ class ConvTwist2D(keras.layers.Layer):
             if self.data_format == "channels_first":
                 pads = [[0, 0], [0, 0], [p, p], [p, p]]
             inputs = ops.pad(inputs, pads, mode=PADDING_MODES[self.padding_mode])
-        y = ops.conv(
+        y = conv(
             inputs,
             self.fused_kernel(),
             strides=self.strides,
