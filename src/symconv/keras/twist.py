@@ -57,7 +57,8 @@ class ConvTwist2D(keras.layers.Layer):
         kernel_size: odd size ``k`` of the square kernels (an int or ``(k, k)``).
         strides: an int or a pair; the grids follow the *output* pixels.
         groups: blocked connections as in ``keras.layers.Conv2D``.
-        use_bias: add a bias per output channel (off by default, as the torch layer).
+        use_bias: add a bias per output channel (on by default, as in ``keras.layers.Conv2D``
+            and the torch layer).
         init_max: the centres start uniform in ``[-init_max, init_max]``.
         padding_mode: ``'zeros'`` or ``'reflect'`` (padding ``k // 2`` on every side).
         data_format: ``'channels_last'`` (default) or ``'channels_first'``.
@@ -83,7 +84,7 @@ class ConvTwist2D(keras.layers.Layer):
         kernel_size: int | tuple[int, int] = 3,
         strides: int | tuple[int, int] = 1,
         groups: int = 1,
-        use_bias: bool = False,
+        use_bias: bool = True,
         init_max: float = 1.5,
         padding_mode: str = "zeros",
         data_format: str | None = None,
@@ -102,8 +103,13 @@ class ConvTwist2D(keras.layers.Layer):
         kh, kw = int_tuple("kernel_size", kernel_size, 2)
         if kh != kw or kh % 2 == 0:
             raise ValueError(
-                f"kernel_size={kernel_size!r} must be odd and square (1, 3, 5, ...): the odd "
+                f"kernel_size={kernel_size!r} must be odd and square (3, 5, 7, ...): the odd "
                 "kernels need a centre tap"
+            )
+        if kh == 1:
+            raise ValueError(
+                f"kernel_size={kernel_size!r} has no twist terms (an odd 1x1 kernel is zero): "
+                "use keras.layers.Conv2D, or an odd kernel_size of 3 or more"
             )
         self.kernel_size = (kh, kh)
         self.strides = int_tuple("strides", strides, 2)
