@@ -129,12 +129,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
 
     g = p.add_argument_group("training")
-    g.add_argument("--epochs", type=_positive, default=4, help="epochs per run (default 4)")
+    g.add_argument("--epochs", type=_positive, default=3, help="epochs per run (default 3)")
     g.add_argument(
         "--batch-size",
         type=_positive,
-        default=128,
-        help="global batch size, split between DDP processes (default 128)",
+        default=64,
+        help="global batch size, split between DDP processes (default 64)",
     )
     g.add_argument(
         "--lr",

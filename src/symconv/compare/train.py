@@ -142,8 +142,8 @@ class TrainSettings:
     width: int | None = None
     symmetry: str = "hv:50%"
     invariant_key: str = "hv"
-    epochs: int = 4
-    batch_size: int = 128
+    epochs: int = 3
+    batch_size: int = 64
     lr: float = 4e-3
     weight_decay: float = 5e-4
     label_smoothing: float = 0.1
