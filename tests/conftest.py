@@ -39,3 +39,21 @@ def one_thread():
 
 def pytest_configure(config: pytest.Config) -> None:
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    _match_inductor_to_aten_capability()
+
+
+def _match_inductor_to_aten_capability() -> None:
+    """Make ``ATEN_CPU_CAPABILITY=avx2`` (how the tests imitate a CPU without AVX-512) a
+    faithful imitation for ``torch.compile`` too.
+
+    With the variable set, inductor compiles its C++ kernels for that ISA but still sizes
+    their tiles from the real CPU's vectors, and the mixture reads past its buffers (garbage
+    outputs on an AVX-512 machine, torch 2.13). On a real AVX2-only CPU both agree; setting
+    ``simdlen`` to the imitated width makes them agree here.
+    """
+    widths = {"avx2": 256, "avx512": 512}
+    capability = os.environ.get("ATEN_CPU_CAPABILITY", "").lower()
+    if capability in widths:
+        import torch._inductor.config as inductor_config
+
+        inductor_config.cpp.simdlen = widths[capability]
