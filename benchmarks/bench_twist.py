@@ -39,9 +39,9 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 
-import numpy as np
 import torch
 import torch.nn.functional as F
+from post_conv_twist import PostConvTwist  # beside this script
 from torch import Tensor, nn
 
 from symconv.nn.twist import ConvTwist
@@ -50,32 +50,6 @@ SHAPES = ((64, 56), (128, 28), (256, 14), (512, 7))
 
 
 # -- baselines -------------------------------------------------------------------------------
-class PostConvTwist(nn.Module):
-    """The blog post's ``conv_twist``, as published (the baseline it is)."""
-
-    def __init__(self, ni: int, nf: int, init_max: float = 1.5, stride: int = 1) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(ni, nf, kernel_size=3, stride=stride, padding=1, bias=False)
-        self.conv_x = nn.Conv2d(ni, nf, kernel_size=3, stride=stride, padding=1, bias=False)
-        self.conv_y = nn.Conv2d(ni, nf, kernel_size=3, stride=stride, padding=1, bias=False)
-        self.conv_x.weight.data = (self.conv_x.weight - self.conv_x.weight.flip(2).flip(3)) / 2
-        self.conv_y.weight.data = self.conv_x.weight.transpose(2, 3).flip(3)
-        self.center_x = nn.Parameter(torch.empty(nf).uniform_(-init_max, init_max))
-        self.center_y = nn.Parameter(torch.empty(nf).uniform_(-init_max, init_max))
-
-    def forward(self, inpt: Tensor) -> Tensor:
-        self.conv_x.weight.data = (self.conv_x.weight - self.conv_x.weight.flip(2).flip(3)) / 2
-        self.conv_y.weight.data = (self.conv_y.weight - self.conv_y.weight.flip(2).flip(3)) / 2
-        out = self.conv(inpt)
-        _, c, h, w = out.size()
-        idx = np.indices((1, h, w))
-        XX = torch.from_numpy(idx[2] * 2 / w).type(out.dtype).to(out.device)
-        YY = torch.from_numpy(idx[1] * 2 / h).type(out.dtype).to(out.device)
-        XX = XX - self.center_x.view(-1, 1, 1)
-        YY = YY - self.center_y.view(-1, 1, 1)
-        return out + (XX * self.conv_x(inpt) + YY * self.conv_y(inpt))
-
-
 class NaiveTwist(nn.Module):
     """Three separate convolutions and full-size grids, straight from the formula."""
 

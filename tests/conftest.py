@@ -6,6 +6,11 @@ subprocesses on torch, on JAX and on TensorFlow with ``TF_ENABLE_ONEDNN_OPTS=0``
 """
 
 import os
+import sys
+from pathlib import Path
+
+# The benchmarks' baselines (e.g. the blog post's ConvTwist) are what some tests compare with.
+sys.path.append(str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from post_conv_twist import PostConvTwist
 from torch import nn
 
 from _gloo import finish_gloo_worker, start_gloo_worker
@@ -401,31 +402,6 @@ def test_channels_last(device: str, impl: str) -> None:
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     out.sum().backward()
     assert xc.grad is not None and torch.isfinite(xc.grad).all()
-
-
-class PostConvTwist(nn.Module):
-    """The blog post's layer, as published (numpy grids, ``.data`` antisymmetrisation)."""
-
-    def __init__(self, ni: int, nf: int, init_max: float = 1.5, stride: int = 1) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(ni, nf, kernel_size=3, stride=stride, padding=1, bias=False)
-        self.conv_x = nn.Conv2d(ni, nf, kernel_size=3, stride=stride, padding=1, bias=False)
-        self.conv_y = nn.Conv2d(ni, nf, kernel_size=3, stride=stride, padding=1, bias=False)
-        self.conv_x.weight.data = (self.conv_x.weight - self.conv_x.weight.flip(2).flip(3)) / 2
-        self.conv_y.weight.data = self.conv_x.weight.transpose(2, 3).flip(3)
-        self.center_x = nn.Parameter(torch.empty(nf).uniform_(-init_max, init_max))
-        self.center_y = nn.Parameter(torch.empty(nf).uniform_(-init_max, init_max))
-
-    def forward(self, inpt: torch.Tensor) -> torch.Tensor:
-        self.conv_x.weight.data = (self.conv_x.weight - self.conv_x.weight.flip(2).flip(3)) / 2
-        self.conv_y.weight.data = (self.conv_y.weight - self.conv_y.weight.flip(2).flip(3)) / 2
-        out = self.conv(inpt)
-        _, c, h, w = out.size()
-        XX = torch.from_numpy(np.indices((1, h, w))[2] * 2 / w).type(out.dtype)
-        YY = torch.from_numpy(np.indices((1, h, w))[1] * 2 / h).type(out.dtype)
-        XX = XX - self.center_x.view(-1, 1, 1)
-        YY = YY - self.center_y.view(-1, 1, 1)
-        return out + (XX * self.conv_x(inpt) + YY * self.conv_y(inpt))
 
 
 @pytest.mark.parametrize("stride", [1, 2])

@@ -6,10 +6,10 @@ import keras
 import numpy as np
 import pytest
 import torch
+from _arrays import np_
 from _tolerance import assert_close_to_scale
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from keras import ops
 from torch import nn
 
 from symconv import ConvTwist, GlobalConv1d, SymmetricConv1d, SymmetricConv2d, SymmetricConv3d
@@ -26,10 +26,6 @@ from symconv.keras import (
 from symconv.symmetry import allowed_keys
 
 TORCH_SYM = {1: SymmetricConv1d, 2: SymmetricConv2d, 3: SymmetricConv3d}
-
-
-def np_(t):
-    return np.asarray(ops.convert_to_numpy(t))
 
 
 def run_torch(layer, x, *args):

@@ -7,6 +7,7 @@ import re
 import keras
 import numpy as np
 import pytest
+from _arrays import np_
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from keras import ops
@@ -14,10 +15,6 @@ from keras import ops
 from symconv import GlobalConv1d
 from symconv import TopKPool as TorchTopKPool
 from symconv.keras import GlobalConv1D, TopKPool
-
-
-def np_(t):
-    return np.asarray(ops.convert_to_numpy(t))
 
 
 def reference(layer, x, mask=None):

@@ -7,10 +7,10 @@ import re
 import keras
 import numpy as np
 import pytest
+from _arrays import np_
 from _numpy_conv import conv_nd
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from keras import ops
 
 from symconv import SymmetricConv1d, SymmetricConv2d, SymmetricConv3d
 from symconv.keras import SymmetricConv1D, SymmetricConv2D, SymmetricConv3D
@@ -18,10 +18,6 @@ from symconv.symmetry import allowed_keys, letter_axis
 
 LAYERS = {1: SymmetricConv1D, 2: SymmetricConv2D, 3: SymmetricConv3D}
 TORCH_LAYERS = {1: SymmetricConv1d, 2: SymmetricConv2d, 3: SymmetricConv3d}
-
-
-def np_(t):
-    return np.asarray(ops.convert_to_numpy(t))
 
 
 def reference(layer, x):

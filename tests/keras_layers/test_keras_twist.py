@@ -7,17 +7,13 @@ import re
 import keras
 import numpy as np
 import pytest
+from _arrays import np_
 from _numpy_conv import conv_nd
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from keras import ops
 
 from symconv import ConvTwist
 from symconv.keras import ConvTwist2D
-
-
-def np_(t):
-    return np.asarray(ops.convert_to_numpy(t))
 
 
 def odd_from_taps(taps, k):

@@ -10,8 +10,8 @@ import os
 import keras
 import numpy as np
 import pytest
+from _arrays import np_
 from _tolerance import assert_close_to_scale
-from keras import ops
 
 from symconv.keras import (
     ConvTwist2D,
@@ -25,10 +25,6 @@ from symconv.keras import (
 
 def backend() -> str:
     return keras.backend.backend()
-
-
-def np_(t):
-    return np.asarray(ops.convert_to_numpy(t))
 
 
 CONV_CASES = {

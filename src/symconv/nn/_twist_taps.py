@@ -41,27 +41,26 @@ from torch import Tensor
 
 from symconv.nn._cache import tracing
 
-# A chunk holds about this many bytes of tap differences (CPU): the scratch buffers of a
-# chunk (padded input, differences, GEMM output) then fit the last-level cache of one core's
-# share. Measured with benchmarks/bench_twist.py (one thread, AVX-512): at 64 channels on 56x56
-# maps 1-2 MiB were best (8 MiB: 10-30% slower)...
+# Tuning constants of the CPU path. Each was chosen with benchmarks/bench_twist.py (one
+# thread, float32 and bfloat16 channels_last, the ResNet shapes); the figures are in
+# benchmarks/README.md ("How the taps path works").
+#
+# A chunk holds about this many bytes of tap differences, so that a chunk's scratch buffers
+# (padded input, differences, GEMM output) stay in the last-level cache of one core's share.
 _CHUNK_BYTES = 2 << 20
-# ... and at least this many times the bytes of the GEMM's weight (measured: 256 channels at
-# 14x14 ran 10% faster with chunks of 8 MiB than of 2 MiB, 512 at 7x7 best as one chunk).
+# ... and at least this many times the bytes of the GEMM's weight, so that the weight is
+# reused across enough pixel rows to pay for reading it (wide layers on small maps).
 _WEIGHT_REUSE = 4
 # The GEMM runs as a 1x1 convolution over (rows, channels, 1, columns) views of a chunk's
 # channels-last pixel rows, with at least this many rows: single-threaded PyTorch sends 1x1
-# convolutions of fewer images to a BLAS path that runs at half oneDNN's speed on AVX-512.
+# convolutions of fewer images to a slower BLAS path instead of oneDNN.
 _MIN_GEMM_ROWS = 16
-# The output-side backward (see the module docstring) for element sizes up to this: bfloat16
-# at 64 channels on 56x56 maps and 256 on 14x14 5-7% faster per step, even at 128 on 28x28
-# (alternating A/B runs, benchmarks/README.md); float32 slower (its GEMMs as 1x1
-# convolution backward passes ran at 50-80 GMAC/s, oneDNN's 1x1 forward at ~100). Chunks
-# hold about this many bytes of output-gradient differences ``E`` (256 channels on 14x14
-# maps: 8% faster than the forward's 2 MiB chunking). Only where that is at least
-# _WEIGHT_REUSE times the GEMM weight's bytes: at 512 channels on 7x7 maps the input side
-# was 2-8% faster (small chunks add a weight-sized gradient per chunk, and the ``E`` of
-# larger ones, twice the differences of the input, leaves the cache).
+# The output-side backward (see the module docstring) is used for element sizes up to this
+# (bfloat16/float16: faster there; in float32 its GEMMs become slow 1x1 convolution backward
+# passes). Its chunks hold about _GRAD_CHUNK_BYTES of output-gradient differences ``E``, and
+# it is used only where that is at least _WEIGHT_REUSE times the GEMM weight's bytes: for
+# wide layers on small maps, small chunks add a weight-sized gradient per chunk and larger
+# ones (``E`` is twice the input's differences) leave the cache.
 _OUTPUT_SIDE_MAX_ITEMSIZE = 2
 _GRAD_CHUNK_BYTES = 4 << 20
 
@@ -133,8 +132,8 @@ def _centre_grads(g0: Tensor, w1: Tensor, k: int, groups: int) -> Tensor:
     co, cig = g0.shape[:2]
     m = (k * k - 1) // 2
     # g0 as (out, k*k, in / g) (a view of a channels-last g0), so <g0(d) - g0(-d), W(d)> is
-    # one dot product per row of w1's (tap, in / g) taps; written contiguous (an einsum
-    # over the strided layouts took 4x as long at 512 channels).
+    # one dot product per row of w1's (tap, in / g) taps; written contiguous, because an
+    # einsum over the strided layouts is several times slower for wide layers.
     per_offset = g0.permute(0, 2, 3, 1).reshape(co, k * k, cig)
     odd = g0.new_empty(co, m, cig)
     torch.sub(per_offset[:, :m], per_offset[:, m + 1 :].flip(1), out=odd)
@@ -407,8 +406,8 @@ def _backward_gemms(
     nb, ho, wo, _, m, cg = d.shape
     if groups == 1 and d.element_size() < 4 and d.device.type == "cpu":
         # Reduced precision: matmuls (oneDNN) beat the 1x1 convolution's backward, and one
-        # product per tap writes that tap's gradient as one contiguous block: strided
-        # reduced-precision adds reading one tap out of the interleaved layout ran ~3x slower.
+        # product per tap writes that tap's gradient as one contiguous block, where strided
+        # reduced-precision adds reading one tap out of the interleaved layout are slow.
         g2 = g_rows.view(nb * ho * wo, -1)
         gw = torch.mm(g2.t(), d.view(g2.shape[0], -1)).view_as(w1) if need_w else None
         gd = None

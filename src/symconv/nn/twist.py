@@ -349,9 +349,10 @@ class _TwistForward:
                 )
             else:  # taps: (2 out, m * in/g, 1, 1), rows (group, x or y, out / g), columns
                 # (tap, in / g); one copy writes the transposed taps contiguous (canonical
-                # strides: a 1x1 kernel whose strides also read as channels-last gets a wrong
-                # weight gradient from a channels-last convolution, seen with torch 2.13,
-                # float64, in/groups == 1). The centres stay out of the main kernel here.
+                # strides: a 1x1 kernel whose strides also read as channels-last can get a
+                # wrong weight gradient from a channels-last convolution in float64 with
+                # in/groups == 1, in PyTorch's CPU kernels). The centres stay out of the main
+                # kernel here.
                 tx, ty = self._free_taps()
                 w1 = torch.stack([tx.transpose(-1, -2), ty.transpose(-1, -2)], dim=1)
                 kernels = (w1.view(2 * self.out_channels, -1, 1, 1),)
