@@ -101,10 +101,30 @@ class LayerSpec:
         """This spec with its input channels known (a Keras layer's, at build)."""
         raise NotImplementedError
 
-    @classmethod
-    def example(cls) -> LayerSpec:
-        """A small valid spec, used by the conformance tests of every family."""
+    @property
+    def spatial_rank(self) -> int:
+        """Spatial axes of the input: 2 for ``(N, C, H, W)``, 1 for ``(N, C, L)``."""
         raise NotImplementedError
+
+    @classmethod
+    def example(cls, ndim: int | None = None) -> LayerSpec:
+        """A small valid spec (``ndim`` spatial axes, for families that have several), used
+        by the conformance tests of every family."""
+        raise NotImplementedError
+
+    def example_input_shape(self) -> tuple[int, ...]:
+        """A small torch-layout input ``(N, C, *spatial)`` this layer accepts."""
+        raise NotImplementedError
+
+    def keras_input_shape(self, data_format: str = "channels_last") -> tuple[int | None, ...]:
+        """The symbolic Keras input shape that builds the twin: ``(None, *spatial, C)`` or,
+        with ``channels_first``, ``(None, C, *spatial)``."""
+        channels = getattr(self, "in_channels", None)
+        if channels is None:
+            raise ValueError("the input channels are not known yet (build the layer first)")
+        if data_format == "channels_first":
+            return (None, channels) + (None,) * self.spatial_rank
+        return (None,) * (self.spatial_rank + 1) + (channels,)
 
     def describe_mismatch(self, other: LayerSpec, strict: bool) -> str | None:
         """The first setting that differs from ``other``'s (self torch, other Keras), or

@@ -61,16 +61,29 @@ class SymmetricConvSpec(LayerSpec):
         )
 
     @classmethod
-    def example(cls) -> SymmetricConvSpec:
+    def example(cls, ndim: int | None = None) -> SymmetricConvSpec:
+        ndim = 2 if ndim is None else ndim
+        symmetry = {1: {"h": 4}, 2: {"h": 2, "v": 2, "hv": 4}, 3: {"hv": 4, "hvz": 8}}[ndim]
         return cls.from_torch(
-            2,
+            ndim,
             in_channels=3,
             out_channels=10,
             kernel_size=3,
             padding=1,
-            symmetry={"h": 2, "v": 2, "hv": 4},
+            symmetry=symmetry,
             share_bias=True,
         )
+
+    @property
+    def in_channels(self) -> int | None:
+        return self.conv.in_channels
+
+    @property
+    def spatial_rank(self) -> int:
+        return self.conv.ndim
+
+    def example_input_shape(self) -> tuple[int, ...]:
+        return (2, self.conv.in_channels or 3, *(7,) * self.conv.ndim)
 
     def with_in_channels(self, in_channels: int) -> SymmetricConvSpec:
         return replace(self, conv=self.conv.with_in_channels(in_channels))
