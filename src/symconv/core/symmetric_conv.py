@@ -25,14 +25,30 @@ from symconv.core.symmetry import (
 __all__ = ["SymmetricConvSpec", "degenerate_keys"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class SymmetricConvSpec(LayerSpec):
-    """A convolution's geometry plus the symmetry plan of its output channels."""
+    """A convolution's geometry plus the symmetry plan of its output channels.
+
+    Two specs are equal when their geometries and channel layouts are (plans hold arrays,
+    so they compare by what defines them).
+    """
 
     family: ClassVar[str] = "symmetric"
 
     conv: ConvGeometry
     plan: SymmetryPlan
+
+    def _key(self) -> tuple[object, ...]:
+        p = self.plan
+        return (self.conv, p.ndim, p.out_channels, p.groups, p.share_bias, p.blocks)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SymmetricConvSpec):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
 
     @classmethod
     def from_torch(
@@ -63,7 +79,7 @@ class SymmetricConvSpec(LayerSpec):
     @classmethod
     def example(cls, ndim: int | None = None) -> SymmetricConvSpec:
         ndim = 2 if ndim is None else ndim
-        symmetry = {1: {"h": 4}, 2: {"h": 2, "v": 2, "hv": 4}, 3: {"hv": 4, "hvz": 8}}[ndim]
+        symmetry = {1: {"h": 4}, 2: {"h": 2, "v": 2, "hv": 4}, 3: {"hz": 4, "z": 2}}[ndim]
         return cls.from_torch(
             ndim,
             in_channels=3,
@@ -83,7 +99,7 @@ class SymmetricConvSpec(LayerSpec):
         return self.conv.ndim
 
     def example_input_shape(self) -> tuple[int, ...]:
-        return (2, self.conv.in_channels or 3, *(7,) * self.conv.ndim)
+        return (2, self.conv.in_channels or 3, *(5,) * self.conv.ndim)
 
     def with_in_channels(self, in_channels: int) -> SymmetricConvSpec:
         return replace(self, conv=self.conv.with_in_channels(in_channels))

@@ -1,0 +1,116 @@
+"""Naive float64 numpy references, one per layer family, written from each layer's formula.
+
+Each takes the spec, the parameters by torch name in torch layout (numpy) and a torch-layout
+input ``(N, C, *spatial)``, and returns the torch-layout output. They read the spec's
+settings, never the layers' code paths (gather indices, fused kernels, ...).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from _numpy_conv import conv_nd
+
+
+def _conv(x: np.ndarray, w: np.ndarray, conv, padding_mode: str = "zeros") -> np.ndarray:
+    """``nn.ConvNd``'s cross-correlation of ``x`` ``(N, C, *sp)`` with ``w`` ``(out, in/g, *k)``."""
+    nd = w.ndim - 2
+    x_last = np.moveaxis(np.asarray(x, np.float64), 1, -1)
+    padding = conv.padding
+    if padding == "same":  # torch pads the extra element at the end, like TensorFlow
+        padding = "same"
+    elif padding == "valid":
+        padding = [(0, 0)] * nd
+    else:
+        padding = [(p, p) for p in padding]
+    if padding_mode != "zeros":
+        mode = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}[padding_mode]
+        x_last = np.pad(x_last, [(0, 0), *padding, (0, 0)], mode=mode)
+        padding = "valid"
+    kernel = np.moveaxis(np.asarray(w, np.float64), (0, 1), (-1, -2))
+    out = conv_nd(x_last, kernel, conv.stride, padding, conv.dilation, conv.groups)
+    return np.moveaxis(out, -1, 1)
+
+
+def symmetric(spec, params: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
+    """Each output channel is its free filter reflected along the axes its member flips."""
+    plan, conv = spec.plan, spec.conv
+    free = params["weight"]
+    full = np.stack(
+        [
+            np.flip(free[plan.free_index[c]], axis=tuple(1 + np.flatnonzero(plan.flips[c])))
+            for c in range(plan.out_channels)
+        ]
+    )
+    out = _conv(x, full, conv, conv.padding_mode)
+    if "bias" in params:
+        bias = params["bias"][plan.bias_index]
+        out = out + bias.reshape(1, -1, *([1] * conv.ndim))
+    return out
+
+
+def _odd_kernel(taps: np.ndarray, k: int) -> np.ndarray:
+    """Free taps ``(out, in, n)`` -> odd kernel ``(out, in, k, k)``, tap by tap."""
+    kernel = np.zeros((*taps.shape[:2], k, k))
+    for t in range(taps.shape[2]):
+        r, c = divmod(t, k)
+        kernel[:, :, r, c] = taps[:, :, t]
+        kernel[:, :, k - 1 - r, k - 1 - c] = -taps[:, :, t]
+    return kernel
+
+
+def twist(spec, params: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
+    """``conv(x, W) + (X - cx) conv(x, Wx) + (Y - cy) conv(x, Wy) + b``, with
+    ``X = 2 j / W_out`` and ``Y = 2 i / H_out``."""
+    conv = spec.conv
+    k = conv.kernel_size[0]
+    kernels = (
+        params["weight"],
+        _odd_kernel(params["twist_x"], k),
+        _odd_kernel(params["twist_y"], k),
+    )
+    a, b, c = (_conv(x, w, conv, conv.padding_mode) for w in kernels)
+    h, w = a.shape[-2:]
+    X = (2 * np.arange(w) / w)[None, None, None, :]
+    Y = (2 * np.arange(h) / h)[None, None, :, None]
+    cx = params["center_x"][None, :, None, None]
+    cy = params["center_y"][None, :, None, None]
+    out = a + (X - cx) * b + (Y - cy) * c
+    if "bias" in params:
+        out = out + params["bias"][None, :, None, None]
+    return out
+
+
+def global_conv(spec, params: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
+    """``y_i = x_i C + reduce_{j != i} x_j S + b`` (sum, or mean over the n - 1 others)."""
+    x = np.asarray(x, np.float64)
+    n = x.shape[-1]
+    out = np.zeros((x.shape[0], spec.out_channels, n))
+    for i in range(n):
+        others = [j for j in range(n) if j != i]
+        surround = x[:, :, others].sum(-1)
+        if spec.reduction == "mean" and others:
+            surround = surround / len(others)
+        y = x[:, :, i] @ params["center"] + surround @ params["surround"]
+        if "bias" in params:
+            y = y + params["bias"]
+        out[:, :, i] = y
+    return out
+
+
+def topk(spec, params: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
+    """The ``k`` largest values along the last axis, largest first."""
+    return -np.sort(-np.asarray(x, np.float64), axis=-1)[..., : spec.k]
+
+
+#: ``symconv.registry.Family.name`` -> reference.
+REFERENCES: dict[str, Callable[..., np.ndarray]] = {
+    "symmetric1d": symmetric,
+    "symmetric2d": symmetric,
+    "symmetric3d": symmetric,
+    "twist": twist,
+    "global_conv": global_conv,
+    "topk": topk,
+}

@@ -1,0 +1,250 @@
+"""The conformance suite: every layer family of ``symconv.registry`` passes the same checks
+in every framework it exists in.
+
+Per family: the spec describes the real parameters; the torch layer equals a naive
+reference (float64); torch <-> Keras parity both ways; ``state_dict`` and ``.keras`` round
+trips; ``torch.compile`` (forward and gradients); ONNX through onnxruntime; DDP equals one
+process; channels_last; CPU autocast; CUDA equals CPU where a GPU exists. A new family gets
+all of this from its registry line and a reference in ``_references.py``.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+
+import numpy as np
+import pytest
+import torch
+from _references import REFERENCES
+from torch import nn
+
+from _gloo import finish_gloo_worker, start_gloo_worker
+from symconv.registry import FAMILIES, Family
+
+PARAMS = [pytest.param(f, id=f.name) for f in FAMILIES]
+TWINS = [pytest.param(f, id=f.name) for f in FAMILIES if f.keras is not None]
+
+
+def _torch_layer(family: Family, dtype: torch.dtype = torch.float32) -> nn.Module:
+    torch.manual_seed(0)
+    layer = family.torch_class.from_spec(family.example(), dtype=dtype)
+    with torch.no_grad():  # nonzero everywhere, so every parameter shows in the output
+        for p in layer.parameters():
+            p.copy_(torch.randn_like(p) * 0.5)
+    if hasattr(layer, "clear_cache"):
+        layer.clear_cache()
+    return layer
+
+
+def _input(family: Family, dtype: torch.dtype = torch.float32, seed: int = 1) -> torch.Tensor:
+    shape = family.example().example_input_shape()
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def _params_np(layer: nn.Module) -> dict[str, np.ndarray]:
+    return {n: p.detach().double().numpy() for n, p in layer.named_parameters()}
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-5) -> None:
+    torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+
+
+# -- the registry ----------------------------------------------------------------------------
+def test_every_family_has_a_reference_and_unique_classes():
+    assert set(REFERENCES) == {f.name for f in FAMILIES}
+    classes = [f.torch for f in FAMILIES] + [f.keras for f in FAMILIES if f.keras]
+    assert len(classes) == len(set(classes))
+
+
+@pytest.mark.parametrize("family", PARAMS)
+def test_spec_lists_exactly_the_torch_parameters(family):
+    layer = _torch_layer(family)
+    listed = {p.torch_name: p.torch_shape for p in layer.spec.params() if p.present}
+    actual = {n: tuple(p.shape) for n, p in layer.named_parameters()}
+    assert listed == actual
+    assert layer.spec == family.example()
+
+
+# -- numerics --------------------------------------------------------------------------------
+@pytest.mark.parametrize("family", PARAMS)
+def test_matches_naive_reference(family):
+    layer = _torch_layer(family, torch.float64)
+    x = _input(family, torch.float64)
+    expected = REFERENCES[family.name](layer.spec, _params_np(layer), x.numpy())
+    np.testing.assert_allclose(layer(x).detach().numpy(), expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("family", PARAMS)
+def test_gradcheck_float64(family):
+    layer = _torch_layer(family, torch.float64)
+    x = _input(family, torch.float64).requires_grad_()
+    params = tuple(layer.parameters())
+
+    def fn(x, *ps):
+        names = [n for n, _ in layer.named_parameters()]
+        return torch.func.functional_call(layer, dict(zip(names, ps, strict=True)), (x,))
+
+    assert torch.autograd.gradcheck(fn, (x, *params), eps=1e-6, atol=1e-5, fast_mode=True)
+
+
+@pytest.mark.parametrize("family", PARAMS)
+def test_state_dict_round_trip(family):
+    layer = _torch_layer(family)
+    twin = family.torch_class.from_spec(family.example())
+    twin.load_state_dict(copy.deepcopy(layer.state_dict()))
+    x = _input(family)
+    _close(twin(x), layer(x), 0)
+    buffer = io.BytesIO()
+    torch.save(layer.state_dict(), buffer)
+    buffer.seek(0)
+    twin.load_state_dict(torch.load(buffer, weights_only=True))
+    _close(twin(x), layer(x), 0)
+
+
+@pytest.mark.parametrize("family", PARAMS)
+def test_torch_compile_forward_and_gradients(family):
+    layer = _torch_layer(family)
+    x = _input(family)
+    compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
+    _close(compiled(x), layer(x))
+    params = [p for p in layer.parameters()]
+    if params:
+        want = torch.autograd.grad(layer(x).square().sum(), params)
+        got = torch.autograd.grad(compiled(x).square().sum(), params)
+        for g, w in zip(got, want, strict=True):
+            _close(g, w)
+    with torch.no_grad():
+        _close(compiled(x), layer(x))
+
+
+@pytest.mark.parametrize("family", PARAMS)
+def test_onnx_matches_torch(family, tmp_path):
+    pytest.importorskip("onnxscript")
+    ort = pytest.importorskip("onnxruntime")
+    layer = _torch_layer(family).eval()
+    x = _input(family)
+    path = tmp_path / f"{family.name}.onnx"
+    torch.onnx.export(layer, (x,), str(path), dynamo=True)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        np.testing.assert_allclose(got, layer(x).numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", PARAMS)
+def test_channels_last_matches_contiguous(family):
+    x = _input(family)
+    if x.dim() not in (4, 5):
+        pytest.skip("channels_last is a layout of 4-D and 5-D tensors")
+    fmt = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
+    layer = _torch_layer(family)
+    want = layer(x)
+    layer = layer.to(memory_format=fmt)
+    _close(layer(x.to(memory_format=fmt)), want)
+
+
+@pytest.mark.parametrize("family", PARAMS)
+def test_cpu_autocast_bfloat16(family):
+    layer = _torch_layer(family)
+    x = _input(family)
+    want = layer(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = layer(x)
+    scale = want.abs().max()
+    assert torch.isfinite(got).all()
+    assert ((got.float() - want).abs().max() / scale) < 0.05
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("family", PARAMS)
+def test_cuda_matches_cpu(family):
+    layer = _torch_layer(family)
+    x = _input(family)
+    gpu = copy.deepcopy(layer).cuda()
+    _close(gpu(x.cuda()).cpu(), layer(x), 1e-4)
+
+
+# -- DDP: one harness for every family ---------------------------------------------------------
+def _ddp_worker(rank: int, world: int, init_file: str, name: str, out_file: str) -> None:
+    start_gloo_worker(rank, world, init_file)
+    family = next(f for f in FAMILIES if f.name == name)
+    layer = _torch_layer(family, torch.float64)
+    ddp = nn.parallel.DistributedDataParallel(layer)
+    x = _input(family, torch.float64)
+    shard = slice(rank * (x.shape[0] // world), (rank + 1) * (x.shape[0] // world))
+    ddp(x[shard]).square().mean().backward()
+    if rank == 0:
+        torch.save({n: p.grad for n, p in layer.named_parameters()}, out_file)
+    finish_gloo_worker()
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("family", [f for f in PARAMS if f.values[0].name != "topk"])
+def test_ddp_gradients_equal_one_process(family, tmp_path):
+    import torch.multiprocessing as mp
+
+    out_file = str(tmp_path / "grads.pt")
+    args = (2, str(tmp_path / "init"), family.name, out_file)
+    mp.spawn(_ddp_worker, args=args, nprocs=2, join=True)
+    layer = _torch_layer(family, torch.float64)
+    layer(_input(family, torch.float64)).square().mean().backward()  # mean of shard means
+    ddp_grads = torch.load(out_file, weights_only=True)
+    for name, p in layer.named_parameters():
+        torch.testing.assert_close(ddp_grads[name], p.grad, rtol=1e-10, atol=1e-12)
+
+
+# -- torch <-> Keras ----------------------------------------------------------------------------
+def _keras_input(x: torch.Tensor, data_format: str) -> np.ndarray:
+    return x.numpy() if data_format == "channels_first" else np.moveaxis(x.numpy(), 1, -1)
+
+
+def _torch_output(y, data_format: str) -> np.ndarray:
+    from keras import ops
+
+    y = np.asarray(ops.convert_to_numpy(y))
+    return y if data_format == "channels_first" else np.moveaxis(y, -1, 1)
+
+
+def _data_formats(family: Family) -> list[str]:
+    # The set layers take (batch, n, channels) only.
+    return (
+        ["channels_last", "channels_first"]
+        if family.example().spatial_rank > 1 or (family.name.startswith("symmetric"))
+        else ["channels_last"]
+    )
+
+
+@pytest.mark.parametrize("family", TWINS)
+def test_torch_keras_parity_both_ways(family):
+    pytest.importorskip("keras")
+    from symconv.keras import keras_to_torch, torch_to_keras
+
+    for data_format in _data_formats(family):
+        layer = _torch_layer(family)
+        x = _input(family)
+        twin = torch_to_keras(layer, data_format=data_format)
+        assert twin.spec.pair_fields() == layer.spec.pair_fields()
+        got = _torch_output(twin(_keras_input(x, data_format)), data_format)
+        np.testing.assert_allclose(got, layer(x).detach().numpy(), rtol=1e-4, atol=1e-4)
+        back = keras_to_torch(twin)
+        for (name, p), q in zip(layer.named_parameters(), back.parameters(), strict=True):
+            torch.testing.assert_close(q, p, rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.parametrize("family", TWINS)
+def test_keras_file_round_trip(family, tmp_path):
+    keras = pytest.importorskip("keras")
+    from symconv.keras import torch_to_keras
+
+    layer = _torch_layer(family)
+    x = _keras_input(_input(family), "channels_last")
+    twin = torch_to_keras(layer)
+    model = keras.Sequential([keras.Input(x.shape[1:]), twin])
+    path = tmp_path / f"{family.name}.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(loaded(x)), keras.ops.convert_to_numpy(model(x)), atol=1e-6
+    )
+    assert loaded.layers[-1].spec == twin.spec
