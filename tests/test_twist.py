@@ -1236,6 +1236,15 @@ def test_spec_example_and_layouts() -> None:
         TwistSpec.from_torch(4, 4, padding_mode="circular").keras_kwargs()
     with pytest.raises(TypeError, match="spec=3 must be a TwistSpec, got int"):
         ConvTwist.from_spec(3)
+    keras_made = TwistSpec.from_keras(6, strides=2, use_bias=False, padding_mode="reflect")
+    for needs_channels in (keras_made.params, keras_made.torch_kwargs_from_keras):
+        with pytest.raises(ValueError, match="input channels are not known yet"):
+            needs_channels()
+    with pytest.raises(ValueError, match="the input has 5 channels, which is not divisible"):
+        TwistSpec.from_keras(6, groups=2).with_in_channels(5)
+    layer = ConvTwist.from_spec(keras_made.with_in_channels(3))
+    assert (layer.in_channels, layer.out_channels, layer.stride) == (3, 6, (2, 2))
+    assert layer.bias is None and layer.padding_mode == "reflect"
 
 
 @pytest.mark.parametrize(
@@ -1264,5 +1273,5 @@ def test_conversion_reason_is_the_convert_rule(conv: nn.Conv2d) -> None:
     if reason is None:
         assert isinstance(ConvTwist.from_conv(conv), ConvTwist)
     else:
-        with pytest.raises(ValueError, match=f"^{re.escape(reason)}: ConvTwist.from_conv needs"):
+        with pytest.raises(ValueError, match=f"^ConvTwist.from_conv: {re.escape(reason)} "):
             ConvTwist.from_conv(conv)

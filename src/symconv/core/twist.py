@@ -224,14 +224,14 @@ class TwistSpec(LayerSpec):
             )
         return replace(self, in_channels=int(in_channels))
 
-    def _in_per_group(self) -> int:
+    def _known_in_channels(self) -> int:
         if self.in_channels is None:
             raise ValueError("the input channels are not known yet (build the layer first)")
-        return self.in_channels // self.groups
+        return self.in_channels
 
     def params(self) -> tuple[ParamLayout, ...]:
         out, k = self.out_channels, self.kernel_size
-        taps = (out, self._in_per_group(), self.n_free)
+        taps = (out, self._known_in_channels() // self.groups, self.n_free)
         return (
             ParamLayout("weight", "kernel", (*taps[:2], k, k), kernel_to_keras(2)),
             ParamLayout("twist_x", "twist_x", taps, (2, 1, 0)),
@@ -254,9 +254,8 @@ class TwistSpec(LayerSpec):
 
     def torch_kwargs(self) -> dict[str, Any]:
         """:class:`~symconv.nn.twist.ConvTwist`'s constructor arguments."""
-        self._in_per_group()
         return {
-            "in_channels": self.in_channels,
+            "in_channels": self._known_in_channels(),
             "out_channels": self.out_channels,
             "kernel_size": self.kernel_size,
             "stride": self.stride,

@@ -80,6 +80,13 @@ __all__ = ["ConvTwist"]
 torch.fx.wrap("conv_twist")
 
 
+def _one_or_pair(value: object) -> object:
+    """An ``nn.Conv2d`` setting as a user would write it: ``3`` for ``(3, 3)``."""
+    if isinstance(value, tuple) and len(set(value)) == 1:
+        return value[0]
+    return value
+
+
 class ConvTwist(TwistForward, nn.Module):
     r"""A 2-D convolution plus position-weighted odd convolutions that generate rotations and
     dilations about learnable centers.
@@ -349,9 +356,13 @@ class ConvTwist(TwistForward, nn.Module):
             )
         reason = conversion_reason(conv.kernel_size, conv.dilation, conv.padding)
         if reason is not None:
+            given = ", ".join(
+                f"{name}={_one_or_pair(getattr(conv, name))!r}"
+                for name in ("kernel_size", "dilation", "padding")
+            )
             raise ValueError(
-                f"{reason}: ConvTwist.from_conv needs an odd square kernel of 3 or more, "
-                "dilation 1 and padding kernel_size // 2 (or 'same')"
+                f"ConvTwist.from_conv: {reason} (the conv has {given}); it needs an odd square "
+                "kernel of 3 or more, dilation 1 and padding kernel_size // 2 (or 'same')"
             )
         layer = cls(
             conv.in_channels,
