@@ -379,10 +379,10 @@ def test_saves_what_a_convolution_saves(impl: str) -> None:
 
 def test_gemm_rows() -> None:
     """The GEMM view has at least 16 rows (oneDNN's threshold) and divides the pixels."""
-    from symconv.nn._twist_taps import _gemm_rows
+    from symconv.nn._twist_tap_ops import gemm_rows
 
     for pixels in (1, 7, 16, 49, 196, 3136, 97, 12 * 12 * 5, 4099 * 5, 100_003):
-        r = _gemm_rows(pixels)
+        r = gemm_rows(pixels)
         assert pixels % r == 0
         assert r >= 16 or r == pixels
         assert r == pixels or not any(pixels % q == 0 for q in range(16, r))
@@ -510,40 +510,76 @@ def test_set_twist_kernels_rejects_non_finite() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "exc", "match"),
     [
-        ({"kernel_size": 4}, ValueError, r"kernel_size=4 must be odd and square \(3, 5, 7"),
+        (
+            {"kernel_size": 4},
+            ValueError,
+            r"kernel_size=4 is not allowed; it must be odd and square \(3, 5, 7",
+        ),
         ({"kernel_size": (3, 5)}, ValueError, "must be odd and square"),
-        ({"kernel_size": 0}, ValueError, "kernel_size=0 must be a positive integer"),
-        ({"kernel_size": 1}, ValueError, "kernel_size=1 has no twist terms.*nn.Conv2d"),
-        ({"kernel_size": (1, 1)}, ValueError, r"kernel_size=\(1, 1\) has no twist terms"),
-        ({"kernel_size": 1.5}, TypeError, "kernel_size=1.5 must be an int, got float"),
-        ({"kernel_size": "3"}, TypeError, "kernel_size='3' must be an int, got str"),
-        ({"stride": 0}, ValueError, "stride=0 must be a positive integer"),
-        ({"stride": -1}, ValueError, "stride=-1 must be a positive integer"),
-        ({"stride": (1, 0)}, ValueError, "stride=0 must be a positive integer"),
-        ({"stride": (1, 2, 3)}, ValueError, "stride=.* pair"),
-        ({"stride": 2.0}, TypeError, "stride=2.0 must be an int, got float"),
+        ({"kernel_size": 0}, ValueError, "kernel_size=0 is not allowed; it must be an int >= 1"),
+        (
+            {"kernel_size": 1},
+            ValueError,
+            "kernel_size=1 is not allowed; .*has no twist terms.*nn.Conv2d",
+        ),
+        (
+            {"kernel_size": (1, 1)},
+            ValueError,
+            r"kernel_size=\(1, 1\) is not allowed; .*has no twist terms",
+        ),
+        (
+            {"kernel_size": 1.5},
+            TypeError,
+            "kernel_size=1.5 must be an int >= 1 or a tuple of 2 such ints, got float",
+        ),
+        (
+            {"kernel_size": "3"},
+            TypeError,
+            "kernel_size='3' must be an int >= 1 or a tuple of 2 such ints, got str",
+        ),
+        ({"stride": 0}, ValueError, "stride=0 is not allowed; it must be an int >= 1"),
+        ({"stride": -1}, ValueError, "stride=-1 is not allowed; it must be an int >= 1"),
+        ({"stride": (1, 0)}, ValueError, r"stride=\(1, 0\) is not allowed; it must be an int >= 1"),
+        ({"stride": (1, 2, 3)}, ValueError, "stride=.* tuple of 2"),
+        (
+            {"stride": 2.0},
+            TypeError,
+            "stride=2.0 must be an int >= 1 or a tuple of 2 such ints, got float",
+        ),
         ({"groups": 3}, ValueError, "in_channels=4 is not divisible by groups=3"),
         ({"groups": 4, "out_channels": 6}, ValueError, "out_channels=6 is not divisible"),
-        ({"groups": 0}, ValueError, "groups=0 must be a positive integer"),
-        ({"groups": True}, TypeError, "groups=True must be an int, got bool"),
-        ({"in_channels": 0}, ValueError, "in_channels=0 must be a positive integer"),
-        ({"in_channels": -2}, ValueError, "in_channels=-2 must be a positive integer"),
-        ({"in_channels": "3"}, TypeError, "in_channels='3' must be an int, got str"),
-        ({"out_channels": 0}, ValueError, "out_channels=0 must be a positive integer"),
-        ({"out_channels": 2.5}, TypeError, "out_channels=2.5 must be an int, got float"),
+        ({"groups": 0}, ValueError, "groups=0 is not allowed; it must be an int >= 1"),
+        ({"groups": True}, TypeError, "groups=True must be an int >= 1, got bool"),
+        ({"in_channels": 0}, ValueError, "in_channels=0 is not allowed; it must be an int >= 1"),
+        ({"in_channels": -2}, ValueError, "in_channels=-2 is not allowed; it must be an int >= 1"),
+        ({"in_channels": "3"}, TypeError, "in_channels='3' must be an int >= 1, got str"),
+        ({"out_channels": 0}, ValueError, "out_channels=0 is not allowed; it must be an int >= 1"),
+        ({"out_channels": 2.5}, TypeError, "out_channels=2.5 must be an int >= 1, got float"),
         ({"padding": -1}, ValueError, r"padding=-1 is not allowed; .*kernel_size // 2 = 1"),
         ({"padding": 0}, ValueError, "padding=0 is not allowed; .* pass padding=1"),
         ({"padding": (1, 2)}, ValueError, r"padding=\(1, 2\) is not allowed"),
         ({"padding": "valid"}, ValueError, "padding='valid' is not allowed; .*'same' .stride 1."),
         ({"padding": "same", "stride": 2}, ValueError, "padding='same' is not supported for stri"),
-        ({"padding": 1.0}, TypeError, "padding=1.0 must be an int, got float"),
+        (
+            {"padding": 1.0},
+            TypeError,
+            "padding=1.0 must be an int >= 0 or a tuple of 2 such ints, got float",
+        ),
         ({"kernel_size": 5, "padding": 1}, ValueError, "padding=1 .* kernel_size // 2 = 2"),
-        ({"dilation": 2}, ValueError, "dilation=2 is not allowed; ConvTwist needs dilation 1"),
-        ({"dilation": 1.0}, TypeError, "dilation=1.0 must be an int, got float"),
+        (
+            {"dilation": 2},
+            ValueError,
+            "dilation=2 is not allowed; it must be 1 .ConvTwist needs dilation 1.",
+        ),
+        (
+            {"dilation": 1.0},
+            TypeError,
+            "dilation=1.0 must be an int >= 1 or a tuple of 2 such ints, got float",
+        ),
         ({"bias": 1}, TypeError, "bias=1 must be a bool"),
         ({"init_max": -1.0}, ValueError, "init_max=-1.0"),
         ({"init_max": float("nan")}, ValueError, "init_max=nan"),
-        ({"init_max": "1"}, TypeError, "init_max='1' must be a number, got str"),
+        ({"init_max": "1"}, TypeError, "init_max='1' must be a finite number >= 0, got str"),
         ({"padding_mode": "same"}, ValueError, "padding_mode='same' is not allowed"),
         ({"padding_mode": None}, TypeError, "padding_mode=None must be a str"),
         ({"impl": "triton"}, ValueError, "impl='triton' is not allowed"),
@@ -1128,3 +1164,114 @@ def test_post_demo_scaling() -> None:
     (r0, a0), (r1, a1) = _flow(-EPS * SOBEL_A, EPS * SOBEL_B, STEPS, SIZE)
     assert abs(a1 - a0) < 0.01
     assert r1 / r0 == pytest.approx((1 - RATE) ** -STEPS, rel=0.03)  # expansion
+
+
+# -- the spec (symconv.core.twist) ------------------------------------------------------------
+def test_core_twist_imports_neither_torch_nor_keras() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, symconv.core.twist; "
+        "print(sorted(m for m in ('torch', 'keras', 'tensorflow') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {"groups": 2, "bias": False, "kernel_size": 5},
+        {"groups": 4, "out_channels": 8, "stride": (2, 1), "padding_mode": "circular"},
+    ],
+)
+def test_spec_matches_layer(kwargs: dict) -> None:
+    """``spec.params()`` gives every parameter's real name, shape and presence, in
+    ``named_parameters`` order; ``from_spec`` rebuilds the same layer."""
+    from symconv.core.twist import TwistSpec
+
+    args = {"in_channels": 4, "out_channels": 6} | kwargs
+    layer = ConvTwist(**args, impl="split", init_max=0.5)
+    spec = layer.spec
+    assert isinstance(spec, TwistSpec) and spec.family == "twist"
+    assert spec == TwistSpec.from_torch(**args, impl="split", init_max=0.5)
+    params = [p for p in spec.params() if p.present]
+    assert [p.torch_name for p in params] == [n for n, _ in layer.named_parameters()]
+    assert all(tuple(getattr(layer, p.torch_name).shape) == p.torch_shape for p in params)
+    assert [p.present for p in spec.params()] == [True] * 5 + [layer.bias is not None]
+    twin = ConvTwist.from_spec(spec, dtype=torch.float64)
+    assert twin.spec == spec and twin.weight.dtype == torch.float64
+    for name in ("in_channels", "out_channels", "kernel_size", "stride", "padding", "groups"):
+        assert getattr(twin, name) == getattr(layer, name)
+    assert twin.padding_mode == args.get("padding_mode", "zeros")
+    assert (twin.init_max, twin.impl) == (0.5, "split")
+    x = torch.randn(*spec.example_input_shape(), dtype=torch.float64)
+    assert twin(x).shape[:2] == (x.shape[0], spec.out_channels)
+
+
+def test_spec_example_and_layouts() -> None:
+    from symconv.core.twist import TwistSpec
+
+    spec = TwistSpec.example()
+    layer = ConvTwist.from_spec(spec)
+    assert layer(torch.randn(spec.example_input_shape())).shape[1] == spec.out_channels
+    for p in spec.params():  # the Keras layout: np.transpose of the torch array
+        arr = np.zeros(p.torch_shape)
+        perm = p.to_keras or tuple(range(arr.ndim))
+        assert np.transpose(arr, perm).shape == p.keras_shape
+    labels = [f.label for f in spec.pair_fields()]
+    assert labels == [
+        "in_channels",
+        "out_channels / filters",
+        "kernel_size",
+        "groups",
+        "bias / use_bias",
+        "stride / strides",
+        "padding_mode",
+    ]
+    assert [f.weights for f in spec.pair_fields()] == [True] * 5 + [False] * 2
+    with pytest.raises(ValueError, match="padding_mode='circular' has no ConvTwist2D"):
+        TwistSpec.from_torch(4, 4, padding_mode="circular").keras_kwargs()
+    with pytest.raises(TypeError, match="spec=3 must be a TwistSpec, got int"):
+        ConvTwist.from_spec(3)
+    keras_made = TwistSpec.from_keras(6, strides=2, use_bias=False, padding_mode="reflect")
+    for needs_channels in (keras_made.params, keras_made.torch_kwargs_from_keras):
+        with pytest.raises(ValueError, match="input channels are not known yet"):
+            needs_channels()
+    with pytest.raises(ValueError, match="the input has 5 channels, which is not divisible"):
+        TwistSpec.from_keras(6, groups=2).with_in_channels(5)
+    layer = ConvTwist.from_spec(keras_made.with_in_channels(3))
+    assert (layer.in_channels, layer.out_channels, layer.stride) == (3, 6, (2, 2))
+    assert layer.bias is None and layer.padding_mode == "reflect"
+
+
+@pytest.mark.parametrize(
+    "conv",
+    [
+        nn.Conv2d(2, 2, 3, padding=1),
+        nn.Conv2d(2, 2, 5, padding="same"),
+        nn.Conv2d(2, 2, 3),
+        nn.Conv2d(2, 2, 1),
+        nn.Conv2d(2, 2, (3, 5), padding=(1, 2)),
+        nn.Conv2d(2, 2, 4, padding=2),
+        nn.Conv2d(2, 2, 3, padding=2, dilation=2),
+        nn.Conv2d(2, 2, 3, padding="valid"),
+    ],
+    ids=lambda c: c.extra_repr(),
+)
+def test_conversion_reason_is_the_convert_rule(conv: nn.Conv2d) -> None:
+    """``conversion_reason`` and ``convert`` agree, and ``from_conv`` converts exactly the
+    convolutions it has no reason against (raising that reason otherwise)."""
+    from symconv import convert
+    from symconv.core.twist import conversion_reason
+
+    reason = conversion_reason(conv.kernel_size, conv.dilation, conv.padding)
+    report = convert(nn.Sequential(conv), "twist", copy_weights=False)
+    assert [why for _, why in report.skipped] == ([] if reason is None else [reason])
+    if reason is None:
+        assert isinstance(ConvTwist.from_conv(conv), ConvTwist)
+    else:
+        with pytest.raises(ValueError, match=f"^ConvTwist.from_conv: {re.escape(reason)} "):
+            ConvTwist.from_conv(conv)

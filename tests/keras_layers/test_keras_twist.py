@@ -177,13 +177,13 @@ def test_invalid_arguments_same_messages_as_torch(torch_kwargs, keras_kwargs):
 
 
 def test_invalid_keras_arguments():
-    with pytest.raises(ValueError, match=r"filters=0 must be a positive integer"):
+    with pytest.raises(ValueError, match=r"filters=0 is not allowed; it must be an int >= 1"):
         ConvTwist2D(0)
     with pytest.raises(ValueError, match=r"filters=3 is not divisible by groups=2"):
         ConvTwist2D(3, groups=2)
     with pytest.raises(
         ValueError,
-        match=r"padding_mode='circular' is not allowed; use one of \('zeros', 'reflect'\)",
+        match=r"padding_mode='circular' is not allowed; it must be one of \('zeros', 'reflect'\)",
     ):
         ConvTwist2D(2, padding_mode="circular")
     with pytest.raises(ValueError, match=r"data_format='NHWC' is not allowed"):
@@ -194,3 +194,49 @@ def test_invalid_keras_arguments():
         ValueError, match=r"input has 3 channels, which is not divisible by groups=2"
     ):
         ConvTwist2D(2, groups=2).build((None, 5, 5, 3))
+
+
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+def test_spec_layouts_and_from_spec(data_format):
+    """The Keras layer's spec gives its variables' shapes (``keras_shape``) in interop's order;
+    ``from_spec`` of the torch layer's spec builds a twin whose spec equals a Keras-made one
+    and which takes the torch weights permuted by ``to_keras``, computing the same."""
+    import torch
+
+    torch.manual_seed(0)
+    t = ConvTwist(4, 6, kernel_size=5, stride=2, groups=2, padding_mode="reflect", init_max=0.5)
+    k = ConvTwist2D.from_spec(t.spec, data_format=data_format)
+    assert k.built and k.data_format == data_format
+    made = ConvTwist2D(6, 5, strides=2, groups=2, padding_mode="reflect", init_max=0.5)
+    made.build((None, 8, 8, 4))
+    assert k.spec == made.spec.with_in_channels(4) == made.spec
+    layouts = [p for p in k.spec.params() if p.present]
+    assert [p.keras_name for p in layouts] == [v.path.split("/")[-1] for v in k.weights]
+    assert [tuple(v.shape) for v in k.weights] == [p.keras_shape for p in layouts]
+    k.set_weights(
+        [np.transpose(getattr(t, p.torch_name).detach().numpy(), p.to_keras) for p in layouts]
+    )
+    x = np.random.default_rng(4).standard_normal((2, 4, 9, 8)).astype("float32")
+    expected = t(torch.from_numpy(x)).detach().numpy()
+    if data_format == "channels_last":
+        x, expected = np.moveaxis(x, 1, -1), np.moveaxis(expected, 1, -1)
+    np.testing.assert_allclose(np_(k(x)), expected, atol=1e-4, rtol=1e-4)
+    # ... and back: the Keras-made spec's torch twin has the torch layer's settings.
+    back = ConvTwist(**made.spec.torch_kwargs_from_keras())
+    assert back.spec == t.spec
+    unbuilt = ConvTwist2D.from_spec(ConvTwist2D(3).spec)
+    assert not unbuilt.built
+
+
+def test_keras_twist_does_not_import_torch_layers():
+    """Its rules come from symconv.core.twist, not from the torch layer's module."""
+    import ast
+    import inspect
+
+    import symconv.keras.twist
+
+    tree = ast.parse(inspect.getsource(symconv.keras.twist))
+    modules = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    modules += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    assert "symconv.core.twist" in modules
+    assert not [m for m in modules if m == "torch" or m.startswith(("torch.", "symconv.nn"))]

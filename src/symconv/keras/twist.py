@@ -1,9 +1,9 @@
 """Keras 3 ``ConvTwist2D``: a convolution that can learn to rotate and dilate, the twin of
-:class:`symconv.ConvTwist` (same parametrisation, so weights move between them exactly)::
+:class:`symconv.ConvTwist` (same parametrization, so weights move between them exactly)::
 
     out = conv(x, W) + (X - cx) * conv(x, Wx) + (Y - cy) * conv(x, Wy)  (+ bias)
 
-``Wx``, ``Wy`` are odd kernels (``K(-d) = -K(d)``, centre 0) stored by their free taps;
+``Wx``, ``Wy`` are odd kernels (``K(-d) = -K(d)``, center 0) stored by their free taps;
 ``X[j] = 2 j / W_out`` and ``Y[i] = 2 i / H_out`` are the output grids; ``cx``, ``cy`` are
 learnable per output channel; padding is ``kernel_size // 2`` on every side (explicit,
 exactly as the torch layer: Keras ``'same'`` differs from it for strides > 1 on even sizes).
@@ -12,26 +12,24 @@ See :mod:`symconv.nn.twist` for the idea.
 
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Any
 
 import keras
 from keras import ops
 
+from symconv.core.twist import KERAS_PADDING_MODES, TwistSpec
 from symconv.keras._common import (
-    bool_arg,
     conv,
     data_format_arg,
     independent_initializer,
-    int_tuple,
-    positive_int,
+    set_weight_options,
+    weight_options_config,
 )
 
 __all__ = ["ConvTwist2D"]
 
-#: torch padding_mode -> keras.ops.pad mode; the modes both backends of ``ops.pad`` share.
-PADDING_MODES = {"zeros": "constant", "reflect": "reflect"}
+#: padding_mode -> keras.ops.pad mode, for the modes every backend's ``ops.pad`` has.
+PADDING_MODES = dict(zip(KERAS_PADDING_MODES, ("constant", "reflect"), strict=True))
 
 
 def odd_kernel(free: Any, kernel_size: int) -> Any:
@@ -39,15 +37,15 @@ def odd_kernel(free: Any, kernel_size: int) -> Any:
 
     Row-major tap ``i`` and tap ``k*k - 1 - i`` sit at ``d`` and ``-d`` (as in torch).
     """
-    centre = ops.zeros((1, *free.shape[1:]), dtype=free.dtype)
-    flat = ops.concatenate([free, centre, -ops.flip(free, axis=0)], axis=0)
+    center = ops.zeros((1, *free.shape[1:]), dtype=free.dtype)
+    flat = ops.concatenate([free, center, -ops.flip(free, axis=0)], axis=0)
     return ops.reshape(flat, (kernel_size, kernel_size, *free.shape[1:]))
 
 
 @keras.saving.register_keras_serializable(package="symconv")
 class ConvTwist2D(keras.layers.Layer):
     r"""A 2-D convolution plus position-weighted odd convolutions that generate rotations
-    and dilations about learnable centres (Keras 3; TensorFlow, PyTorch and JAX backends).
+    and dilations about learnable centers (Keras 3; TensorFlow, PyTorch and JAX backends).
 
     .. math::
         \text{out} = x \star W + (X - c_x)\,(x \star W_x) + (Y - c_y)\,(x \star W_y) + b
@@ -59,7 +57,7 @@ class ConvTwist2D(keras.layers.Layer):
         groups: blocked connections as in ``keras.layers.Conv2D``.
         use_bias: add a bias per output channel (on by default, as in ``keras.layers.Conv2D``
             and the torch layer).
-        init_max: the centres start uniform in ``[-init_max, init_max]``.
+        init_max: the centers start uniform in ``[-init_max, init_max]``.
         padding_mode: ``'zeros'`` or ``'reflect'`` (padding ``k // 2`` on every side).
         data_format: ``'channels_last'`` (default) or ``'channels_first'``.
         activation: a Keras activation applied to the output.
@@ -99,46 +97,41 @@ class ConvTwist2D(keras.layers.Layer):
         **kwargs: Any,
     ) -> None:
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
-        self.filters = positive_int("filters", filters)
-        kh, kw = int_tuple("kernel_size", kernel_size, 2)
-        if kh != kw or kh % 2 == 0:
-            raise ValueError(
-                f"kernel_size={kernel_size!r} must be odd and square (3, 5, 7, ...): the odd "
-                "kernels need a centre tap"
-            )
-        if kh == 1:
-            raise ValueError(
-                f"kernel_size={kernel_size!r} has no twist terms (an odd 1x1 kernel is zero): "
-                "use keras.layers.Conv2D, or an odd kernel_size of 3 or more"
-            )
-        self.kernel_size = (kh, kh)
-        self.strides = int_tuple("strides", strides, 2)
-        self.groups = positive_int("groups", groups)
-        if self.filters % self.groups:
-            raise ValueError(f"filters={self.filters} is not divisible by groups={self.groups}")
-        self.use_bias = bool_arg("use_bias", use_bias)
-        if (
-            isinstance(init_max, bool)
-            or not isinstance(init_max, numbers.Real)
-            or not math.isfinite(init_max)
-            or init_max < 0
-        ):
-            raise ValueError(f"init_max={init_max!r} must be a finite number >= 0")
-        self.init_max = float(init_max)
-        if padding_mode not in PADDING_MODES:
-            raise ValueError(
-                f"padding_mode={padding_mode!r} is not allowed; use one of {tuple(PADDING_MODES)}"
-            )
-        self.padding_mode = padding_mode
+        self.spec = TwistSpec.from_keras(
+            filters, kernel_size, strides, groups, use_bias, init_max, padding_mode
+        )
+        self.filters = self.spec.out_channels
+        self.kernel_size = (self.spec.kernel_size, self.spec.kernel_size)
+        self.strides = self.spec.stride
+        self.groups = self.spec.groups
+        self.use_bias = self.spec.bias
+        self.init_max = self.spec.init_max
+        self.padding_mode = self.spec.padding_mode
         self.data_format = data_format_arg(data_format)
-        self.activation = keras.activations.get(activation)
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.bias_initializer = keras.initializers.get(bias_initializer)
-        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
-        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
-        self.kernel_constraint = keras.constraints.get(kernel_constraint)
-        self.bias_constraint = keras.constraints.get(bias_constraint)
+        set_weight_options(
+            self,
+            activation=activation,
+            kernel_initializer=kernel_initializer,
+            bias_initializer=bias_initializer,
+            kernel_regularizer=kernel_regularizer,
+            bias_regularizer=bias_regularizer,
+            kernel_constraint=kernel_constraint,
+            bias_constraint=bias_constraint,
+        )
         self.input_spec = keras.layers.InputSpec(ndim=4)
+
+    @classmethod
+    def from_spec(
+        cls, spec: TwistSpec, data_format: str = "channels_last", **keras_kwargs: Any
+    ) -> ConvTwist2D:
+        """A ``ConvTwist2D`` as ``spec`` describes, built when ``spec.in_channels`` is known;
+        ``keras_kwargs``: the weight options and ``keras.layers.Layer`` arguments."""
+        if not isinstance(spec, TwistSpec):
+            raise TypeError(f"spec={spec!r} must be a TwistSpec, got {type(spec).__name__}")
+        layer = cls(**spec.keras_kwargs(data_format), **keras_kwargs)
+        if spec.in_channels is not None:
+            layer.build(spec.keras_input_shape(data_format))
+        return layer
 
     @property
     def _channel_axis(self) -> int:
@@ -152,15 +145,10 @@ class ConvTwist2D(keras.layers.Layer):
                 f"ConvTwist2D needs a known channel dimension; got input shape "
                 f"{tuple(input_shape)} with data_format={self.data_format!r}"
             )
-        if in_channels % self.groups:
-            raise ValueError(
-                f"the input has {in_channels} channels, which is not divisible by "
-                f"groups={self.groups}"
-            )
+        self.spec = self.spec.with_in_channels(in_channels)
         self.input_spec = keras.layers.InputSpec(ndim=4, axes={self._channel_axis: in_channels})
-        k = self.kernel_size[0]
-        shape = (k, k, in_channels // self.groups, self.filters)
-        n_free = (k * k - 1) // 2
+        shapes = {p.keras_name: p.keras_shape for p in self.spec.params()}
+        shape = shapes["kernel"]
         self.kernel = self.add_weight(
             name="kernel",
             shape=shape,
@@ -168,7 +156,43 @@ class ConvTwist2D(keras.layers.Layer):
             regularizer=self.kernel_regularizer,
             constraint=self.kernel_constraint,
         )
-        # Wx is the odd part of a kernel V drawn like W; Wy is Wx rotated by 90 degrees.
+        init_x, init_y = self._twist_initializers(shape)
+        self.twist_x = self.add_weight(
+            name="twist_x",
+            shape=shapes["twist_x"],
+            initializer=init_x,
+            regularizer=self.kernel_regularizer,
+        )
+        self.twist_y = self.add_weight(
+            name="twist_y",
+            shape=shapes["twist_y"],
+            initializer=init_y,
+            regularizer=self.kernel_regularizer,
+        )
+        # One (unseeded) initializer object per center: each repeats its own values.
+        for name in ("center_x", "center_y"):
+            center_init = keras.initializers.RandomUniform(-self.init_max, self.init_max)
+            setattr(
+                self,
+                name,
+                self.add_weight(name=name, shape=shapes[name], initializer=center_init),
+            )
+        if self.use_bias:
+            self.bias = self.add_weight(
+                name="bias",
+                shape=shapes["bias"],
+                initializer=self.bias_initializer,
+                regularizer=self.bias_regularizer,
+                constraint=self.bias_constraint,
+            )
+        else:
+            self.bias = None
+
+    def _twist_initializers(self, shape: tuple[int, ...]) -> tuple[Any, Any]:
+        """The initializers of ``twist_x`` and ``twist_y`` (as the torch layer draws them):
+        ``Wx`` is the odd part of a kernel ``V`` of ``shape`` ``(k, k, in/g, out)`` drawn like
+        ``W``, ``Wy`` is ``Wx`` rotated by 90 degrees; each returns its kernel's free taps."""
+        k = shape[0]
         drawn: dict[str, Any] = {}
         # Independent of W's draw: one Keras initializer object repeats its values.
         v_initializer = independent_initializer(self.kernel_initializer, 1)
@@ -182,40 +206,11 @@ class ConvTwist2D(keras.layers.Layer):
                     # torch: wx.transpose(2, 3).flip(3) on (out, in, kh, kw).
                     drawn["y"] = ops.flip(ops.transpose(wx, (1, 0, 2, 3)), axis=1)
                 taps = ops.reshape(drawn[axis], (k * k, *shape[2:]))
-                return taps[:n_free]
+                return taps[: free_shape[0]]
 
             return init
 
-        self.twist_x = self.add_weight(
-            name="twist_x",
-            shape=(n_free, *shape[2:]),
-            initializer=twist_init("x"),
-            regularizer=self.kernel_regularizer,
-        )
-        self.twist_y = self.add_weight(
-            name="twist_y",
-            shape=(n_free, *shape[2:]),
-            initializer=twist_init("y"),
-            regularizer=self.kernel_regularizer,
-        )
-        # One (unseeded) initializer object per centre: each repeats its own values.
-        for name in ("center_x", "center_y"):
-            centre_init = keras.initializers.RandomUniform(-self.init_max, self.init_max)
-            setattr(
-                self,
-                name,
-                self.add_weight(name=name, shape=(self.filters,), initializer=centre_init),
-            )
-        if self.use_bias:
-            self.bias = self.add_weight(
-                name="bias",
-                shape=(self.filters,),
-                initializer=self.bias_initializer,
-                regularizer=self.bias_regularizer,
-                constraint=self.bias_constraint,
-            )
-        else:
-            self.bias = None
+        return twist_init("x"), twist_init("y")
 
     @property
     def kernel_x(self) -> Any:
@@ -308,14 +303,7 @@ class ConvTwist2D(keras.layers.Layer):
                 "init_max": self.init_max,
                 "padding_mode": self.padding_mode,
                 "data_format": self.data_format,
-                "activation": keras.activations.serialize(self.activation),
-                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
-                "bias_initializer": keras.initializers.serialize(self.bias_initializer),
-                "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
-                "bias_regularizer": keras.regularizers.serialize(self.bias_regularizer),
-                "activity_regularizer": keras.regularizers.serialize(self.activity_regularizer),
-                "kernel_constraint": keras.constraints.serialize(self.kernel_constraint),
-                "bias_constraint": keras.constraints.serialize(self.bias_constraint),
+                **weight_options_config(self),
             }
         )
         return config

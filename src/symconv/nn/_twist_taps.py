@@ -1,8 +1,8 @@
 """ConvTwist's ``'taps'`` path: the main convolution plus both twist terms, the odd kernels
 taken through their free taps.
 
-For an odd kernel ``K`` (``K(-d) = -K(d)``, centre 0) whose free taps are the ``m =
-(k*k-1)/2`` offsets ``d_j`` before the centre (row-major),
+For an odd kernel ``K`` (``K(-d) = -K(d)``, center 0) whose free taps are the ``m =
+(k*k-1)/2`` offsets ``d_j`` before the center (row-major),
 
     conv(x, K)(p) = sum_j K(d_j) * (x(p + d_j) - x(p - d_j)),
 
@@ -17,8 +17,8 @@ formed by shifted slices, weighed by one GEMM and the grids' products added into
 convolution's output, so nothing of ``m`` times the input's size ever goes to memory. The
 backward recomputes the differences per chunk instead of saving them: a step keeps only
 the layer's input, as a plain convolution does. Off the CPU the whole batch is one chunk.
-The main convolution uses ``W`` itself (no centre-folded copy); the centres' gradients
-come from ``W``'s (:func:`_centre_grads`).
+The main convolution uses ``W`` itself (no center-folded copy); the centers' gradients
+come from ``W``'s (:func:`center_grads`).
 
 The input gradient of the differences is ``sum_j G_j(p - d_j) - G_j(p + d_j)``, with ``G_j``
 tap ``j``'s share of the GEMM's input gradient. As the GEMM acts pixel by pixel, those
@@ -26,20 +26,35 @@ differences can equally be taken *before* it, on the grid-weighted output gradie
 (``2 * out`` channels): ``E_j(p) = g'(p - d_j) - g'(p + d_j)``. Then one GEMM ``E W`` *is*
 the twist's input gradient (no scatter of ``m`` tap gradients) and the weight's gradient is
 ``E^T x`` (no input differences to recompute). :func:`_output_side_backward` does that at
-stride 1 without groups in reduced precision on CPU, where it is measured faster.
+stride 1 without groups in reduced precision on CPU, where benchmarks/bench_twist.py finds
+it faster.
+
+The building blocks (tap geometry, the differentiable reference, the centers' gradients, the
+backward's GEMMs) are in :mod:`symconv.nn._twist_tap_ops`; this module holds the chunking and
+its tuning constants.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterator
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from symconv.nn._cache import tracing
+from symconv.nn._twist_tap_ops import (
+    Geometry,
+    as_rows,
+    backward_gemms,
+    center_grads,
+    centered_grids,
+    sum_chunks,
+    tap_windows,
+    twist_terms_reference,
+)
+
+__all__ = ["Geometry", "odd_tap_twist"]
 
 # Tuning constants of the CPU path. Each was chosen with benchmarks/bench_twist.py (one
 # thread, float32 and bfloat16 channels_last, the ResNet shapes); the figures are in
@@ -51,10 +66,6 @@ _CHUNK_BYTES = 2 << 20
 # ... and at least this many times the bytes of the GEMM's weight, so that the weight is
 # reused across enough pixel rows to pay for reading it (wide layers on small maps).
 _WEIGHT_REUSE = 4
-# The GEMM runs as a 1x1 convolution over (rows, channels, 1, columns) views of a chunk's
-# channels-last pixel rows, with at least this many rows: single-threaded PyTorch sends 1x1
-# convolutions of fewer images to a slower BLAS path instead of oneDNN.
-_MIN_GEMM_ROWS = 16
 # The output-side backward (see the module docstring) is used for element sizes up to this
 # (bfloat16/float16: faster there; in float32 its GEMMs become slow 1x1 convolution backward
 # passes). Its chunks hold about _GRAD_CHUNK_BYTES of output-gradient differences ``E``, and
@@ -65,120 +76,14 @@ _OUTPUT_SIDE_MAX_ITEMSIZE = 2
 _GRAD_CHUNK_BYTES = 4 << 20
 
 
-class Geometry(NamedTuple):
-    """A ConvTwist layer's geometry: odd square kernel size, stride, groups, zero padding."""
-
-    k: int
-    stride: tuple[int, int]
-    groups: int
-    pad: int
-
-
-def windows(r: int, s: int, stride: tuple[int, int], ho: int, wo: int) -> tuple[slice, slice]:
-    """Rows and columns of a padded input that tap ``(r, s)`` of a kernel reads."""
-    return (
-        slice(r, r + stride[0] * (ho - 1) + 1, stride[0]),
-        slice(s, s + stride[1] * (wo - 1) + 1, stride[1]),
-    )
-
-
-def _tap_pairs(k: int) -> list[tuple[int, int, int, int]]:
-    """``(r, s, r', s')`` for every free tap: the offsets ``d`` and ``-d`` as kernel indices."""
-    return [(*divmod(j, k), *divmod(k * k - 1 - j, k)) for j in range((k * k - 1) // 2)]
-
-
-def twist_terms_reference(
-    x: Tensor, w1: Tensor, cx: Tensor, cy: Tensor, gx: Tensor, gy: Tensor, geo: Geometry
-) -> Tensor:
-    """``(X - cx) * conv(x, Wx) + (Y - cy) * conv(x, Wy)`` in plain differentiable ops (for
-    compilers, exporters and double backward). Shapes as in :func:`odd_tap_twist`."""
-    k, stride, groups, pad = geo
-    xp = F.pad(x, (pad, pad, pad, pad)) if pad else x
-    hp, wp = xp.shape[-2:]
-    ho, wo = (hp - k) // stride[0] + 1, (wp - k) // stride[1] + 1
-    xv = xp.unflatten(1, (groups, xp.shape[1] // groups))
-    taps = [
-        xv[(..., *windows(r, s, stride, ho, wo))] - xv[(..., *windows(r2, s2, stride, ho, wo))]
-        for r, s, r2, s2 in _tap_pairs(k)
-    ]
-    d = torch.stack(taps, dim=2).flatten(1, 3)  # channels (group, tap, channel in group)
-    bc = F.conv2d(d, w1, None, 1, 0, 1, groups)
-    n, co = bc.shape[0], w1.shape[0] // 2
-    b, c = bc.view(n, groups, 2, co // groups, ho, wo).unbind(2)
-    xc, yc = _centred_grids(gx, gy, cx, cy, groups, b.dtype)
-    # channels first: (groups, out / groups, 1, W_out) and (groups, out / groups, H_out, 1)
-    xc, yc = xc.permute(1, 2, 0).unsqueeze(2), yc.permute(2, 3, 0, 1)
-    return (b * xc + c * yc).reshape(n, co, ho, wo)
-
-
-def _centred_grids(
-    gx: Tensor, gy: Tensor, cx: Tensor, cy: Tensor, groups: int, dtype: torch.dtype
-) -> tuple[Tensor, Tensor]:
-    """``X - cx`` as ``(W_out, groups, out / groups)`` and ``Y - cy`` as ``(H_out, 1, groups,
-    out / groups)``, for channels-last rows: computed in the grids' precision, rounded once."""
-    co = cx.shape[0]
-    xc = (gx.view(-1, 1) - cx.to(gx.dtype)).to(dtype)
-    yc = (gy.view(-1, 1) - cy.to(gy.dtype)).to(dtype)
-    return xc.view(-1, groups, co // groups), yc.view(-1, 1, groups, co // groups)
-
-
-def _centre_grads(g0: Tensor, w1: Tensor, k: int, groups: int) -> Tensor:
-    """``(dL/dcx, dL/dcy)`` as ``(2, out)`` from the main kernel's gradient ``g0 = dL/dW0``.
-
-    The centres weigh ``-cx * conv(x, Wx)``, so ``dL/dcx = -sum_p g(p) conv(x, Wx)(p)``, and
-    ``g0[o, c, d] = sum_p g_o(p) x_c(p + d)`` holds every such sum: ``dL/dcx = -<g0, Wx>``
-    per output channel, over the free taps ``<g0(d) - g0(-d), Wx(d)>``. No pass over the
-    batch, and the centres need not be folded into a copy of the main kernel."""
-    co, cig = g0.shape[:2]
-    m = (k * k - 1) // 2
-    # g0 as (out, k*k, in / g) (a view of a channels-last g0), so <g0(d) - g0(-d), W(d)> is
-    # one dot product per row of w1's (tap, in / g) taps; written contiguous, because an
-    # einsum over the strided layouts is several times slower for wide layers.
-    per_offset = g0.permute(0, 2, 3, 1).reshape(co, k * k, cig)
-    odd = g0.new_empty(co, m, cig)
-    torch.sub(per_offset[:, :m], per_offset[:, m + 1 :].flip(1), out=odd)
-    taps = w1.view(groups, 2, co // groups, m * cig)
-    dots = torch.linalg.vecdot(odd.view(groups, 1, co // groups, m * cig), taps)
-    return -dots.transpose(0, 1).reshape(2, co)
-
-
-@functools.lru_cache(maxsize=256)
-def _gemm_rows(pixels: int) -> int:
-    """The smallest divisor of ``pixels`` from ``_MIN_GEMM_ROWS`` to 4096, else ``pixels``
-    (one pixel per row is as good a GEMM; the bound keeps the search short)."""
-    return next((r for r in range(_MIN_GEMM_ROWS, min(pixels, 4097)) if pixels % r == 0), pixels)
-
-
-def _as_rows(t: Tensor) -> Tensor:
-    """A contiguous ``(..., K)`` block of pixel rows as a channels-last ``(R, K, 1, P / R)``."""
-    k = t.shape[-1]
-    pixels = t.numel() // k if k else 0
-    r = _gemm_rows(pixels) if pixels else 1
-    return t.reshape(r, 1, pixels // r, k).permute(0, 3, 1, 2)
-
-
-def _tap_windows(t: Tensor, geo: Geometry, ho: int, wo: int) -> list[tuple[Tensor, Tensor]]:
-    """For every free tap, the windows at ``+d`` and ``-d`` of a channels-last padded
-    ``(n, hp, wp, C)`` tensor, as ``(n, ho, wo, groups, C / groups)`` views (built once per
-    buffer: slicing costs as much as a small chunk's arithmetic)."""
-    k, stride, groups, _ = geo
-    tv = t.unflatten(3, (groups, -1))
-    views = []
-    for r, s, r2, s2 in _tap_pairs(k):
-        rows, cols = windows(r, s, stride, ho, wo)
-        rows2, cols2 = windows(r2, s2, stride, ho, wo)
-        views.append((tv[:, rows, cols], tv[:, rows2, cols2]))
-    return views
-
-
 class _OddTapTwist(torch.autograd.Function):
     """``conv(x, W0) + bias + (X - cx) * conv(x, Wx) + (Y - cy) * conv(x, Wy)`` (see
     :func:`odd_tap_twist`).
 
     The main convolution is part of the function so the tail writes into its output and the
     backward adds the twist terms' input gradient into the convolution's, in cache, chunk
-    by chunk (no second input-sized gradient to allocate and sum); the centres' gradients
-    come from the main kernel's (:func:`_centre_grads`)."""
+    by chunk (no second input-sized gradient to allocate and sum); the centers' gradients
+    come from the main kernel's (:func:`center_grads`)."""
 
     @staticmethod
     def forward(
@@ -200,13 +105,13 @@ class _OddTapTwist(torch.autograd.Function):
         if out.numel() == 0:
             return out
         n, co, ho, wo = out.shape
-        xc, yc = _centred_grids(gx, gy, cx, cy, groups, out.dtype)
+        xc, yc = centered_grids(gx, gy, cx, cy, groups, out.dtype)
         cl = out.is_contiguous(memory_format=torch.channels_last)
         step = _chunk_size(x, w1, k, ho, wo)
         tail_buf = None if cl else out.new_empty(step, ho, wo, groups, co // groups)
         for i, xp, d in _chunks(x, geo, ho, wo, step):
             nb = xp.shape[0]
-            bc = F.conv2d(_as_rows(d.flatten(3)), w1, None, 1, 0, 1, groups)
+            bc = F.conv2d(as_rows(d.flatten(3)), w1, None, 1, 0, 1, groups)
             b, c = bc.permute(0, 2, 3, 1).reshape(nb, ho, wo, groups, 2, -1).unbind(4)
             out_i = out[i : i + nb]
             if cl:  # channels-last: the tail runs on contiguous channel rows
@@ -251,10 +156,10 @@ class _OddTapTwist(torch.autograd.Function):
         )
         grad_cx = grad_cy = None
         if need_cx or need_cy:
-            grad_cx, grad_cy = _centre_grads(grad_w0, w1, k, groups).to(cx.dtype)
+            grad_cx, grad_cy = center_grads(grad_w0, w1, k, groups).to(cx.dtype)
         grad_w = None
         if grad.numel() and (need_x or need_w):
-            xc, yc = _centred_grids(gx, gy, cx, cy, groups, grad.dtype)
+            xc, yc = centered_grids(gx, gy, cx, cy, groups, grad.dtype)
             grad_w = _twist_backward(grad, x, w1, xc, yc, geo, grad_x, need_w)
         elif need_w:
             grad_w = torch.zeros_like(w1)
@@ -281,7 +186,7 @@ def _twist_backward(
 ) -> Tensor | None:
     """The twist terms' backward, chunk by chunk: adds their input gradient into ``grad_x``
     (``None`` when not needed) and returns their GEMM weight's gradient (if ``need_w``).
-    ``xc``, ``yc``: the centred grids of :func:`_centred_grids`.
+    ``xc``, ``yc``: the centered grids of :func:`centered_grids`.
 
     The differences are taken on the output gradient (:func:`_output_side_backward`) in
     reduced precision on CPU at stride 1 without groups while the GEMM weight is small
@@ -309,31 +214,20 @@ def _twist_backward(
         g_rows = g_buf[:nb]
         torch.mul(gv[i : i + nb], xc, out=g_rows[..., 0, :])
         torch.mul(gv[i : i + nb], yc, out=g_rows[..., 1, :])
-        gd, gw = _backward_gemms(g_rows, d, w1, groups, grad_x is not None, need_w)
+        gd, gw = backward_gemms(g_rows, d, w1, groups, grad_x is not None, need_w)
         if need_w:
-            gw_sum = _sum_chunks(gw_sum, gw)
+            gw_sum = sum_chunks(gw_sum, gw)
         if grad_x is None:
             continue
         # The transpose of the differences: each tap's gradient added at +d, taken at -d.
         gxp = gxp_buf[:nb].zero_()
         if gx_views is None or nb < step:
-            gx_views = _tap_windows(gxp, geo, ho, wo)
+            gx_views = tap_windows(gxp, geo, ho, wo)
         for (plus, minus), g_j in zip(gx_views, gd.unbind(4), strict=True):
             plus += g_j
             minus -= g_j
         grad_x[i : i + nb] += gxp[:, pad : pad + h, pad : pad + w].permute(0, 3, 1, 2)
     return None if gw_sum is None else gw_sum.to(w1.dtype)
-
-
-def _sum_chunks(total: Tensor | None, part: Tensor) -> Tensor:
-    """``total + part`` for the chunks' weight gradients, in place from the second chunk on
-    and then in at least float32: reduced-precision partial sums would round at every chunk,
-    where a convolution's weight gradient rounds once."""
-    if total is None:
-        return part  # a GEMM's fresh output
-    if total.element_size() < 4:
-        total = total.float()
-    return total.add_(part)
 
 
 def _output_side_backward(
@@ -371,7 +265,7 @@ def _output_side_backward(
         nb = min(step, n - i)
         gp, e = gp_buf[:nb], e_buf[:nb]
         if not views or nb < step:  # views of the buffers, made once per chunk size
-            views = _tap_windows(gp, geo, h, w)
+            views = tap_windows(gp, geo, h, w)
             interior = gp[:, border : border + ho, border : border + wo].unflatten(3, (2, co))
             e_views = e.unsqueeze(3).unbind(4)  # (nb, h, w, 1, 2 * out) per tap
         torch.mul(gv[i : i + nb], xc, out=interior[..., 0, :])  # g' = ((X - cx) g, (Y - cy) g)
@@ -382,7 +276,7 @@ def _output_side_backward(
         e_rows = e.view(nb * h * w, m * 2 * co)
         if need_w:
             x_rows = x[i : i + nb].permute(0, 2, 3, 1).reshape(-1, ci)
-            gw_sum = _sum_chunks(gw_sum, torch.mm(e_rows.t(), x_rows))
+            gw_sum = sum_chunks(gw_sum, torch.mm(e_rows.t(), x_rows))
         if grad_x is not None:
             gx_i = grad_x[i : i + nb].permute(0, 2, 3, 1)
             if gx_i.is_contiguous():  # channels-last: the GEMM accumulates in place
@@ -395,47 +289,6 @@ def _output_side_backward(
     grad_w = torch.empty_like(w1, memory_format=torch.contiguous_format)
     grad_w.view(2 * co, m, ci).copy_(gw_sum.view(m, 2 * co, ci).transpose(0, 1))
     return grad_w
-
-
-def _backward_gemms(
-    g_rows: Tensor, d: Tensor, w1: Tensor, groups: int, need_d: bool, need_w: bool
-) -> tuple[Tensor | None, Tensor | None]:
-    """The GEMMs of a chunk's backward: ``g_rows`` ``(nb, ho, wo, groups, 2, out / groups)``
-    and ``d`` ``(nb, ho, wo, groups, m, in / groups)`` -> the gradients of ``d`` (a view of
-    that shape, each tap's block contiguous where that is cheaper to scatter) and ``w1``."""
-    nb, ho, wo, _, m, cg = d.shape
-    if groups == 1 and d.element_size() < 4 and d.device.type == "cpu":
-        # Reduced precision: matmuls (oneDNN) beat the 1x1 convolution's backward, and one
-        # product per tap writes that tap's gradient as one contiguous block, where strided
-        # reduced-precision adds reading one tap out of the interleaved layout are slow.
-        g2 = g_rows.view(nb * ho * wo, -1)
-        gw = torch.mm(g2.t(), d.view(g2.shape[0], -1)).view_as(w1) if need_w else None
-        gd = None
-        if need_d:
-            per_tap = w1.view(w1.shape[0], m, cg).transpose(0, 1).contiguous()  # (m, 2 out, in)
-            gd = d.new_empty(m, g2.shape[0], cg)
-            for j in range(m):
-                torch.mm(g2, per_tap[j], out=gd[j])
-            gd = gd.view(m, nb, ho, wo, 1, cg).permute(1, 2, 3, 4, 0, 5)
-        return gd, gw
-    gd, gw, _ = torch.ops.aten.convolution_backward(
-        _as_rows(g_rows.flatten(3)),
-        _as_rows(d.flatten(3)),
-        w1,
-        None,
-        [1, 1],
-        [0, 0],
-        [1, 1],
-        False,
-        [0, 0],
-        groups,
-        [need_d, need_w, False],
-    )
-    if gd is not None:
-        # A view for the channels-last gradient oneDNN returns; cuDNN may return another
-        # layout (seen with one input channel), which then costs one copy.
-        gd = gd.permute(0, 2, 3, 1).reshape(d.shape)
-    return gd, gw
 
 
 def _chunk_size(x: Tensor, w1: Tensor, k: int, ho: int, wo: int) -> int:
@@ -478,7 +331,7 @@ def _chunks(
         xp, d = xp_buf[:nb], d_buf[:nb]
         if not tap_views or nb < step:  # views of the buffers, made once per chunk size
             interior = xp[:, pad : pad + h, pad : pad + w]
-            tap_views, out_views = _tap_windows(xp, geo, ho, wo), d.unbind(4)
+            tap_views, out_views = tap_windows(xp, geo, ho, wo), d.unbind(4)
         interior.copy_(x[i : i + nb].permute(0, 2, 3, 1))
         for (plus, minus), out in zip(tap_views, out_views, strict=True):
             torch.sub(plus, minus, out=out)
@@ -490,10 +343,8 @@ def odd_tap_twist(
     w0: Tensor,
     bias: Tensor | None,
     w1: Tensor,
-    cx: Tensor,
-    cy: Tensor,
-    gx: Tensor,
-    gy: Tensor,
+    centers: tuple[Tensor, Tensor],
+    grids: tuple[Tensor, Tensor],
     geo: Geometry,
 ) -> Tensor:
     """``conv(x, W0) + bias + (X - cx) * conv(x, Wx) + (Y - cy) * conv(x, Wy)``, the twist
@@ -504,12 +355,13 @@ def odd_tap_twist(
         w0, bias: the main convolution's kernel ``(out, in / groups, k, k)`` and bias.
         w1: ``(2 * out, m * in / groups, 1, 1)``, ``m = (k*k-1)/2``: output channels
             ``(group, Wx or Wy, out / groups)``, input channels ``(tap, in / groups)``.
-        cx, cy: the centres ``(out,)``.
-        gx, gy: the grids ``X`` ``(W_out,)`` and ``Y`` ``(H_out, 1)`` (float32 or wider).
+        centers: ``(cx, cy)``, each ``(out,)``.
+        grids: ``(X, Y)``, ``X`` ``(W_out,)`` and ``Y`` ``(H_out, 1)`` (float32 or wider).
         geo: the layer's kernel size, stride, groups and zero padding.
 
     Returns ``(N, out, H_out, W_out)`` in the main convolution's memory format and dtype.
     """
+    (cx, cy), (gx, gy) = centers, grids
     if tracing():
         out = F.conv2d(x, w0, bias, geo.stride, geo.pad, 1, geo.groups)
         return out + twist_terms_reference(x, w1, cx, cy, gx, gy, geo)
