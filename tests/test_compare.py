@@ -675,13 +675,13 @@ def test_a_run_whose_loss_is_not_finite_says_it_diverged(
 
 
 def test_some_runs_diverged() -> None:
-    from symconv.compare.report import format_table, summarise
+    from symconv.compare.report import format_table, summarize
 
     good = {"accuracy": {"clean": 0.5}, "history": [{"train_loss": 1.0}], "diverged": None}
     bad = {"accuracy": {"clean": math.nan}, "history": [{"train_loss": math.nan}], "diverged": 2}
     for run in (good, bad):
         run.update(images_per_s=10.0, train_seconds=1.0, peak_memory_mb=5.0)
-    summary = summarise([good, bad, good])
+    summary = summarize([good, bad, good])
     assert summary["diverged"] == 1
     assert summary["mean"]["accuracy"]["clean"] == 0.5 and summary["std"]["accuracy"]["clean"] == 0
     text = format_table({"plain": {"params": 10, "runs": [good, bad, good], **summary}}, ["clean"])

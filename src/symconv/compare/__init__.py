@@ -21,13 +21,13 @@ from __future__ import annotations
 from symconv._lazy import lazy_exports
 
 _EXPORTS = {
-    "CompareConfig": "symconv.compare.runner",
+    "CompareConfig": "symconv.compare.config",
     "run_compare": "symconv.compare.runner",
-    "TrainSettings": "symconv.compare.train",
+    "TrainSettings": "symconv.compare.config",
     "load_data": "symconv.compare.data",
     "ImageData": "symconv.compare.data",
     "build_variant": "symconv.compare.variants",
-    "OrbitConv2d": "symconv.compare.variants",
+    "OrbitConv2d": "symconv.nn.orbit",
     "TRANSFORMS": "symconv.compare.transforms",
 }
 

@@ -35,13 +35,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from symconv.compare.config import BUILTIN_DATA, COLORS
+
 __all__ = ["BUILTIN", "IMAGE_SUFFIXES", "ImageData", "load_data"]
 
 #: Names ``--data`` accepts besides a folder path.
-BUILTIN = ("mnist", "digits", "animals")
+BUILTIN = BUILTIN_DATA
 #: File suffixes read from an image folder; other files are ignored.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
-_COLORS = ("auto", "gray", "rgb")
 
 
 @dataclass
@@ -143,8 +144,8 @@ def load_data(
         raise ValueError(f"data={data!r} must be one of {BUILTIN} or a folder path")
     if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 4):
         raise ValueError(f"size={size!r} must be an integer >= 4 (pixels)")
-    if color not in _COLORS:
-        raise ValueError(f"color={color!r} is not allowed; use one of {_COLORS}")
+    if color not in COLORS:
+        raise ValueError(f"color={color!r} is not allowed; use one of {COLORS}")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 2):
         raise ValueError(f"limit={limit!r} must be an integer >= 2 (images per split)")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from symconv.compare.config import TRANSFORM_NAMES, parse_transforms
+
 __all__ = [
     "TRANSFORMS",
     "Transform",
@@ -104,35 +106,19 @@ def _zoom(scale: float) -> Callable[[Tensor], Tensor]:
     return lambda x: affine(x, scale=scale)
 
 
-#: The evaluation suite, in table order; ``clean`` is the untouched test split.
-TRANSFORMS: dict[str, Transform] = {
-    t.name: t
-    for t in (
-        Transform("clean", "the test split as is", lambda x: x),
-        Transform("hflip", "mirrored left-right", hflip),
-        Transform("vflip", "mirrored top-bottom", vflip),
-        Transform("rot90", "rotated 90 degrees counter-clockwise", rot90),
-        Transform("rot+15", "rotated 15 degrees counter-clockwise", _rotate(15.0)),
-        Transform("rot-15", "rotated 15 degrees clockwise", _rotate(-15.0)),
-        Transform("scale0.8", "shrunk to 0.8x about the centre", _zoom(0.8)),
-        Transform("scale1.2", "enlarged to 1.2x about the centre", _zoom(1.2)),
-    )
+#: What each transformation does and how, by name.
+_SUITE: dict[str, tuple[str, Callable[[Tensor], Tensor]]] = {
+    "clean": ("the test split as is", lambda x: x),
+    "hflip": ("mirrored left-right", hflip),
+    "vflip": ("mirrored top-bottom", vflip),
+    "rot90": ("rotated 90 degrees counter-clockwise", rot90),
+    "rot+15": ("rotated 15 degrees counter-clockwise", _rotate(15.0)),
+    "rot-15": ("rotated 15 degrees clockwise", _rotate(-15.0)),
+    "scale0.8": ("shrunk to 0.8x about the center", _zoom(0.8)),
+    "scale1.2": ("enlarged to 1.2x about the center", _zoom(1.2)),
 }
-
-
-def parse_transforms(text: str | None) -> list[str]:
-    """``'hflip,rot90'`` -> ``['clean', 'hflip', 'rot90']`` (``clean`` always first)."""
-    if text is None or text.strip().lower() == "all":
-        return list(TRANSFORMS)
-    names = ["clean"]
-    for item in text.split(","):
-        item = item.strip()
-        if not item:
-            continue
-        if item not in TRANSFORMS:
-            raise ValueError(
-                f"unknown transform {item!r} in --transforms; allowed: {', '.join(TRANSFORMS)}"
-            )
-        if item not in names:
-            names.append(item)
-    return names
+#: The evaluation suite, in the table order of :data:`~symconv.compare.config.TRANSFORM_NAMES`;
+#: ``clean`` is the untouched test split.
+TRANSFORMS: dict[str, Transform] = {
+    name: Transform(name, *_SUITE[name]) for name in TRANSFORM_NAMES
+}

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from symconv import checkpoint
 from symconv.symmetry import SymmetryPlan, SymmetrySpec, make_plan
 
 __all__ = [
@@ -213,36 +214,6 @@ def _state_layers(
 # -- reading checkpoints ------------------------------------------------------------------
 
 
-def _compare_model(path: Path, ckpt: Mapping[str, Any]) -> nn.Module:
-    """Rebuild a ``symconv compare`` variant from the settings its checkpoint records
-    (``'build'``: the network, data channels, classes and image side) and load its weights.
-    """
-    build = ckpt.get("build")
-    if not isinstance(build, Mapping):
-        raise ValueError(
-            f"{str(path)!r} is a symconv compare checkpoint (format {ckpt.get('format')!r}) "
-            "that does not record the settings its network was built with ('build'); "
-            "symconv compare writes them from checkpoint format 2 on"
-        )
-    from symconv.compare.variants import build_variant
-
-    try:
-        built = build_variant(ckpt["variant"], **build)
-    except (TypeError, ValueError) as err:
-        raise ValueError(
-            f"{str(path)!r}: cannot rebuild variant {ckpt['variant']!r} from the recorded "
-            f"settings {dict(build)}: {err}"
-        ) from err
-    try:
-        built.model.load_state_dict(ckpt["model"])
-    except RuntimeError as err:
-        raise ValueError(
-            f"{str(path)!r}: the weights do not fit the network its settings describe: "
-            f"{str(err).splitlines()[0]}"
-        ) from err
-    return built.model
-
-
 def load_checkpoint(
     path: str | os.PathLike[str], trust: bool = False
 ) -> nn.Module | dict[str, LayerFilters]:
@@ -254,18 +225,7 @@ def load_checkpoint(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist or is not a file")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=not trust)
-    except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
-        hint = (
-            "; it pickles Python objects (e.g. a whole nn.Module): pass trust=True "
-            "(--trust) if you trust the file"
-            if not trust and "weights_only" in str(err)
-            else ""
-        )
-        raise ValueError(
-            f"cannot read checkpoint {str(path)!r}{hint}: {str(err).splitlines()[0]}"
-        ) from err
+    ckpt = checkpoint.load(path, trust=trust, trust_hint="trust=True (--trust)")
     if isinstance(ckpt, nn.Module):
         return ckpt
     if not isinstance(ckpt, Mapping):
@@ -281,8 +241,8 @@ def load_checkpoint(
             f"checkpoint {str(path)!r}: 'model' is a {type(model).__name__}, expected an "
             "nn.Module or a state_dict"
         )
-    if "variant" in ckpt and "format" in ckpt:
-        return _compare_model(path, ckpt)
+    if checkpoint.is_compare_checkpoint(ckpt):
+        return checkpoint.compare_model(ckpt, path)
     return _state_layers(model, ckpt.get("symmetry"), ckpt.get("out_channels"))
 
 
