@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -507,7 +508,7 @@ def test_check_output_path(tmp_path, monkeypatch) -> None:
         check(tmp_path / "f" / "a.png")
     with pytest.raises(IsADirectoryError):
         check(tmp_path / "d.png")
-    monkeypatch.setattr(flow_mod.os, "access", lambda path, mode: False)
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
     with pytest.raises(PermissionError, match="is not writable"):
         check(tmp_path / "a.png")
 
@@ -666,9 +667,9 @@ def test_cli_list_presets(capsys) -> None:
     assert run_cli(["flow", "--list-presets"]) == 0
     listed = capsys.readouterr().out
     assert all(name in listed for name in PRESETS)
-    from symconv.viz.cli import _PRESET_HELP  # kept beside argparse so --help imports no torch
+    from symconv.viz.limits import PRESET_HELP  # torch-free, so --help imports no torch
 
-    assert list(_PRESET_HELP) == list(PRESETS)
+    assert list(PRESET_HELP) == list(PRESETS)
 
 
 def _bad_inputs(tmp: Path) -> None:
@@ -832,12 +833,12 @@ def test_cli_wraps_frames_into_rows(tmp_path, capsys) -> None:
 
 
 def test_cli_limits_mirror_the_library() -> None:
-    """viz.cli repeats the library's limits so that --help needs no torch: they must agree."""
+    """viz.cli takes the library's limits from the torch-free viz.limits: they agree."""
     from symconv.viz import cli as viz_cli
 
-    assert (viz_cli._MIN_SIZE, viz_cli._MAX_SIZE) == (images.MIN_SIZE, images.MAX_SIZE)
-    assert viz_cli._MAX_ABS_EPS == flow_mod.MAX_ABS_EPS
-    assert {f".{e}" for e in viz_cli._STRIP_EXTENSIONS} == set(flow_mod.STRIP_FORMATS)
+    assert (viz_cli.MIN_SIZE, viz_cli.MAX_SIZE) == (images.MIN_SIZE, images.MAX_SIZE)
+    assert viz_cli.MAX_ABS_EPS == flow_mod.MAX_ABS_EPS
+    assert set(viz_cli.STRIP_FORMATS) == set(flow_mod.STRIP_FORMATS)
 
 
 def test_symconv_main_runs_flow(tmp_path) -> None:

@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import math
+import statistics
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -21,6 +22,7 @@ __all__ = [
     "format_table",
     "plot_learning_curves",
     "plot_robustness",
+    "steady_images_per_s",
     "summarize",
     "write_csv",
     "write_json",
@@ -61,6 +63,19 @@ def summarize(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         [r["history"][-1]["train_loss"] for r in good]
     )
     return {"mean": mean, "std": std, "diverged": len(runs) - len(good)}
+
+
+def steady_images_per_s(history: list[dict[str, Any]]) -> float:
+    """Training throughput of a run: the median of its epochs' images/s after the first.
+
+    The first epoch pays one-off costs (cuDNN autotuning, oneDNN primitive creation, the
+    allocator's first growth) that say nothing about the layer's speed; it is used only
+    when it is the only epoch.
+    """
+    rates = [r["images_per_s"] for r in history]
+    if not rates:
+        return float("nan")
+    return statistics.median(rates[1:] or rates)
 
 
 # -- terminal ----------------------------------------------------------------------------

@@ -10,16 +10,16 @@ sharded with ``DistributedSampler`` and the global batch size is split between t
 processes; evaluation is sharded too, and only rank 0 writes files or prints.
 
 Processes and devices live in :mod:`~symconv.compare.distributed`, checkpoints in
-:mod:`~symconv.compare.checkpoints`, memory probes in :mod:`~symconv.compare.memory` and
+:mod:`~symconv.compare.checkpoints`, the optimizer and its schedule in
+:mod:`~symconv.compare.optim`, memory probes in :mod:`~symconv.compare.memory` and
 progress display in :mod:`~symconv.compare.progress`.
 """
 
 from __future__ import annotations
 
 import math
-import statistics
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
@@ -34,7 +34,9 @@ from symconv.compare.config import DEFAULT_WIDTH, TrainSettings
 from symconv.compare.data import ImageData
 from symconv.compare.distributed import DistContext, gather_rng, sync_buffers
 from symconv.compare.memory import peak_memory, reset_peak_memory
+from symconv.compare.optim import batches, make_optimizer, one_cycle
 from symconv.compare.progress import JobProgress, progress_bar
+from symconv.compare.report import steady_images_per_s
 from symconv.compare.transforms import TRANSFORMS, affine_theta
 from symconv.compare.variants import BuiltVariant, build_variant, count_parameters
 
@@ -42,11 +44,9 @@ __all__ = [
     "Normalizer",
     "RunInterrupted",
     "TrainSettings",
+    "build_args",
     "evaluate",
-    "make_optimizer",
-    "one_cycle",
     "random_affine",
-    "steady_images_per_s",
     "train_run",
 ]
 
@@ -129,65 +129,6 @@ def evaluate(
         dist.all_reduce(correct)
     model.train(was_training)
     return float(correct.item()) / len(labels)
-
-
-# -- optimization ------------------------------------------------------------------------
-
-
-def batches(n: int, batch: int) -> Iterator[slice]:
-    """Slices of ``range(n)`` of ``batch`` items, the ragged last one dropped (all of it
-    when ``n <= batch``)."""
-    if n <= batch:
-        yield slice(0, n)
-        return
-    for start in range(0, n - batch + 1, batch):
-        yield slice(start, start + batch)
-
-
-def make_optimizer(model: nn.Module, s: TrainSettings) -> torch.optim.Optimizer:
-    """AdamW at ``s.lr`` with weight decay ``s.weight_decay`` on the weights of more than one
-    dimension only: biases, norms and the ConvTwist centers (all 1-D) are not decayed."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() <= 1]
-    return torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": s.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=s.lr,
-    )
-
-
-def one_cycle(total_steps: int, warmup: float = 0.25) -> Callable[[int], float]:
-    """The one-cycle factor on the peak learning rate at each optimizer step.
-
-    Linear warm-up from 1/25 of the peak over the first ``warmup`` of the steps, then a
-    cosine decay to 1/10^4 of it (the shape of ``OneCycleLR``, which cannot handle the
-    handful of steps of a quick run).
-    """
-    warm = max(1, round(warmup * total_steps))
-    start, final = 1 / 25, 1e-4
-
-    def factor(step: int) -> float:
-        if step < warm:
-            return start + (1 - start) * step / warm
-        p = min(1.0, (step - warm) / max(1, total_steps - warm))
-        return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * p))
-
-    return factor
-
-
-def steady_images_per_s(history: list[dict[str, Any]]) -> float:
-    """Training throughput of a run: the median of its epochs' images/s after the first.
-
-    The first epoch pays one-off costs (cuDNN autotuning, oneDNN primitive creation, the
-    allocator's first growth) that say nothing about the layer's speed; it is used only
-    when it is the only epoch.
-    """
-    rates = [r["images_per_s"] for r in history]
-    if not rates:
-        return float("nan")
-    return statistics.median(rates[1:] or rates)
 
 
 # -- one (variant, run) ------------------------------------------------------------------

@@ -20,11 +20,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from symconv.viz.limits import DEFAULT_SIZE, MAX_SIZE, MIN_SIZE
+
 __all__ = ["MAX_SIZE", "MIN_SIZE", "default_image", "load_image", "mnist_digit", "resize_image"]
 
-#: Sizes (pixels) :func:`default_image` and :func:`resize_image` accept: larger pictures
-#: take minutes to draw and flow, and gigabytes for a strip of frames.
-MIN_SIZE, MAX_SIZE = 8, 1024
 #: Samples per pixel along each axis when drawing the default scene (anti-aliasing).
 _SUPERSAMPLE = 4
 #: Output rows drawn at once: bounds the supersampled scratch arrays (a few MiB each).
@@ -99,7 +98,7 @@ def _scene(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return np.clip(img, 0.0, 1.0)
 
 
-def default_image(size: int = 128, height: int | None = None) -> np.ndarray:
+def default_image(size: int = DEFAULT_SIZE, height: int | None = None) -> np.ndarray:
     """The bundled test scene, ``(height or size, size)`` float32 in ``[0, 1]``.
 
     Drawn in normalised coordinates (``u`` right, ``v`` down, both in ``[0, 1]``), so any
