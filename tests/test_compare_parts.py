@@ -69,7 +69,7 @@ def test_affine_quarter_turns_match_rot90(side: int, c: int) -> None:
 
 
 def test_affine_rotation_is_a_true_rotation_on_non_square_images() -> None:
-    # A pixel 5.5 px right of the centre of a 20x40 image goes 5.5 px above it.
+    # A pixel 5.5 px right of the center of a 20x40 image goes 5.5 px above it.
     x = torch.zeros(1, 1, 20, 40, dtype=torch.float64)
     x[0, 0, 10, 25] = 1.0
     y = affine(x, 90.0)
@@ -79,7 +79,7 @@ def test_affine_rotation_is_a_true_rotation_on_non_square_images() -> None:
 
 @pytest.mark.parametrize("scale", [0.8, 1.2])
 def test_affine_scale_scales_a_blob(scale: float) -> None:
-    # A centred Gaussian of std s becomes (up to resampling) one of std s * scale.
+    # A centered Gaussian of std s becomes (up to resampling) one of std s * scale.
     side, s = 41, 4.0
     r = torch.arange(side, dtype=torch.float64) - (side - 1) / 2
     blob = torch.exp(-(r[:, None] ** 2 + r[None, :] ** 2) / (2 * s**2))[None, None]
@@ -90,10 +90,10 @@ def test_affine_scale_scales_a_blob(scale: float) -> None:
 
 
 @pytest.mark.parametrize("name,degrees", [("rot+15", 15.0), ("rot-15", -15.0)])
-def test_small_rotations_move_a_blob_about_the_centre(name: str, degrees: float) -> None:
+def test_small_rotations_move_a_blob_about_the_center(name: str, degrees: float) -> None:
     side = 33
     r = torch.arange(side, dtype=torch.float64) - (side - 1) / 2
-    x0, y0 = -5.0, 3.0  # (right, down) from the centre
+    x0, y0 = -5.0, 3.0  # (right, down) from the center
     blob = torch.exp(-((r[:, None] - y0) ** 2 + (r[None, :] - x0) ** 2) / 8)[None, None]
     out = TRANSFORMS[name](blob)[0, 0]
     cx = (out * r[None, :]).sum() / out.sum()
@@ -102,7 +102,7 @@ def test_small_rotations_move_a_blob_about_the_centre(name: str, degrees: float)
     t = np.radians(degrees)
     ex, ey = x0 * np.cos(t) + y0 * np.sin(t), -x0 * np.sin(t) + y0 * np.cos(t)
     assert abs(cx.item() - ex) < 0.02 and abs(cy.item() - ey) < 0.02
-    # and the opposite rotation brings it back (mass and centre, up to resampling blur)
+    # and the opposite rotation brings it back (mass and center, up to resampling blur)
     back = TRANSFORMS["rot-15" if degrees > 0 else "rot+15"](out[None, None])[0, 0]
     assert abs((back * r[None, :]).sum() / back.sum() - x0) < 0.03
     assert abs((back * r[:, None]).sum() / back.sum() - y0) < 0.03

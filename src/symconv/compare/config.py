@@ -38,12 +38,12 @@ BUILTIN_DATA = ("mnist", "digits", "animals")
 VARIANTS = ("plain", "sym", "sym-inv", "twist")
 #: The base networks (see :mod:`symconv.compare.models`).
 MODELS = ("cnn", "resnet")
-#: Channels of the first stage when none is given. The small CNN's default keeps the default
-#: ``symconv compare`` job under 3 minutes on a 2-core CPU without AVX-512.
+#: Channels of the first stage when none is given. The small CNN's is sized for the default
+#: job's run time on a 2-core CPU (benchmarks/README.md, "symconv compare on the CPU").
 DEFAULT_WIDTH = {"cnn": 16, "resnet": 32}
 #: The flips the ``sym-inv`` variant can be made invariant to.
 INVARIANT_KEYS = ("h", "v", "hv")
-#: Channel choices of the data (``auto``: grey built-ins, RGB folders).
+#: Channel choices of the data (``auto``: gray built-ins, RGB folders).
 COLORS = ("auto", "gray", "rgb")
 #: Where to train (``auto``: CUDA when torch sees it).
 DEVICES = ("auto", "cpu", "cuda")

@@ -13,8 +13,8 @@ Every source gives an :class:`ImageData` with fixed train and test splits, so tw
     from its bundled files, never downloaded); a stratified 80/20 split.
 ``PATH``
     An image-folder tree ``PATH/train/<class>/*.png`` and ``PATH/val/<class>/*`` (e.g.
-    Imagenette), decoded with Pillow, resized (shorter side) and centre-cropped to
-    ``size``, greyscale or RGB.
+    Imagenette), decoded with Pillow, resized (shorter side) and center-cropped to
+    ``size``, grayscale or RGB.
 
 Every problem with the input is raised here, before any training starts, as a
 ``FileNotFoundError`` or ``ValueError`` that names the offending file or folder.
@@ -134,7 +134,7 @@ def load_data(
             ``val/`` class folders.
         size: side length images are resized to; ``None`` keeps a built-in dataset's own
             size and means 64 for a folder.
-        color: ``'gray'``, ``'rgb'`` or ``'auto'`` (the source's own: greyscale for the
+        color: ``'gray'``, ``'rgb'`` or ``'auto'`` (the source's own: grayscale for the
             built-ins, RGB for folders).
         limit: keep at most this many images per split (a stratified, deterministic
             subset), for quick runs.
@@ -255,7 +255,7 @@ def _load_digits() -> ImageData:
             "pip install scikit-learn (or symconv[data])"
         ) from err
     bunch = load_digits()
-    # 0..16 grey levels -> 0..255
+    # 0..16 gray levels -> 0..255
     images = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)
     train_x, train_y, test_x, test_y = _split(images, bunch.target)
     return _to_tensors(
@@ -379,7 +379,7 @@ def _decode(path: Path, size: int, mode: str) -> np.ndarray:
             img = img.convert(mode)
             w, h = img.size
             scale = size / min(w, h)
-            # shorter side to `size`, then a centred square crop
+            # shorter side to `size`, then a centered square crop
             nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
             img = img.resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=3.0)
             left, top = (nw - size) // 2, (nh - size) // 2
@@ -433,6 +433,6 @@ def _load_folder(root: Path, size: int, color: str, workers: int) -> ImageData:
         test_x,
         test_y,
         classes,
-        f"image folder {root} ({'greyscale' if mode == 'L' else 'RGB'}, {size}x{size}, "
-        "shorter side resized then centre-cropped)",
+        f"image folder {root} ({'grayscale' if mode == 'L' else 'RGB'}, {size}x{size}, "
+        "shorter side resized then center-cropped)",
     )

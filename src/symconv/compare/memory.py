@@ -16,9 +16,10 @@ def keep_freed_memory() -> bool:
 
     By default glibc serves blocks over a (dynamic, at most 32 MiB) threshold with
     ``mmap`` and unmaps them on ``free``, so every training step on the CPU page-faults
-    its activation buffers in again, and the epoch spends much of its time in the kernel.
-    Raising the mmap and trim thresholds to 1 GiB makes freed buffers reusable, so CPU
-    steps stop paying those page faults; the price is that the process keeps its peak heap.
+    its activation buffers in again. Raising the mmap and trim thresholds to 1 GiB makes
+    freed buffers reusable, so CPU steps stop paying those page faults (what that saves:
+    benchmarks/README.md, "symconv compare on the CPU"); the price is that the process
+    keeps its peak heap.
     Called by the ``symconv compare`` command, not by the library functions.
     """
     global _MALLOC_TUNED

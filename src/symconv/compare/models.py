@@ -47,7 +47,7 @@ class HalvingPool2d(nn.Module):
     """Max or average pooling that halves each spatial size and commutes with flips.
 
     An even side is pooled in disjoint pairs (kernel 2, stride 2); an odd side of length
-    ``L`` with kernel 3, stride 2, padding 1, giving ``(L + 1) // 2`` windows centred on
+    ``L`` with kernel 3, stride 2, padding 1, giving ``(L + 1) // 2`` windows centered on
     pixels ``0, 2, ..., L - 1``, a set the flip ``i -> L - 1 - i`` maps onto itself. (A
     kernel-2 pool of an odd side drops the last pixel but not the first: not symmetric.)
     Padding never enters a maximum or a mean.

@@ -162,7 +162,7 @@ def _check_image(image: object) -> Tensor:
         pic = torch.as_tensor(arr)
     if pic.ndim != 2 or pic.numel() == 0:
         raise ValueError(
-            f"image must be a grey picture of shape (H, W), H, W >= 1, got {tuple(pic.shape)}"
+            f"image must be a gray picture of shape (H, W), H, W >= 1, got {tuple(pic.shape)}"
         )
     return pic
 
@@ -241,7 +241,7 @@ def flow_frames(
     """Apply a flow ``steps`` times; the picture after each step in :func:`frame_steps`.
 
     Args:
-        image: grey picture ``(H, W)``; values are used as given (the pictures of
+        image: gray picture ``(H, W)``; values are used as given (the pictures of
             :mod:`symconv.viz.images` lie in ``[0, 1]``, the range :func:`save_strip` shows).
         preset_or_kernel: a preset name (see :data:`PRESETS`) or a ``k x k`` kernel.
         steps: number of applications (``>= 0``); ``None``: the preset's default run

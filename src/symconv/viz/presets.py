@@ -23,7 +23,7 @@ centroid of anything away from the border: the kernel sums to 1 and its first mo
 along ``j`` is ``8 eps``. Likewise ``I + eps * B`` moves it ``8 eps`` pixels *down*.
 
 The twist presets use ``ConvTwist``: ``out = x + (X - cx) conv(x, Kx) + (Y - cy) conv(x, Ky)``
-with ``X = 2 j / W``, ``Y = 2 i / H`` and the centre ``(cx, cy)`` at the image centre. The post
+with ``X = 2 j / W``, ``Y = 2 i / H`` and the center ``(cx, cy)`` at the image center. The post
 pairs ``(Kx, Ky) = (A, B)`` for scaling and ``(-B, A)`` for rotation, thinking of ``y`` as
 pointing up; rows grow downwards, so here the ``y`` kernel's sign is flipped:
 
@@ -31,7 +31,7 @@ pointing up; rows grow downwards, so here the ``y`` kernel's sign is flipped:
   ``s = 16 eps / W``: the picture grows by ``1 / (1 - s)`` per step (``eps > 0``) or
   shrinks (``eps < 0``);
 - ``rotate``: ``(Kx, Ky) = -eps * (B, (H / W) A)``, a rotation by ``16 eps / W`` radians per
-  step, anticlockwise on screen for ``eps > 0``.
+  step, counterclockwise on screen for ``eps > 0``.
 
 The ``H / W`` factor undoes ConvTwist's separate scaling of ``X`` and ``Y`` so that a
 non-square picture turns rigidly. Explicit (Euler) steps of a transport equation amplify
@@ -42,7 +42,7 @@ Boundary handling decides what enters the frame: ``'replicate'`` (the default) s
 the edge pixels inwards, ``'reflect'`` brings in a mirror image of the border, ``'zeros'``
 (what ``nn.Conv2d`` does) brings in black. The jump from picture to black is a sharp
 edge, and sharp edges are what the Sobel generators transport worst: fine detail moves
-slower than the picture (the centred difference underestimates its derivative), and the
+slower than the picture (the centered difference underestimates its derivative), and the
 finest ripples even travel backwards, so zero padding fills the frame with stripes from
 its border.
 """
@@ -189,7 +189,7 @@ PRESETS: dict[str, FlowPreset] = {
             "rotate",
             "twist",
             "ConvTwist with twist kernels -eps (B, A); turns the picture 16 eps / W rad per "
-            "step about its centre, anticlockwise for eps > 0",
+            "step about its center, counterclockwise for eps > 0",
             eps=None,
             eps_per_width=0.4,
             total=math.pi / 6,
@@ -199,7 +199,7 @@ PRESETS: dict[str, FlowPreset] = {
         FlowPreset(
             "scale",
             "twist",
-            "ConvTwist with twist kernels eps (-A, B); grows the picture about its centre by "
+            "ConvTwist with twist kernels eps (-A, B); grows the picture about its center by "
             "1 / (1 - 16 eps / W) per step (shrinks it for eps < 0)",
             eps=None,
             eps_per_width=0.4,
@@ -266,7 +266,7 @@ def validate_kernel(kernel: object, source: str = "kernel") -> np.ndarray:
     if k % 2 == 0:
         raise ValueError(
             f"{source}: kernel size {k} x {k} is even; the flow needs an odd size (3, 5, ...) "
-            "so the kernel has a centre pixel"
+            "so the kernel has a center pixel"
         )
     return np.asarray(rows, dtype=np.float64)
 
@@ -329,7 +329,7 @@ def _twist_flow(
     layer = ConvTwist(1, 1, kernel_size=3, bias=False, padding_mode=padding, dtype=dtype)
     with torch.no_grad():
         layer.weight.copy_(torch.tensor(IDENTITY, dtype=dtype)[None, None])
-        # Pixel centres run 0..W-1, so the image centre (W-1)/2 is X = (W-1)/W.
+        # Pixel centers run 0..W-1, so the image center (W-1)/2 is X = (W-1)/W.
         layer.center_x.fill_((width - 1) / width)
         layer.center_y.fill_((height - 1) / height)
     layer.set_twist_kernels(kx[None, None], ky[None, None])
@@ -347,7 +347,7 @@ def flow_operator(
 
     ``preset_or_kernel`` is a name from :data:`PRESETS` or a ``k x k`` kernel (``k`` odd).
     ``eps`` (presets only) overrides the preset's strength; ``shape = (H, W)`` places the
-    twist presets' centre at the picture's centre.
+    twist presets' center at the picture's center.
     """
     padding = check_padding(padding)
     height, width = (check_int("shape[0]", shape[0], 1), check_int("shape[1]", shape[1], 1))
