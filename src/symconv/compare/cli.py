@@ -69,127 +69,68 @@ _config = partial(field_default, CompareConfig)
 _settings = partial(field_default, TrainSettings)
 
 
+def _add(
+    group: Any, flag: str, owner: type, help: str, *, dest: str | None = None, **kwargs: Any
+) -> None:
+    """Add ``flag`` with the default of the field ``dest`` (the flag's name) of ``owner``."""
+    dest = dest or flag.lstrip("-").replace("-", "_")
+    group.add_argument(flag, dest=dest, default=field_default(owner, dest), help=help, **kwargs)
+
+
 def _option_group_data(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
-    g.add_argument(
+    c = CompareConfig
+    _add(
+        g,
         "--data",
-        default=_config("data"),
-        help="mnist (bundled 5k subset, default), digits (scikit-learn), animals "
+        c,
+        "mnist (bundled 5k subset, default), digits (scikit-learn), animals "
         "(animal-shape-mnist), or a folder with train/ and val/ class folders",
     )
-    g.add_argument(
-        "--size",
-        type=_positive,
-        default=_config("size"),
-        help="image side in pixels (default: the dataset's own; 64 for folders)",
-    )
-    g.add_argument(
-        "--color",
-        choices=COLORS,
-        default=_config("color"),
-        help="channels (default %(default)s: gray built-ins, RGB folders)",
-    )
-    g.add_argument(
-        "--limit",
-        type=_positive,
-        default=_config("limit"),
-        metavar="N",
-        help="use at most N images per split (stratified), for quick runs",
-    )
-    g.add_argument(
-        "--workers",
-        type=_non_negative,
-        default=_config("workers"),
-        help="threads decoding an image folder (default %(default)s: one per CPU, at most 8)",
-    )
+    _add(g, "--size", c, "image side in pixels (default: the dataset's own; 64 for folders)",
+         type=_positive)  # fmt: skip
+    _add(g, "--color", c, "channels (default %(default)s: gray built-ins, RGB folders)",
+         choices=COLORS)  # fmt: skip
+    _add(g, "--limit", c, "use at most N images per split (stratified), for quick runs",
+         type=_positive, metavar="N")  # fmt: skip
+    _add(g, "--workers", c, "threads decoding an image folder (default %(default)s: one per "
+         "CPU, at most 8)", type=_non_negative)  # fmt: skip
 
 
 def _option_group_models(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("models")
-    g.add_argument(
-        "--model",
-        choices=MODELS,
-        default=_settings("model"),
-        help="cnn: small 3-layer CNN; resnet: ResNet-18-style net (default %(default)s)",
-    )
+    t = TrainSettings
+    _add(g, "--model", t, "cnn: small 3-layer CNN; resnet: ResNet-18-style net (default "
+         "%(default)s)", choices=MODELS)  # fmt: skip
     widths = ", ".join(f"{w} for {m}" for m, w in DEFAULT_WIDTH.items())
-    g.add_argument(
-        "--width",
-        type=_positive,
-        default=_settings("width"),
-        help=f"channels of the first stage (default {widths})",
-    )
+    _add(g, "--width", t, f"channels of the first stage (default {widths})", type=_positive)
     g.add_argument(
         "--variants",
-        default=",".join(_config("variants")),
+        default=",".join(field_default(CompareConfig, "variants")),
         help=f"comma-separated subset of {', '.join(VARIANTS)} (default: %(default)s)",
     )
-    g.add_argument(
-        "--symmetry",
-        default=_settings("symmetry"),
-        help="spec for the sym variant, e.g. 'hv:50%%' or 'h:25%%,v:25%%' (default %(default)s)",
-    )
-    g.add_argument(
-        "--invariant-to",
-        dest="invariant_key",
-        choices=INVARIANT_KEYS,
-        default=_settings("invariant_key"),
-        help="flips the sym-inv variant is invariant to (default %(default)s)",
-    )
+    _add(g, "--symmetry", t, "spec for the sym variant, e.g. 'hv:50%%' or 'h:25%%,v:25%%' "
+         "(default %(default)s)")  # fmt: skip
+    _add(g, "--invariant-to", t, "flips the sym-inv variant is invariant to (default "
+         "%(default)s)", dest="invariant_key", choices=INVARIANT_KEYS)  # fmt: skip
 
 
 def _option_group_training(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training")
-    g.add_argument(
-        "--epochs",
-        type=_positive,
-        default=_settings("epochs"),
-        help="epochs per run (default %(default)s)",
-    )
-    g.add_argument(
-        "--batch-size",
-        type=_positive,
-        default=_settings("batch_size"),
-        help="global batch size, split between DDP processes (default %(default)s)",
-    )
-    g.add_argument(
-        "--lr",
-        type=_positive_float,
-        default=_settings("lr"),
-        help="peak learning rate of the one-cycle AdamW schedule (default %(default)s)",
-    )
-    g.add_argument(
-        "--weight-decay",
-        type=float,
-        default=_settings("weight_decay"),
-        help="AdamW weight decay (default %(default)s)",
-    )
-    g.add_argument(
-        "--label-smoothing",
-        type=float,
-        default=_settings("label_smoothing"),
-        help="default %(default)s",
-    )
-    g.add_argument(
-        "--augment",
-        action="store_true",
-        default=_settings("augment"),
-        help="random shifts, +-10 degree rotations and 0.9-1.1x scaling while "
-        "training (never flips); off by default so robustness comes from the "
-        "layers alone",
-    )
-    g.add_argument(
-        "--runs",
-        type=_positive,
-        default=_config("runs"),
-        help="runs per variant with seeds seed, seed+1, ...; mean and std reported",
-    )
-    g.add_argument(
-        "--seed",
-        type=_non_negative,
-        default=_config("seed"),
-        help="first seed (default %(default)s)",
-    )
+    t, c = TrainSettings, CompareConfig
+    _add(g, "--epochs", t, "epochs per run (default %(default)s)", type=_positive)
+    _add(g, "--batch-size", t, "global batch size, split between DDP processes (default "
+         "%(default)s)", type=_positive)  # fmt: skip
+    _add(g, "--lr", t, "peak learning rate of the one-cycle AdamW schedule (default "
+         "%(default)s)", type=_positive_float)  # fmt: skip
+    _add(g, "--weight-decay", t, "AdamW weight decay (default %(default)s)", type=float)
+    _add(g, "--label-smoothing", t, "default %(default)s", type=float)
+    _add(g, "--augment", t, "random shifts, +-10 degree rotations and 0.9-1.1x scaling while "
+         "training (never flips); off by default so robustness comes from the layers alone",
+         action="store_true")  # fmt: skip
+    _add(g, "--runs", c, "runs per variant with seeds seed, seed+1, ...; mean and std "
+         "reported", type=_positive)  # fmt: skip
+    _add(g, "--seed", c, "first seed (default %(default)s)", type=_non_negative)
     g.add_argument(
         "--transforms",
         default="all",
@@ -199,53 +140,20 @@ def _option_group_training(p: argparse.ArgumentParser) -> None:
 
 def _option_group_run(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("run")
-    g.add_argument(
-        "--device",
-        choices=DEVICES,
-        default=_config("device"),
-        help="auto (default): CUDA when available (bf16 autocast, channels_last), else CPU",
-    )
-    g.add_argument(
-        "--threads",
-        type=_non_negative,
-        default=_config("threads"),
-        help="CPU threads (default %(default)s: the idle cores, by the load average; "
-        "OMP_NUM_THREADS wins when set)",
-    )
-    g.add_argument(
-        "--out",
-        default=_config("out"),
-        metavar="DIR",
-        help="output folder (default symconv-runs/<data>-<model>-<time>)",
-    )
-    g.add_argument(
-        "--resume",
-        action="store_true",
-        default=_config("resume"),
-        help="continue the run in --out (default: the latest matching run) from "
-        "its last checkpoint",
-    )
-    g.add_argument(
-        "--no-progress",
-        dest="progress",
-        action="store_false",
-        default=_config("progress"),
-        help="no progress bars (automatic when stderr is not a terminal)",
-    )
-    g.add_argument(
-        "--no-plots",
-        dest="plots",
-        action="store_false",
-        default=_config("plots"),
-        help="skip the PNG plots",
-    )
+    c = CompareConfig
+    _add(g, "--device", c, "auto (default): CUDA when available (bf16 autocast, "
+         "channels_last), else CPU", choices=DEVICES)  # fmt: skip
+    _add(g, "--threads", c, "CPU threads (default %(default)s: the idle cores, by the load "
+         "average; OMP_NUM_THREADS wins when set)", type=_non_negative)  # fmt: skip
+    _add(g, "--out", c, "output folder (default symconv-runs/<data>-<model>-<time>)",
+         metavar="DIR")  # fmt: skip
+    _add(g, "--resume", c, "continue the run in --out (default: the latest matching run) "
+         "from its last checkpoint", action="store_true")  # fmt: skip
+    _add(g, "--no-progress", c, "no progress bars (automatic when stderr is not a terminal)",
+         dest="progress", action="store_false")  # fmt: skip
+    _add(g, "--no-plots", c, "skip the PNG plots", dest="plots", action="store_false")
     # Stops after N epochs as if interrupted (for testing --resume).
-    g.add_argument(
-        "--max-epochs-this-run",
-        type=_positive,
-        default=_config("max_epochs_this_run"),
-        help=argparse.SUPPRESS,
-    )
+    _add(g, "--max-epochs-this-run", c, argparse.SUPPRESS, type=_positive)
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
