@@ -140,3 +140,35 @@ def gather(values: Any, index: np.ndarray) -> Any:
     """
     rows = ops.take(ops.reshape(values, (-1, 1)), index, axis=0)
     return ops.reshape(rows, index.shape)
+
+
+#: The Keras conv layers' weight options, with the module that deserializes each.
+_WEIGHT_OPTIONS = {
+    "activation": keras.activations,
+    "kernel_initializer": keras.initializers,
+    "bias_initializer": keras.initializers,
+    "kernel_regularizer": keras.regularizers,
+    "bias_regularizer": keras.regularizers,
+    "kernel_constraint": keras.constraints,
+    "bias_constraint": keras.constraints,
+}
+
+
+def set_weight_options(layer: keras.layers.Layer, **options: Any) -> None:
+    """Set ``activation`` and the kernel/bias initializers, regularizers and constraints
+    on ``layer`` from their ``keras.layers.Conv2D``-style arguments (names or objects)."""
+    unknown = set(options) - set(_WEIGHT_OPTIONS)
+    if unknown:
+        raise TypeError(f"unknown weight options {sorted(unknown)}")
+    for name, value in options.items():
+        setattr(layer, name, _WEIGHT_OPTIONS[name].get(value))
+
+
+def weight_options_config(layer: keras.layers.Layer) -> dict[str, Any]:
+    """The serialized weight options of ``layer`` (and its activity regularizer), for
+    ``get_config``."""
+    config = {
+        name: module.serialize(getattr(layer, name)) for name, module in _WEIGHT_OPTIONS.items()
+    }
+    config["activity_regularizer"] = keras.regularizers.serialize(layer.activity_regularizer)
+    return config

@@ -72,7 +72,7 @@ class OrbitPool(nn.Module):
         layer_or_plan: the symmetric layer whose output this pools, or its plan.
         mode: ``'max'`` or ``'mean'``.
 
-    Shapes: input ``(N, out_channels, *spatial)``, output ``(N, plan.n_orbits, *spatial)``
+    Shapes: input ``(N, out_channels, *spatial)``, output ``(N, plan.n_free, *spatial)``
     with channel ``f`` pooling orbit ``f`` (free filter ``f``); plain channels are orbits
     of one and pass through unchanged, last.
     """
@@ -86,7 +86,7 @@ class OrbitPool(nn.Module):
 
     @property
     def out_channels(self) -> int:
-        return self.plan.n_orbits
+        return self.plan.n_free
 
     def forward(self, input: Tensor) -> Tensor:
         input = _check_orbit_input(input, self.plan.out_channels)

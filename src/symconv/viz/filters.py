@@ -69,7 +69,7 @@ class LayerFilters:
         out, cin, kh, kw = self.weight.shape
         text = f"{self.kind}, {out} filters of {cin} x {kh} x {kw}"
         if self.plan is not None:
-            text += f", {self.plan.n_orbits} orbits"
+            text += f", {self.plan.n_free} orbits"
         return text
 
 

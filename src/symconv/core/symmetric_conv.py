@@ -1,0 +1,149 @@
+"""The spec of a reflection-symmetric convolution (``SymmetricConv1d/2d/3d`` and twins).
+
+Parameters (``k`` the kernel size, ``g`` the groups)::
+
+    weight / kernel   torch (plan.n_free, in/g, *k)   Keras (*k, in/g, plan.n_free)
+    bias   / bias     (plan.n_bias,)                  only with bias / use_bias
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
+
+from symconv.core.conv import ConvGeometry
+from symconv.core.spec import LayerSpec, PairField, ParamLayout, kernel_to_keras
+from symconv.core.symmetry import (
+    SymmetryPlan,
+    SymmetrySpec,
+    canonical_key,
+    letter_axis,
+    make_plan,
+    parse_symmetry_string,
+)
+
+__all__ = ["SymmetricConvSpec", "degenerate_keys"]
+
+
+@dataclass(frozen=True)
+class SymmetricConvSpec(LayerSpec):
+    """A convolution's geometry plus the symmetry plan of its output channels."""
+
+    family: ClassVar[str] = "symmetric"
+
+    conv: ConvGeometry
+    plan: SymmetryPlan
+
+    @classmethod
+    def from_torch(
+        cls, ndim: int, *, symmetry: SymmetrySpec, share_bias: object, **conv: Any
+    ) -> SymmetricConvSpec:
+        """From ``nn.ConvNd``'s arguments plus ``symmetry`` and ``share_bias``."""
+        geometry = ConvGeometry.from_torch(ndim, **conv)
+        return cls(geometry, cls._plan(geometry, symmetry, share_bias))
+
+    @classmethod
+    def from_keras(
+        cls, ndim: int, *, symmetry: SymmetrySpec, share_bias: object, **conv: Any
+    ) -> SymmetricConvSpec:
+        """From ``keras.layers.ConvND``'s arguments plus ``symmetry`` and ``share_bias``."""
+        geometry = ConvGeometry.from_keras(ndim, **conv)
+        return cls(geometry, cls._plan(geometry, symmetry, share_bias))
+
+    @staticmethod
+    def _plan(geometry: ConvGeometry, symmetry: SymmetrySpec, share_bias: object) -> SymmetryPlan:
+        return make_plan(
+            symmetry,
+            geometry.out_channels,
+            geometry.ndim,
+            groups=geometry.groups,
+            share_bias=share_bias,  # type: ignore[arg-type]
+        )
+
+    @classmethod
+    def example(cls, ndim: int | None = None) -> SymmetricConvSpec:
+        ndim = 2 if ndim is None else ndim
+        symmetry = {1: {"h": 4}, 2: {"h": 2, "v": 2, "hv": 4}, 3: {"hv": 4, "hvz": 8}}[ndim]
+        return cls.from_torch(
+            ndim,
+            in_channels=3,
+            out_channels=10,
+            kernel_size=3,
+            padding=1,
+            symmetry=symmetry,
+            share_bias=True,
+        )
+
+    @property
+    def in_channels(self) -> int | None:
+        return self.conv.in_channels
+
+    @property
+    def spatial_rank(self) -> int:
+        return self.conv.ndim
+
+    def example_input_shape(self) -> tuple[int, ...]:
+        return (2, self.conv.in_channels or 3, *(7,) * self.conv.ndim)
+
+    def with_in_channels(self, in_channels: int) -> SymmetricConvSpec:
+        return replace(self, conv=self.conv.with_in_channels(in_channels))
+
+    def params(self) -> tuple[ParamLayout, ...]:
+        c = self.conv
+        weight = (self.plan.n_free, c.in_per_group, *c.kernel_size)
+        return (
+            ParamLayout("weight", "kernel", weight, kernel_to_keras(c.ndim)),
+            ParamLayout("bias", "bias", (self.plan.n_bias,), present=c.bias),
+        )
+
+    def pair_fields(self) -> tuple[PairField, ...]:
+        return (
+            *self.conv.pair_fields(),
+            PairField("share_bias", self.plan.share_bias),
+            PairField("symmetry channel layout", self.plan.blocks),
+        )
+
+    def symmetry_kwargs(self) -> dict[str, Any]:
+        return {"symmetry": self.plan.spec_dict(), "share_bias": self.plan.share_bias}
+
+    def torch_kwargs(self) -> dict[str, Any]:
+        return {**self.conv.torch_kwargs(), **self.symmetry_kwargs()}
+
+    def torch_kwargs_from_keras(self) -> dict[str, Any]:
+        return {**self.conv.torch_kwargs_from_keras(), **self.symmetry_kwargs()}
+
+    def keras_kwargs(self, data_format: str = "channels_last") -> dict[str, Any]:
+        return {**self.conv.keras_kwargs(data_format), **self.symmetry_kwargs()}
+
+
+def degenerate_keys(
+    symmetry: SymmetrySpec, kernel_size: tuple[int, ...]
+) -> tuple[dict[object, object], list[str]]:
+    """Split ``symmetry`` into the keys worth applying to a kernel and why others are not.
+
+    A reflection along an axis where the kernel has extent 1 maps the kernel to itself, so
+    a key flipping such an axis would make orbits of identical copies. Returns the kept
+    part of the spec and one reason per dropped key. Keys that are not valid for the
+    kernel's dimensions are kept, for :func:`make_plan` to name the problem.
+    """
+    ndim = len(kernel_size)
+    spec = parse_symmetry_string(symmetry) if isinstance(symmetry, str) else dict(symmetry or {})
+    kept: dict[object, object] = {}
+    dropped: list[str] = []
+    for key, value in spec.items():
+        try:
+            canon = canonical_key(key, ndim)
+        except ValueError:
+            kept[key] = value
+            continue
+        flat = [ch for ch in canon if kernel_size[letter_axis(ch, ndim)] == 1]
+        if not flat:
+            kept[key] = value
+            continue
+        axes = f"{flat[0]} axis" if len(flat) == 1 else f"{', '.join(flat)} axes"
+        dropped.append(
+            f"key {key!r} not applied: kernel_size={kernel_size} has extent 1 along the {axes}, "
+            "whose reflection leaves the kernel unchanged, so its orbits would hold identical "
+            "copies (include_degenerate=True applies it)"
+        )
+    return kept, dropped

@@ -1,0 +1,528 @@
+"""The symmetry plan: a reflection-symmetry spec parsed once, framework-agnostic.
+
+A spec such as ``{'h': 2, 'v': '25%', 'hv': 8}`` says how many output channels of a
+convolution come in orbits of reflected copies of one *free* filter.  A key names the
+set of axes whose reflections generate the orbit's group:
+
+==========  ===============================  ==========  ===========
+key         axes flipped by the generators   orbit size  layer dims
+==========  ===============================  ==========  ===========
+``h``       width (left-right)               2           1-D, 2-D, 3-D
+``v``       height (up-down)                 2           2-D, 3-D
+``hv``      width, height                    4           2-D, 3-D
+``z``       depth                            2           3-D
+``hz``      width, depth                     4           3-D
+``vz``      height, depth                    4           3-D
+``hvz``     width, height, depth             8           3-D
+==========  ===============================  ==========  ===========
+
+In a 1-D layer ``h`` flips the length axis.  Letters may be given in any order
+(``'vh'`` is ``'hv'``).
+
+**Values** are integer channel counts, which must be whole numbers of orbits, or
+percentage strings of ``out_channels`` such as ``'50%'`` or ``'12.5%'``.  A percentage is
+rounded *down* to a whole number of orbits: ``'50%'`` of 10 channels with key ``hv``
+gives one quadruple (4 channels), not 5.
+
+**Channel layout** (exposed as :class:`SymmetryPlan`): keys in the canonical order
+``h, v, hv, z, hz, vz, hvz``; within a key, orbits one after another with the members
+of an orbit adjacent; within an orbit, the members in binary order of the generators
+(for ``hv``: identity, h, v, hv; for ``hvz``: identity, h, v, hv, z, hz, vz, hvz);
+channels not covered by the spec ("plain" filters) last.  Free filter ``f`` is orbit
+``f``; the plain channels are orbits of size one, so ``plan.free_index`` is also the
+orbit index of every output channel.
+
+Nothing here imports a deep-learning framework: the PyTorch and Keras layers are thin
+backends over :func:`make_plan` and :meth:`SymmetryPlan.gather_index`.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+
+__all__ = [
+    "KEY_ORDER",
+    "OrbitBlock",
+    "SymmetryPlan",
+    "SymmetrySpec",
+    "allowed_keys",
+    "canonical_key",
+    "count_for",
+    "letter_axis",
+    "make_plan",
+    "parse_symmetry_string",
+]
+
+#: Letters in generator order; their bit in an orbit member's index follows this order.
+_LETTERS = ("h", "v", "z")
+#: The canonical order of keys in the channel layout.
+KEY_ORDER = ("h", "v", "hv", "z", "hz", "vz", "hvz")
+#: What a user may pass as ``symmetry=``.
+SymmetrySpec = Mapping[str, "int | str"] | str | None
+
+_PERCENT = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*%\s*$")
+_INTEGER = re.compile(r"^[+-]?\d+$")
+
+
+def _letters_for_ndim(ndim: int) -> tuple[str, ...]:
+    return _LETTERS[: min(ndim, 3)]
+
+
+def allowed_keys(ndim: int) -> tuple[str, ...]:
+    """The keys a layer with ``ndim`` spatial dimensions accepts, in canonical order."""
+    letters = set(_letters_for_ndim(ndim))
+    return tuple(k for k in KEY_ORDER if set(k) <= letters)
+
+
+def letter_axis(letter: str, ndim: int) -> int:
+    """Index among the ``ndim`` spatial axes that ``letter`` flips.
+
+    ``h`` is the last spatial axis (width), ``v`` the one before (height), ``z`` the
+    first of three (depth): for a torch ``(N, C, D, H, W)`` tensor, spatial axis ``i``
+    is tensor dim ``2 + i``.
+    """
+    return ndim - 1 - _LETTERS.index(letter)
+
+
+def canonical_key(key: object, ndim: int) -> str:
+    """Normalize a spec key (``'vh'`` -> ``'hv'``), or raise ``ValueError`` naming it."""
+    allowed = allowed_keys(ndim)
+    if not isinstance(key, str):
+        raise ValueError(
+            f"symmetry key {key!r} is not a string; allowed keys for a {ndim}-D layer: "
+            f"{', '.join(map(repr, allowed))}"
+        )
+    letters = key.strip().lower()
+    if (
+        not letters
+        or any(ch not in _LETTERS for ch in letters)
+        or len(set(letters)) != len(letters)
+    ):
+        raise ValueError(
+            f"unknown symmetry key {key!r}; allowed keys for a {ndim}-D layer: "
+            f"{', '.join(map(repr, allowed))}"
+        )
+    canon = "".join(ch for ch in _LETTERS if ch in letters)
+    if canon not in allowed:
+        missing = [ch for ch in canon if ch not in _letters_for_ndim(ndim)]
+        raise ValueError(
+            f"symmetry key {key!r} needs the {'/'.join(missing)} axis, which a {ndim}-D layer "
+            f"lacks; allowed keys for a {ndim}-D layer: {', '.join(map(repr, allowed))}"
+        )
+    return canon
+
+
+def parse_symmetry_string(text: str) -> dict[str, str | int]:
+    """Parse the command-line form ``'hv:50%,h:2'`` into ``{'hv': '50%', 'h': 2}``.
+
+    An empty string or ``'none'`` gives ``{}``.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"symmetry string must be a str, got {type(text).__name__}")
+    text = text.strip()
+    if text.lower() in ("", "none"):
+        return {}
+    spec: dict[str, str | int] = {}
+    for item in text.split(","):
+        key, sep, value = item.partition(":")
+        key, value = key.strip(), value.strip()
+        if not sep or not key or not value:
+            raise ValueError(
+                f"symmetry item {item.strip()!r} in {text!r} is malformed; expected KEY:COUNT "
+                "or KEY:PERCENT%, e.g. 'hv:50%,h:2'"
+            )
+        if key in spec:
+            raise ValueError(f"symmetry key {key!r} appears twice in {text!r}")
+        # Signed integers are counts, so '-4' gets the dict form's "negative" message.
+        spec[key] = int(value) if _INTEGER.match(value) else value
+    return spec
+
+
+@dataclass(frozen=True)
+class OrbitBlock:
+    """The channels of one spec key: ``n_orbits`` orbits of ``orbit_size`` channels."""
+
+    key: str
+    axes: tuple[int, ...]  # spatial axes flipped by the generators, in generator order
+    n_orbits: int
+    start: int  # first output channel of the block
+    first_orbit: int  # index of the block's first orbit (= free filter)
+
+    @property
+    def orbit_size(self) -> int:
+        return 2 ** len(self.axes)
+
+    @property
+    def channels(self) -> int:
+        return self.n_orbits * self.orbit_size
+
+    @property
+    def stop(self) -> int:
+        return self.start + self.channels
+
+
+def count_for(key: str, value: object, orbit_size: int, out_channels: int) -> int:
+    """Channel count of one spec entry ``key: value`` (validated), in whole orbits."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral | str):
+        raise ValueError(
+            f"symmetry[{key!r}] = {value!r} is not allowed: give a non-negative integer count "
+            f"(a multiple of the orbit size {orbit_size}) or a percentage string such as '50%'"
+        )
+    if isinstance(value, str):
+        match = _PERCENT.match(value)
+        if match is None:
+            raise ValueError(
+                f"symmetry[{key!r}] = {value!r} is not a percentage; write it as e.g. '50%' or "
+                f"'12.5%' (0-100), or give an integer count"
+            )
+        pct = Fraction(match.group(1))
+        if pct > 100:
+            raise ValueError(f"symmetry[{key!r}] = {value!r} is outside 0%-100%")
+        # Round down to whole orbits: a percentage never over-commits channels.
+        return math.floor(pct * out_channels / 100 / orbit_size) * orbit_size
+    count = int(value)
+    if count < 0:
+        raise ValueError(f"symmetry[{key!r}] = {count} is negative; counts must be >= 0")
+    if count % orbit_size:
+        raise ValueError(
+            f"symmetry[{key!r}] = {count} is not a multiple of the orbit size {orbit_size} "
+            f"(key {key!r} makes orbits of {orbit_size} channels); use "
+            f"{count // orbit_size * orbit_size} or {(count // orbit_size + 1) * orbit_size}"
+        )
+    return count
+
+
+@dataclass(frozen=True, eq=False)
+class SymmetryPlan:
+    """Which output channel is which reflection of which free filter, and its bias.
+
+    Build one with :func:`make_plan`.  Per output channel ``c`` (arrays of length
+    ``out_channels``, read-only):
+
+    - ``free_index[c]``: the free filter (= orbit) it is made from;
+    - ``member[c]``: its index within the orbit (bit ``i`` set = generator ``i`` applied);
+    - ``flips[c, a]``: whether spatial axis ``a`` of the free filter is reversed;
+    - ``bias_index[c]``: which free bias it uses.
+    """
+
+    ndim: int
+    out_channels: int
+    groups: int
+    share_bias: bool
+    blocks: tuple[OrbitBlock, ...]
+    spec: tuple[tuple[str, object], ...]  # the user's spec, keys canonical, for repr/config
+    free_index: np.ndarray
+    member: np.ndarray
+    flips: np.ndarray
+    bias_index: np.ndarray
+
+    # -- sizes -------------------------------------------------------------------------
+    @property
+    def n_symmetric(self) -> int:
+        """Output channels covered by the spec."""
+        return sum(b.channels for b in self.blocks)
+
+    @property
+    def n_plain(self) -> int:
+        """Output channels that are ordinary free filters (placed last)."""
+        return self.out_channels - self.n_symmetric
+
+    @property
+    def n_free(self) -> int:
+        """Free filters stored: one per orbit plus one per plain channel.
+
+        This is also the number of orbits when each plain channel counts as an orbit of
+        one (what :class:`~symconv.nn.OrbitPool` outputs).
+        """
+        return sum(b.n_orbits for b in self.blocks) + self.n_plain
+
+    @property
+    def n_bias(self) -> int:
+        """Free biases stored: one per orbit when ``share_bias``, else one per channel."""
+        return self.n_free if self.share_bias else self.out_channels
+
+    @property
+    def is_trivial(self) -> bool:
+        """True when no channel is symmetric (the layer is a plain convolution)."""
+        return not self.blocks
+
+    @property
+    def orbit_sizes(self) -> np.ndarray:
+        """Size of every orbit (free filter), shape ``(n_free,)``."""
+        return np.bincount(self.free_index, minlength=self.n_free)
+
+    def block_for_channel(self, channel: int) -> OrbitBlock | None:
+        """The block containing ``channel``, or ``None`` for a plain channel."""
+        for block in self.blocks:
+            if block.start <= channel < block.stop:
+                return block
+        return None
+
+    # -- equivariance ------------------------------------------------------------------
+    def flip_permutation(self, axes: str | Iterable[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Channel permutation induced by reflecting the input along ``axes``.
+
+        ``axes`` is a string of letters (``'h'``, ``'v'``, ``'hv'``, ...).  Returns
+        ``(perm, equivariant)``, both of shape ``(out_channels,)``, such that for a layer
+        with odd kernels, stride 1 (or a stride the input size fits) and symmetric padding::
+
+            layer(flip(x))[:, c] == flip(layer(x))[:, perm[c]]   for c where equivariant[c]
+
+        A channel is equivariant when its orbit's group contains the reflection: an
+        ``hv`` orbit is permuted by ``h``, ``v`` and ``hv`` flips; an ``h`` orbit only by
+        ``h``.  Plain channels are equivariant only for the empty flip.  ``perm`` is the
+        identity on channels that are not equivariant.
+        """
+        letters = "".join(axes) if not isinstance(axes, str) else axes
+        allowed = _letters_for_ndim(self.ndim)
+        if any(ch not in allowed for ch in letters) or len(set(letters)) != len(letters):
+            raise ValueError(
+                f"axes={axes!r} is not a set of flip axes for a {self.ndim}-D layer; "
+                f"use letters from {''.join(allowed)!r}"
+            )
+        flip_axes = {letter_axis(ch, self.ndim) for ch in letters}
+        perm = np.arange(self.out_channels)
+        equivariant = np.full(self.out_channels, not flip_axes)
+        for block in self.blocks:
+            if not flip_axes <= set(block.axes):
+                continue
+            xor = sum(1 << i for i, ax in enumerate(block.axes) if ax in flip_axes)
+            chans = np.arange(block.start, block.stop)
+            perm[chans] = block.start + ((chans - block.start) ^ xor)
+            equivariant[chans] = True
+        return perm, equivariant
+
+    # -- kernel expansion --------------------------------------------------------------
+    def free_weight_shape(
+        self, in_per_group: int, kernel_size: tuple[int, ...], layout: str = "torch"
+    ) -> tuple[int, ...]:
+        """Free kernel shape: torch ``(n_free, in/g, *k)``, keras ``(*k, in/g, n_free)``."""
+        if layout == "torch":
+            return (self.n_free, in_per_group, *kernel_size)
+        if layout == "keras":
+            return (*kernel_size, in_per_group, self.n_free)
+        raise ValueError(f"layout={layout!r}; allowed: 'torch', 'keras'")
+
+    def gather_index(
+        self, in_per_group: int, kernel_size: tuple[int, ...], layout: str = "torch"
+    ) -> np.ndarray:
+        """Flat indices that expand a free kernel into the full kernel with one gather.
+
+        ``full = free.reshape(-1)[index].reshape(full_shape)`` where ``full_shape`` is
+        ``(out, in/groups, *k)`` for ``layout='torch'`` and ``(*k, in/groups, out)`` for
+        ``layout='keras'``.  Returns an ``int64`` array of shape ``full_shape``.
+        """
+        kernel_size = tuple(int(k) for k in kernel_size)
+        if len(kernel_size) != self.ndim:
+            raise ValueError(
+                f"kernel_size={kernel_size} has {len(kernel_size)} dims, the plan has {self.ndim}"
+            )
+        free_shape = self.free_weight_shape(in_per_group, kernel_size, layout)
+        flat = np.arange(math.prod(free_shape), dtype=np.int64).reshape(free_shape)
+        # Work in torch layout (out, in, *k); keras is a transpose of it.
+        if layout == "keras":
+            flat = np.moveaxis(flat, (-1, -2), (0, 1))
+        full = flat[self.free_index].copy()
+        for code in np.unique(self.flips, axis=0):
+            if not code.any():
+                continue
+            rows = np.flatnonzero((self.flips == code).all(axis=1))
+            dims = tuple(2 + int(a) for a in np.flatnonzero(code))
+            full[rows] = np.flip(full[rows], axis=dims)
+        if layout == "keras":
+            full = np.moveaxis(full, (0, 1), (-1, -2))
+        return np.ascontiguousarray(full)
+
+    def expand(self, free: np.ndarray, layout: str = "torch") -> np.ndarray:
+        """Expand a free kernel (numpy) into the full kernel; the reference for backends."""
+        free = np.asarray(free)
+        if layout == "torch":
+            in_per_group, kernel_size = free.shape[1], free.shape[2:]
+        else:
+            in_per_group, kernel_size = free.shape[-2], free.shape[:-2]
+        index = self.gather_index(in_per_group, tuple(kernel_size), layout)
+        return free.reshape(-1)[index]
+
+    def expand_bias(self, free_bias: np.ndarray) -> np.ndarray:
+        """Expand free biases of shape ``(n_bias,)`` to ``(out_channels,)``."""
+        return np.asarray(free_bias)[self.bias_index]
+
+    def project(self, full: np.ndarray, layout: str = "torch") -> np.ndarray:
+        """Least-squares free kernel for a full kernel: the orbit average of un-flipped members.
+
+        ``plan.expand(plan.project(w))`` is the closest symmetric kernel to ``w``; a
+        kernel that already has the symmetry is returned exactly.
+        """
+        full = np.asarray(full)
+        if layout == "keras":
+            full = np.moveaxis(full, (-1, -2), (0, 1))
+        if full.shape[0] != self.out_channels:
+            raise ValueError(
+                f"kernel has {full.shape[0]} output channels, the plan has {self.out_channels}"
+            )
+        unflipped = full.copy()
+        for c in range(self.out_channels):
+            dims = tuple(2 + int(a) for a in np.flatnonzero(self.flips[c]))
+            if dims:
+                unflipped[c] = np.flip(full[c], axis=tuple(d - 1 for d in dims))
+        free = np.zeros((self.n_free, *full.shape[1:]), dtype=np.result_type(full, np.float32))
+        np.add.at(free, self.free_index, unflipped)
+        free /= self.orbit_sizes.reshape(-1, *([1] * (full.ndim - 1)))
+        free = free.astype(full.dtype, copy=False)
+        if layout == "keras":
+            free = np.moveaxis(free, (0, 1), (-1, -2))
+        return free
+
+    def project_bias(self, full_bias: np.ndarray) -> np.ndarray:
+        """Free biases for full biases ``(out_channels,)``: the mean over each bias group."""
+        full_bias = np.asarray(full_bias)
+        sums = np.zeros(self.n_bias, dtype=np.result_type(full_bias, np.float32))
+        np.add.at(sums, self.bias_index, full_bias)
+        return (sums / np.bincount(self.bias_index, minlength=self.n_bias)).astype(
+            full_bias.dtype, copy=False
+        )
+
+    # -- presentation ------------------------------------------------------------------
+    def spec_dict(self) -> dict[str, object]:
+        """The spec as given (keys canonical), for configs and reprs."""
+        return dict(self.spec)
+
+    def describe(self) -> str:
+        """A table of the channel layout, one line per block."""
+        lines = [
+            f"SymmetryPlan({self.ndim}-D, out_channels={self.out_channels}, groups={self.groups}, "
+            f"share_bias={self.share_bias}): {self.n_free} free filters, {self.n_bias} biases"
+        ]
+        for b in self.blocks:
+            lines.append(
+                f"  {b.key:>4}: channels {b.start}-{b.stop - 1}, {b.n_orbits} orbit(s) of "
+                f"{b.orbit_size}"
+            )
+        if self.n_plain:
+            lines.append(
+                f"  plain: channels {self.n_symmetric}-{self.out_channels - 1}, "
+                f"{self.n_plain} ordinary filter(s)"
+            )
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        spec = ", ".join(f"{k!r}: {v!r}" for k, v in self.spec)
+        return (
+            f"SymmetryPlan(ndim={self.ndim}, out_channels={self.out_channels}, "
+            f"symmetry={{{spec}}}, groups={self.groups}, share_bias={self.share_bias}, "
+            f"n_free={self.n_free})"
+        )
+
+
+def _readonly(a: np.ndarray) -> np.ndarray:
+    a.setflags(write=False)
+    return a
+
+
+def make_plan(
+    symmetry: SymmetrySpec,
+    out_channels: int,
+    ndim: int,
+    groups: int = 1,
+    share_bias: bool = True,
+) -> SymmetryPlan:
+    """Parse and validate ``symmetry`` for a layer; raise ``ValueError`` naming what is wrong.
+
+    Args:
+        symmetry: mapping key -> count or percentage, a string ``'hv:50%,h:2'``, or
+            ``None``/``{}`` for a plain convolution.
+        out_channels: the layer's output channels (``filters`` in Keras).
+        ndim: spatial dimensions of the layer (1, 2 or 3).
+        groups: the convolution's groups; an orbit may not straddle two groups.
+        share_bias: one bias per orbit (exact equivariance) or one per channel.
+    """
+    if isinstance(ndim, bool) or not isinstance(ndim, numbers.Integral) or ndim not in (1, 2, 3):
+        raise ValueError(f"ndim={ndim!r}; allowed: 1, 2, 3")
+    for name, val in (("out_channels", out_channels), ("groups", groups)):
+        if isinstance(val, bool) or not isinstance(val, numbers.Integral) or val <= 0:
+            raise ValueError(f"{name}={val!r} must be a positive integer")
+    if out_channels % groups:
+        raise ValueError(f"out_channels={out_channels} is not divisible by groups={groups}")
+    if not isinstance(share_bias, bool | np.bool_):
+        raise TypeError(f"share_bias={share_bias!r} must be a bool")
+    if symmetry is None:
+        symmetry = {}
+    elif isinstance(symmetry, str):
+        symmetry = parse_symmetry_string(symmetry)
+    elif not isinstance(symmetry, Mapping):
+        raise TypeError(
+            f"symmetry={symmetry!r} must be a dict such as {{'hv': '50%', 'h': 2}}, a string "
+            f"such as 'hv:50%,h:2', or None; got {type(symmetry).__name__}"
+        )
+
+    counts: dict[str, int] = {}
+    given: dict[str, object] = {}
+    for raw_key, value in symmetry.items():
+        key = canonical_key(raw_key, ndim)
+        if key in counts:
+            raise ValueError(f"symmetry key {raw_key!r} repeats key {key!r}")
+        orbit_size = 2 ** len(key)
+        counts[key] = count_for(raw_key, value, orbit_size, out_channels)
+        given[key] = value
+    total = sum(counts.values())
+    if total > out_channels:
+        detail = ", ".join(f"{k}: {n}" for k, n in counts.items())
+        raise ValueError(
+            f"symmetry={dict(symmetry)!r} asks for {total} channels ({detail}) but the layer "
+            f"has out_channels={out_channels}"
+        )
+
+    blocks: list[OrbitBlock] = []
+    start = orbit = 0
+    per_group = out_channels // groups
+    for key in KEY_ORDER:
+        n = counts.get(key, 0)
+        if not n:
+            continue
+        axes = tuple(letter_axis(ch, ndim) for ch in key)
+        block = OrbitBlock(key, axes, n // 2 ** len(key), start, orbit)
+        if groups > 1:
+            size = block.orbit_size
+            for s in range(block.start, block.stop, size):
+                if s // per_group != (s + size - 1) // per_group:
+                    raise ValueError(
+                        f"symmetry key {key!r}: the orbit at output channels {s}-{s + size - 1} "
+                        f"would straddle two groups (groups={groups}, {per_group} output "
+                        f"channels per group); every orbit must lie within one group, so make "
+                        f"group boundaries fall between orbits or use groups=1"
+                    )
+        blocks.append(block)
+        start, orbit = block.stop, orbit + block.n_orbits
+
+    free_index = np.empty(out_channels, dtype=np.int64)
+    member = np.zeros(out_channels, dtype=np.int64)
+    flips = np.zeros((out_channels, ndim), dtype=bool)
+    for b in blocks:
+        local = np.arange(b.channels)
+        free_index[b.start : b.stop] = b.first_orbit + local // b.orbit_size
+        member[b.start : b.stop] = local % b.orbit_size
+        for bit, ax in enumerate(b.axes):
+            flips[b.start : b.stop, ax] = (member[b.start : b.stop] >> bit) & 1 == 1
+    n_plain = out_channels - start
+    free_index[start:] = orbit + np.arange(n_plain)
+    bias_index = free_index.copy() if share_bias else np.arange(out_channels, dtype=np.int64)
+
+    return SymmetryPlan(
+        ndim=int(ndim),
+        out_channels=int(out_channels),
+        groups=int(groups),
+        share_bias=bool(share_bias),
+        blocks=tuple(blocks),
+        spec=tuple((k, given[k]) for k in KEY_ORDER if k in given),
+        free_index=_readonly(free_index),
+        member=_readonly(member),
+        flips=_readonly(flips),
+        bias_index=_readonly(bias_index),
+    )
