@@ -250,7 +250,7 @@ def test_bad_flow_arguments() -> None:
         flow_frames(x, "blur", -1, 1)
     with pytest.raises(ValueError, match="every=0 is not allowed"):
         flow_frames(x, "blur", 3, 0)
-    with pytest.raises(TypeError, match="steps must be an int"):
+    with pytest.raises(TypeError, match=r"steps=2.5 must be an int >= 0, got float"):
         flow_frames(x, "blur", 2.5, 1)
     with pytest.raises(ValueError, match="padding='circular' is not allowed"):
         flow_frames(x, "blur", 3, 1, padding="circular")
@@ -303,7 +303,7 @@ def test_flow_frames_bounds_the_number_of_frames() -> None:
         flow_frames(x, "blur", 4, 4, max_frames=1)
     with pytest.raises(ValueError, match="max_frames=0 is not allowed"):
         flow_frames(x, "blur", 4, 1, max_frames=0)
-    with pytest.raises(TypeError, match="max_frames must be an int"):
+    with pytest.raises(TypeError, match=r"max_frames=2.0 must be an int >= 1, got float"):
         flow_frames(x, "blur", 4, 1, max_frames=2.0)
 
 

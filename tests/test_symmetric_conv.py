@@ -584,7 +584,11 @@ def test_index_tensors_start_on_the_parameters_device(share_bias):
         ({"kernel_size": (3,) * 4}, ValueError, r"kernel_size=\(3, 3, 3, 3\) has 4 entries"),
         ({"stride": 0}, ValueError, r"stride=0 is not allowed; it must be an int >= 1"),
         ({"padding": -1}, ValueError, r"padding=-1 is not allowed; it must be an int >= 0"),
-        ({"padding": "full"}, ValueError, r"padding='full' is not allowed; it must be one of 'same', 'valid'"),
+        (
+            {"padding": "full"},
+            ValueError,
+            r"padding='full' is not allowed; it must be one of 'same', 'valid'",
+        ),
         ({"dilation": 0}, ValueError, r"dilation=0 is not allowed"),
         ({"groups": 0}, ValueError, r"groups=0 is not allowed; it must be an int >= 1"),
         ({"bias": 1}, TypeError, r"bias=1 must be a bool"),

@@ -332,9 +332,21 @@ def test_invalid_groups_and_type_errors_same_message_as_torch():
 @pytest.mark.parametrize(
     ("kwargs", "exc", "match"),
     [
-        (dict(filters=0, kernel_size=3), ValueError, r"filters=0 is not allowed; it must be an int >= 1"),
-        (dict(filters=2.5, kernel_size=3), TypeError, r"filters=2.5 must be an int >= 1, got float"),
-        (dict(filters=4, kernel_size=0), ValueError, r"kernel_size=0 is not allowed; it must be an int >= 1"),
+        (
+            dict(filters=0, kernel_size=3),
+            ValueError,
+            r"filters=0 is not allowed; it must be an int >= 1",
+        ),
+        (
+            dict(filters=2.5, kernel_size=3),
+            TypeError,
+            r"filters=2.5 must be an int >= 1, got float",
+        ),
+        (
+            dict(filters=4, kernel_size=0),
+            ValueError,
+            r"kernel_size=0 is not allowed; it must be an int >= 1",
+        ),
         (
             dict(filters=4, kernel_size=(3, 3, 3)),
             ValueError,

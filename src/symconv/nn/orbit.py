@@ -14,6 +14,7 @@ import torch
 import torch.fx
 from torch import Tensor, nn
 
+from symconv.core.validate import check_choice, check_int
 from symconv.nn._cache import not_scriptable
 from symconv.nn.symmetric import SymmetricConv2d
 from symconv.symmetry import SymmetryPlan
@@ -110,14 +111,6 @@ class OrbitPool(nn.Module):
         )
 
 
-def _check_count(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name}={value!r} must be an int >= 1, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name}={value!r} is not allowed; it must be an int >= 1")
-    return value
-
-
 class OrbitConv2d(nn.Module):
     """A symmetric convolution whose output channels transform as ordinary images.
 
@@ -147,11 +140,10 @@ class OrbitConv2d(nn.Module):
         self, in_channels: int, out_channels: int, kernel_size: int, key: str = "hv"
     ) -> None:
         super().__init__()
-        _check_count("in_channels", in_channels)
-        _check_count("out_channels", out_channels)
-        _check_count("kernel_size", kernel_size)
-        if key not in ORBIT_KEYS:
-            raise ValueError(f"key={key!r} is not allowed; use one of {ORBIT_KEYS}")
+        check_int("in_channels", in_channels, 1)
+        check_int("out_channels", out_channels, 1)
+        check_int("kernel_size", kernel_size, 1)
+        check_choice("key", key, ORBIT_KEYS)
         if kernel_size % 2 != 1:
             raise ValueError(
                 f"kernel_size={kernel_size} must be odd: an even kernel's 'same' padding is "

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from symconv.viz.limits import ANIMATION_FORMATS, STRIP_FORMATS, check_int
+from symconv.core.validate import check_int
+from symconv.viz.limits import ANIMATION_FORMATS, STRIP_FORMATS
 
 __all__ = [
     "ANIMATION_FORMATS",

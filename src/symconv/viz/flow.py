@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from symconv.core.validate import check_int
 from symconv.viz.drawing import (
     ANIMATION_FORMATS,
     STRIP_FORMATS,
@@ -33,7 +34,7 @@ from symconv.viz.drawing import (
     save_strip,
     strip_layout,
 )
-from symconv.viz.limits import MAX_ABS_EPS, MAX_FRAMES, PADDING_MODES, check_int
+from symconv.viz.limits import MAX_ABS_EPS, MAX_FRAMES, PADDING_MODES
 from symconv.viz.presets import (
     GAUSSIAN,
     MAX_DEFAULT_STEPS,

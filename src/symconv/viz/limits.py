@@ -8,8 +8,6 @@ here, and so do :mod:`~symconv.viz.images`, :mod:`~symconv.viz.flow` and
 
 from __future__ import annotations
 
-import numbers
-
 __all__ = [
     "ANIMATION_FORMATS",
     "CLI_MAX_FRAMES",
@@ -25,7 +23,6 @@ __all__ = [
     "PADDING_MODES",
     "PRESET_HELP",
     "STRIP_FORMATS",
-    "check_int",
 ]
 
 #: Sizes (pixels) :func:`~symconv.viz.default_image` and :func:`~symconv.viz.resize_image`
@@ -77,13 +74,3 @@ PRESET_HELP = {
 FILTER_MAX_ROWS = 32
 #: ... and this many input channels of each filter, unless told otherwise.
 FILTER_MAX_IN = 8
-
-
-def check_int(name: str, value: object, minimum: int) -> int:
-    """``value`` as an ``int`` once it is an integer (not a bool, numpy's included)
-    ``>= minimum``: ``TypeError`` or ``ValueError`` naming ``name`` otherwise."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name}={value} is not allowed; it must be >= {minimum}")
-    return int(value)

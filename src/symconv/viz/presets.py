@@ -61,7 +61,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from symconv.viz.limits import MAX_ABS_EPS, PADDING_MODES, check_int
+from symconv.core.validate import check_int
+from symconv.viz.limits import MAX_ABS_EPS, PADDING_MODES
 
 __all__ = [
     "GAUSSIAN",
