@@ -7,6 +7,7 @@ keeps its traceback.
 
 from __future__ import annotations
 
+import argparse
 import errno
 import json
 import subprocess
@@ -133,3 +134,57 @@ def test_filters_usage_error(tmp_path, capsys) -> None:
 def test_no_command_prints_help(capsys) -> None:
     assert cli.main([]) == 2
     assert capsys.readouterr().out.startswith("usage: symconv")
+
+
+def _subparser(name: str):  # noqa: ANN202
+    parser = cli.build_parser()
+    (sub,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices[name]
+
+
+def test_compare_cli_defaults_are_the_dataclass_defaults() -> None:
+    """Every ``symconv compare`` option defaults to its CompareConfig / TrainSettings field,
+    and the choices are the names the library knows: nothing is restated to drift."""
+    import dataclasses
+
+    from symconv.compare import config as cfg
+    from symconv.compare.cli import config_from_args
+
+    parser = cli.build_parser()
+    assert config_from_args(parser.parse_args(["compare"])) == cfg.CompareConfig()
+    fields = {f.name: f for f in dataclasses.fields(cfg.CompareConfig)}
+    settings = {f.name for f in dataclasses.fields(cfg.TrainSettings)}
+    fields |= {name: None for name in settings}
+    compare = _subparser("compare")
+    checked = set()
+    for action in compare._actions:
+        if action.dest not in fields or action.dest in ("variants", "transforms"):
+            continue
+        owner = cfg.TrainSettings if action.dest in settings else cfg.CompareConfig
+        assert action.default == cfg.field_default(owner, action.dest), action.dest
+        checked.add(action.dest)
+    assert {"epochs", "batch_size", "lr", "model", "device", "runs", "seed"} <= checked
+    choices = {a.dest: tuple(a.choices) for a in compare._actions if a.choices}
+    assert choices == {
+        "color": cfg.COLORS,
+        "model": cfg.MODELS,
+        "invariant_key": cfg.INVARIANT_KEYS,
+        "device": cfg.DEVICES,
+    }
+
+
+def test_viz_cli_defaults_are_the_library_defaults() -> None:
+    import inspect
+
+    from symconv.viz import filters, flow
+
+    flow_cli, filters_cli = _subparser("flow"), _subparser("filters")
+    defaults = {a.dest: a.default for a in flow_cli._actions}
+    assert defaults["padding"] == inspect.signature(flow.flow_frames).parameters["padding"].default
+    assert {a.dest: a.choices for a in flow_cli._actions}["padding"] == flow.PADDING_MODES
+    plot = inspect.signature(filters.plot_filters).parameters
+    defaults = {a.dest: a.default for a in filters_cli._actions}
+    assert (defaults["max_rows"], defaults["max_in"]) == (
+        plot["max_rows"].default,
+        plot["max_in"].default,
+    )

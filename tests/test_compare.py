@@ -134,6 +134,9 @@ def test_compare_writes_every_output(tmp_path: Path, capsys: pytest.CaptureFixtu
             )
             assert len(r["history"]) == 1 and r["history"][0]["epoch"] == 1
             assert r["images_per_s"] > 0 and r["peak_memory_mb"] > 0
+            # the epoch trained on exactly the 100 training images (2 full batches of 50)
+            h = r["history"][0]
+            assert h["images_per_s"] * h["seconds"] == pytest.approx(100, rel=1e-9)
             assert r["history"][0]["test_acc"] == r["accuracy"]["clean"]
         # summary = mean and sample std over the runs, from the per-run numbers
         for t in TRANSFORMS:
@@ -251,6 +254,13 @@ def test_resume_reproduces_an_uninterrupted_run(
     resumed = _load(part)
     assert resumed["status"] == "complete"
     assert _numbers(resumed) == _numbers(whole)
+    # bit for bit: the final weights and batch-norm statistics of both runs
+    for name in ("plain", "sym-inv"):
+        a, b = (
+            torch.load(folder / "checkpoints" / f"{name}-run0.pt", weights_only=True)["model"]
+            for folder in (tmp_path / "whole", part)
+        )
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
 
 
 def test_bad_arguments_fail_before_training(
@@ -331,10 +341,13 @@ def test_ddp_two_gloo_processes(tmp_path: Path) -> None:
     run = res["variants"]["plain"]["runs"][0]
     assert set(run["accuracy"]) == set(TRANSFORMS)
     assert run["history"][0]["epoch"] == 1 and math.isfinite(run["history"][0]["train_loss"])
-    # every training image seen once per epoch, split over the processes
+    # every training image seen once per epoch, split over the processes: 120 images,
+    # 60 a process in batches of 25 (the global 50 halved), the ragged 10 dropped
     assert run["train_seconds"] > 0
     assert (out / "results.csv").is_file()
-    assert torch.load(out / "checkpoints" / "plain-run0.pt", weights_only=True)["finished"]
+    ckpt = torch.load(out / "checkpoints" / "plain-run0.pt", weights_only=True)
+    assert ckpt["finished"] and ckpt["images_seen"] == 2 * 2 * 25
+    assert len(ckpt["rng"]) == 2  # each process's RNG states, by rank
 
 
 @pytest.mark.parametrize("tqdm_installed", [True, False])
@@ -675,13 +688,13 @@ def test_a_run_whose_loss_is_not_finite_says_it_diverged(
 
 
 def test_some_runs_diverged() -> None:
-    from symconv.compare.report import format_table, summarise
+    from symconv.compare.report import format_table, summarize
 
     good = {"accuracy": {"clean": 0.5}, "history": [{"train_loss": 1.0}], "diverged": None}
     bad = {"accuracy": {"clean": math.nan}, "history": [{"train_loss": math.nan}], "diverged": 2}
     for run in (good, bad):
         run.update(images_per_s=10.0, train_seconds=1.0, peak_memory_mb=5.0)
-    summary = summarise([good, bad, good])
+    summary = summarize([good, bad, good])
     assert summary["diverged"] == 1
     assert summary["mean"]["accuracy"]["clean"] == 0.5 and summary["std"]["accuracy"]["clean"] == 0
     text = format_table({"plain": {"params": 10, "runs": [good, bad, good], **summary}}, ["clean"])

@@ -69,7 +69,7 @@ def test_affine_quarter_turns_match_rot90(side: int, c: int) -> None:
 
 
 def test_affine_rotation_is_a_true_rotation_on_non_square_images() -> None:
-    # A pixel 5.5 px right of the centre of a 20x40 image goes 5.5 px above it.
+    # A pixel 5.5 px right of the center of a 20x40 image goes 5.5 px above it.
     x = torch.zeros(1, 1, 20, 40, dtype=torch.float64)
     x[0, 0, 10, 25] = 1.0
     y = affine(x, 90.0)
@@ -79,7 +79,7 @@ def test_affine_rotation_is_a_true_rotation_on_non_square_images() -> None:
 
 @pytest.mark.parametrize("scale", [0.8, 1.2])
 def test_affine_scale_scales_a_blob(scale: float) -> None:
-    # A centred Gaussian of std s becomes (up to resampling) one of std s * scale.
+    # A centered Gaussian of std s becomes (up to resampling) one of std s * scale.
     side, s = 41, 4.0
     r = torch.arange(side, dtype=torch.float64) - (side - 1) / 2
     blob = torch.exp(-(r[:, None] ** 2 + r[None, :] ** 2) / (2 * s**2))[None, None]
@@ -90,10 +90,10 @@ def test_affine_scale_scales_a_blob(scale: float) -> None:
 
 
 @pytest.mark.parametrize("name,degrees", [("rot+15", 15.0), ("rot-15", -15.0)])
-def test_small_rotations_move_a_blob_about_the_centre(name: str, degrees: float) -> None:
+def test_small_rotations_move_a_blob_about_the_center(name: str, degrees: float) -> None:
     side = 33
     r = torch.arange(side, dtype=torch.float64) - (side - 1) / 2
-    x0, y0 = -5.0, 3.0  # (right, down) from the centre
+    x0, y0 = -5.0, 3.0  # (right, down) from the center
     blob = torch.exp(-((r[:, None] - y0) ** 2 + (r[None, :] - x0) ** 2) / 8)[None, None]
     out = TRANSFORMS[name](blob)[0, 0]
     cx = (out * r[None, :]).sum() / out.sum()
@@ -102,7 +102,7 @@ def test_small_rotations_move_a_blob_about_the_centre(name: str, degrees: float)
     t = np.radians(degrees)
     ex, ey = x0 * np.cos(t) + y0 * np.sin(t), -x0 * np.sin(t) + y0 * np.cos(t)
     assert abs(cx.item() - ex) < 0.02 and abs(cy.item() - ey) < 0.02
-    # and the opposite rotation brings it back (mass and centre, up to resampling blur)
+    # and the opposite rotation brings it back (mass and center, up to resampling blur)
     back = TRANSFORMS["rot-15" if degrees > 0 else "rot+15"](out[None, None])[0, 0]
     assert abs((back * r[None, :]).sum() / back.sum() - x0) < 0.03
     assert abs((back * r[:, None]).sum() / back.sum() - y0) < 0.03
@@ -173,7 +173,7 @@ def test_parse_variants() -> None:
         parse_variants(" , ")
 
 
-def _randomise_norms(model: nn.Module) -> None:
+def _randomize_norms(model: nn.Module) -> None:
     # Non-trivial batch-norm statistics and affine terms, so eval mode is a real test.
     g = torch.Generator().manual_seed(1)
     for m in model.modules():
@@ -193,7 +193,7 @@ _FLIPS = {"h": [-1], "v": [-2], "hv": [-2, -1]}
 def test_sym_inv_is_exactly_flip_invariant(model: str, size: int) -> None:
     torch.manual_seed(0)
     net = build_variant("sym-inv", model, 2, 5, size=size, width=2, invariant_key="hv").model
-    _randomise_norms(net)
+    _randomize_norms(net)
     net = net.double().eval()
     x = torch.randn(3, 2, size, size, dtype=torch.float64)
     with torch.no_grad():
@@ -241,7 +241,7 @@ def test_sym_inv_gradcheck() -> None:
     assert torch.autograd.gradcheck(net, (x,))
 
 
-def test_variants_share_the_base_initialisation() -> None:
+def test_variants_share_the_base_initialization() -> None:
     pytest.importorskip("symconv.conversion")
     torch.manual_seed(3)
     plain = build_variant("plain", "cnn", 1, 10, width=8).model
@@ -254,6 +254,15 @@ def test_variants_share_the_base_initialisation() -> None:
         # twist terms start at zero: the converted net computes the plain one
         torch.testing.assert_close(twist(x), plain.eval()(x), atol=1e-5, rtol=1e-5)
     assert count_parameters(sym) < count_parameters(plain) < count_parameters(twist)
+    # exactly: each converted k x k conv keeps only the free filters of its hv:50% plan
+    from symconv.symmetry import make_plan
+
+    shared = 0
+    for conv in (m for m in plain.modules() if isinstance(m, nn.Conv2d)):
+        if conv.kernel_size != (1, 1):
+            n_free = make_plan("hv:50%", conv.out_channels, 2).n_free
+            shared += (conv.out_channels - n_free) * conv.weight[0].numel()
+    assert shared > 0 and count_parameters(sym) == count_parameters(plain) - shared
 
 
 # -- data --------------------------------------------------------------------------------
@@ -409,3 +418,67 @@ def test_throughput_is_the_median_after_the_first_epoch() -> None:
     assert steady_images_per_s(history) == 1000.0  # not the warm-up epoch, not the mean
     assert steady_images_per_s(history[:1]) == 100.0
     assert math.isnan(steady_images_per_s([]))
+
+
+# -- training pieces against hand computations -------------------------------------------
+
+
+def test_one_cycle_factors() -> None:
+    from symconv.compare.optim import one_cycle
+
+    f = one_cycle(8)  # 2 warm-up steps, then a cosine over 6
+    assert f(0) == 1 / 25 and f(1) == pytest.approx((1 / 25 + 1) / 2, abs=1e-15)
+    assert f(2) == 1.0  # the peak
+    assert f(5) == pytest.approx(1e-4 + (1 - 1e-4) * 0.5, abs=1e-15)  # half-way down
+    assert f(8) == pytest.approx(1e-4, abs=1e-15) and f(100) == f(8)
+
+
+def test_a_training_step_is_the_hand_computed_adamw_update() -> None:
+    """One step of make_optimizer + the one-cycle schedule, as the loop takes it: AdamW's
+    first step is ``p (1 - lr wd) - lr g / (|g| + eps)`` at the schedule's first lr, and
+    1-D parameters (biases) are not decayed."""
+    from symconv.compare.config import TrainSettings
+    from symconv.compare.optim import make_optimizer, one_cycle
+
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2).double()
+    w0, b0 = model.weight.detach().clone(), model.bias.detach().clone()
+    s = TrainSettings(lr=0.1, weight_decay=0.5)
+    optimizer = make_optimizer(model, s)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, one_cycle(8))
+    x = torch.tensor([[1.0, -2.0, 0.5]], dtype=torch.float64)
+    loss = (model(x) * torch.tensor([[2.0, -1.0]], dtype=torch.float64)).sum()
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    # d loss / d W[i, j] = c_i x_j, d loss / d b_i = c_i
+    c = torch.tensor([2.0, -1.0], dtype=torch.float64)
+    gw, gb = c[:, None] * x, c
+    lr, eps = 0.1 / 25, 1e-8
+
+    def adam(g: torch.Tensor) -> torch.Tensor:
+        # first step: m = 0.1 g, v = 0.001 g^2, both divided by their bias corrections
+        return g / ((g * g).sqrt() + eps)
+
+    torch.testing.assert_close(
+        model.weight, w0 * (1 - lr * 0.5) - lr * adam(gw), rtol=0, atol=1e-15
+    )
+    torch.testing.assert_close(model.bias, b0 - lr * adam(gb), rtol=0, atol=1e-15)
+    assert scheduler.get_last_lr()[0] == pytest.approx(0.1 * (1 / 25 + 1) / 2)
+
+
+def test_normalizer_standardizes_with_the_training_statistics() -> None:
+    from symconv.compare.train import Normalizer
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (6, 2, 5, 4), generator=g, dtype=torch.uint8)
+    norm = Normalizer(images)
+    x = norm.standardize(norm.to_unit(images, torch.device("cpu")))
+    ref = images.numpy().astype(np.float64) / 255
+    mean = ref.mean(axis=(0, 2, 3), keepdims=True)
+    std = ref.std(axis=(0, 2, 3), ddof=1, keepdims=True)
+    np.testing.assert_allclose(x.numpy(), (ref - mean) / std, rtol=0, atol=1e-5)
+    # a constant channel is not divided by zero
+    flat = torch.full((2, 1, 3, 3), 7, dtype=torch.uint8)
+    assert torch.isfinite(Normalizer(flat).standardize(torch.zeros(1, 1, 3, 3))).all()

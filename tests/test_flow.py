@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -114,7 +115,7 @@ def test_translate_moves_centroid_at_8_eps_per_step(
 
 @pytest.mark.parametrize("shape", [(64, 64), (48, 72)])
 @pytest.mark.parametrize("eps", [0.01, -0.01])
-def test_rotate_turns_centroid_about_centre(shape: tuple[int, int], eps: float) -> None:
+def test_rotate_turns_centroid_about_center(shape: tuple[int, int], eps: float) -> None:
     h, w = shape
     ci, cj = (h - 1) / 2, (w - 1) / 2
     f0 = blob(ci - 4.0, cj + 8.0, 2.0, shape)
@@ -123,20 +124,20 @@ def test_rotate_turns_centroid_about_centre(shape: tuple[int, int], eps: float) 
     _, i0, j0, _, _ = moments(frames[0])
     m0 = frames[0].sum()
     _, i1, j1, _, _ = moments(frames[1])
-    # Angle measured anticlockwise on screen (rows grow downwards).
+    # Angle measured counterclockwise on screen (rows grow downwards).
     ang0, ang1 = math.atan2(-(i0 - ci), j0 - cj), math.atan2(-(i1 - ci), j1 - cj)
     r0, r1 = math.hypot(i0 - ci, j0 - cj), math.hypot(i1 - ci, j1 - cj)
     d = 16 * eps / w
     assert ang1 - ang0 == pytest.approx(steps * math.atan(d), rel=1e-7)
-    assert math.copysign(1, ang1 - ang0) == math.copysign(1, eps)  # anticlockwise iff eps > 0
+    assert math.copysign(1, ang1 - ang0) == math.copysign(1, eps)  # counterclockwise iff eps > 0
     assert abs(ang1 - ang0) > 0.3  # a visible turn, not a rounding error
     assert r1 == pytest.approx(r0 * (1 + d * d) ** (steps / 2), rel=1e-7)
-    assert r1 == pytest.approx(r0, rel=1e-2)  # the distance to the centre is kept
+    assert r1 == pytest.approx(r0, rel=1e-2)  # the distance to the center is kept
     assert frames[1].sum() == pytest.approx(m0, rel=1e-9)  # rotation keeps mass
 
 
 @pytest.mark.parametrize(("eps", "grows"), [(0.01, True), (-0.01, False)])
-def test_scale_changes_spread_about_centre(eps: float, grows: bool) -> None:
+def test_scale_changes_spread_about_center(eps: float, grows: bool) -> None:
     n = 64
     c = (n - 1) / 2
     f0 = blob(c, c, 5.0, (n, n))
@@ -148,7 +149,7 @@ def test_scale_changes_spread_about_centre(eps: float, grows: bool) -> None:
         return math.sqrt((f * ((i - c) ** 2 + (j - c) ** 2)).sum() / f.sum())
 
     _, ci, cj, _, _ = moments(frames[1])
-    assert (ci, cj) == pytest.approx((c, c), abs=1e-9)  # the centre stays put
+    assert (ci, cj) == pytest.approx((c, c), abs=1e-9)  # the center stays put
     ratio = spread(frames[1]) / spread(frames[0])
     predicted = (1 - 16 * eps / n) ** -steps
     assert (ratio > 1.2) if grows else (ratio < 0.8)
@@ -159,7 +160,7 @@ def test_scale_changes_spread_about_centre(eps: float, grows: bool) -> None:
 @pytest.mark.parametrize("preset", ["rotate", "scale"])
 @pytest.mark.parametrize("padding", ["zeros", "reflect", "replicate"])
 def test_twist_presets_match_the_formula(preset: str, padding: str) -> None:
-    """ConvTwist wiring (centres, kernel signs, aspect factor) against the post's formula."""
+    """ConvTwist wiring (centers, kernel signs, aspect factor) against the post's formula."""
     rng = np.random.default_rng(0)
     h, w, eps = 12, 16, 0.3
     x = rng.random((h, w))
@@ -249,7 +250,7 @@ def test_bad_flow_arguments() -> None:
         flow_frames(x, "blur", -1, 1)
     with pytest.raises(ValueError, match="every=0 is not allowed"):
         flow_frames(x, "blur", 3, 0)
-    with pytest.raises(TypeError, match="steps must be an int"):
+    with pytest.raises(TypeError, match=r"steps=2.5 must be an int >= 0, got float"):
         flow_frames(x, "blur", 2.5, 1)
     with pytest.raises(ValueError, match="padding='circular' is not allowed"):
         flow_frames(x, "blur", 3, 1, padding="circular")
@@ -259,7 +260,7 @@ def test_bad_flow_arguments() -> None:
         flow_frames(x, "blur", 3, 1, eps=float("nan"))
     with pytest.raises(ValueError, match="eps=inf is not allowed"):
         flow_frames(x, "rotate", eps=float("inf"))  # default steps need a finite eps
-    with pytest.raises(ValueError, match=r"image must be a grey picture of shape \(H, W\)"):
+    with pytest.raises(ValueError, match=r"image must be a gray picture of shape \(H, W\)"):
         flow_frames(np.zeros((2, 8, 8)), "blur", 3, 1)
     with pytest.raises(ValueError, match="image contains NaN"):
         flow_frames(np.full((8, 8), np.nan), "blur", 3, 1)
@@ -302,7 +303,7 @@ def test_flow_frames_bounds_the_number_of_frames() -> None:
         flow_frames(x, "blur", 4, 4, max_frames=1)
     with pytest.raises(ValueError, match="max_frames=0 is not allowed"):
         flow_frames(x, "blur", 4, 1, max_frames=0)
-    with pytest.raises(TypeError, match="max_frames must be an int"):
+    with pytest.raises(TypeError, match=r"max_frames=2.0 must be an int >= 1, got float"):
         flow_frames(x, "blur", 4, 1, max_frames=2.0)
 
 
@@ -334,7 +335,7 @@ def test_count_frames_is_len_of_frame_steps(steps: int, every: int) -> None:
             marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available"),
         ),
         ({"image": "abc"}, TypeError, "image must be an array of numbers, got str"),
-        ({"image": np.zeros((0, 5))}, ValueError, r"grey picture of shape \(H, W\)"),
+        ({"image": np.zeros((0, 5))}, ValueError, r"gray picture of shape \(H, W\)"),
         ({"preset_or_kernel": "spin"}, ValueError, "unknown preset 'spin'"),
         ({"steps": 2**62, "every": 1}, ValueError, "more than max_frames=1000"),
     ],
@@ -507,7 +508,7 @@ def test_check_output_path(tmp_path, monkeypatch) -> None:
         check(tmp_path / "f" / "a.png")
     with pytest.raises(IsADirectoryError):
         check(tmp_path / "d.png")
-    monkeypatch.setattr(flow_mod.os, "access", lambda path, mode: False)
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
     with pytest.raises(PermissionError, match="is not writable"):
         check(tmp_path / "a.png")
 
@@ -559,19 +560,19 @@ def test_default_image_bands_do_not_change_it(monkeypatch) -> None:
     np.testing.assert_array_equal(images.default_image(40, height=36), whole)
 
 
-def test_load_image_converts_to_grey(tmp_path) -> None:
+def test_load_image_converts_to_gray(tmp_path) -> None:
     rng = np.random.default_rng(2)
     rgb = rng.integers(0, 256, (10, 14, 3), dtype=np.uint8)
     Image.fromarray(rgb).save(tmp_path / "c.png")
-    grey = images.load_image(tmp_path / "c.png")
+    gray = images.load_image(tmp_path / "c.png")
     expected = np.asarray(Image.fromarray(rgb).convert("L"), dtype=np.float32) / 255
-    assert grey.shape == (10, 14)
-    np.testing.assert_array_equal(grey, expected)
+    assert gray.shape == (10, 14)
+    np.testing.assert_array_equal(gray, expected)
     # Transparent pixels are composited over white.
     rgba = np.zeros((4, 4, 4), dtype=np.uint8)
     Image.fromarray(rgba).save(tmp_path / "t.png")
     np.testing.assert_array_equal(images.load_image(tmp_path / "t.png"), np.ones((4, 4)))
-    # 16-bit grey keeps its full range.
+    # 16-bit gray keeps its full range.
     Image.fromarray(np.full((3, 3), 65535, dtype=np.uint16)).save(tmp_path / "d.png")
     np.testing.assert_allclose(images.load_image(tmp_path / "d.png"), 1.0)
 
@@ -666,9 +667,9 @@ def test_cli_list_presets(capsys) -> None:
     assert run_cli(["flow", "--list-presets"]) == 0
     listed = capsys.readouterr().out
     assert all(name in listed for name in PRESETS)
-    from symconv.viz.cli import _PRESET_HELP  # kept beside argparse so --help imports no torch
+    from symconv.viz.limits import PRESET_HELP  # torch-free, so --help imports no torch
 
-    assert list(_PRESET_HELP) == list(PRESETS)
+    assert list(PRESET_HELP) == list(PRESETS)
 
 
 def _bad_inputs(tmp: Path) -> None:
@@ -832,12 +833,12 @@ def test_cli_wraps_frames_into_rows(tmp_path, capsys) -> None:
 
 
 def test_cli_limits_mirror_the_library() -> None:
-    """viz.cli repeats the library's limits so that --help needs no torch: they must agree."""
+    """viz.cli takes the library's limits from the torch-free viz.limits: they agree."""
     from symconv.viz import cli as viz_cli
 
-    assert (viz_cli._MIN_SIZE, viz_cli._MAX_SIZE) == (images.MIN_SIZE, images.MAX_SIZE)
-    assert viz_cli._MAX_ABS_EPS == flow_mod.MAX_ABS_EPS
-    assert {f".{e}" for e in viz_cli._STRIP_EXTENSIONS} == set(flow_mod.STRIP_FORMATS)
+    assert (viz_cli.MIN_SIZE, viz_cli.MAX_SIZE) == (images.MIN_SIZE, images.MAX_SIZE)
+    assert viz_cli.MAX_ABS_EPS == flow_mod.MAX_ABS_EPS
+    assert set(viz_cli.STRIP_FORMATS) == set(flow_mod.STRIP_FORMATS)
 
 
 def test_symconv_main_runs_flow(tmp_path) -> None:

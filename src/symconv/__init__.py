@@ -22,6 +22,7 @@ _EXPORTS = {
     "SymmetricConv1d": "symconv.nn.symmetric",
     "SymmetricConv2d": "symconv.nn.symmetric",
     "SymmetricConv3d": "symconv.nn.symmetric",
+    "OrbitConv2d": "symconv.nn.orbit",
     "OrbitPool": "symconv.nn.orbit",
     "flip_permutation": "symconv.nn.orbit",
     "ConvTwist": "symconv.nn.twist",
@@ -37,6 +38,7 @@ __all__ = [  # noqa: RUF022 - grouped as in _EXPORTS
     "ConversionReport",
     "ConvTwist",
     "GlobalConv1d",
+    "OrbitConv2d",
     "OrbitPool",
     "SymmetricConv1d",
     "SymmetricConv2d",
@@ -58,7 +60,7 @@ __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from symconv.conversion import ConversionReport, convert, name_matches
     from symconv.nn.global_conv import GlobalConv1d
-    from symconv.nn.orbit import OrbitPool, flip_permutation
+    from symconv.nn.orbit import OrbitConv2d, OrbitPool, flip_permutation
     from symconv.nn.pooling import TopKPool
     from symconv.nn.symmetric import SymmetricConv1d, SymmetricConv2d, SymmetricConv3d
     from symconv.nn.twist import ConvTwist

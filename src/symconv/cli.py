@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="symconv",
-        description="Convolution layers with geometric priors: train, compare and visualise.",
+        description="Convolution layers with geometric priors: train, compare and visualize.",
     )
     parser.add_argument("--version", action="version", version=f"symconv {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -8,12 +8,16 @@ Programmatic use::
                                         settings=TrainSettings(epochs=3)))
     results["variants"]["sym-inv"]["mean"]["accuracy"]["hflip"]
 
-Submodules: :mod:`~symconv.compare.data` (datasets), :mod:`~symconv.compare.models`
-(SmallCNN, ResNet), :mod:`~symconv.compare.variants` (plain/sym/sym-inv/twist),
+Submodules: :mod:`~symconv.compare.config` (the options and names, torch-free),
+:mod:`~symconv.compare.data` (datasets), :mod:`~symconv.compare.models` (SmallCNN, ResNet),
+:mod:`~symconv.compare.variants` (plain/sym/sym-inv/twist),
 :mod:`~symconv.compare.transforms` (robustness transforms), :mod:`~symconv.compare.train`
-(training loop, checkpoints, DDP), :mod:`~symconv.compare.report` (table, files, plots),
-:mod:`~symconv.compare.runner` and :mod:`~symconv.compare.cli`. Loaded on first use, so
-the ``symconv`` command starts fast.
+(the training loop), :mod:`~symconv.compare.optim`, :mod:`~symconv.compare.distributed`
+(devices, DDP), :mod:`~symconv.compare.checkpoints`, :mod:`~symconv.compare.memory`,
+:mod:`~symconv.compare.progress`, :mod:`~symconv.compare.report` (table, files, plots),
+:mod:`~symconv.compare.outdir` (the locked run folder), :mod:`~symconv.compare.runner`
+and :mod:`~symconv.compare.cli`. Loaded on first use, so the ``symconv`` command starts
+fast.
 """
 
 from __future__ import annotations
@@ -21,13 +25,13 @@ from __future__ import annotations
 from symconv._lazy import lazy_exports
 
 _EXPORTS = {
-    "CompareConfig": "symconv.compare.runner",
+    "CompareConfig": "symconv.compare.config",
     "run_compare": "symconv.compare.runner",
-    "TrainSettings": "symconv.compare.train",
+    "TrainSettings": "symconv.compare.config",
     "load_data": "symconv.compare.data",
     "ImageData": "symconv.compare.data",
     "build_variant": "symconv.compare.variants",
-    "OrbitConv2d": "symconv.compare.variants",
+    "OrbitConv2d": "symconv.nn.orbit",
     "TRANSFORMS": "symconv.compare.transforms",
 }
 

@@ -1,6 +1,7 @@
 """``symconv compare``: the command-line front end of :func:`run_compare`.
 
-Kept free of heavy imports: the training code loads only when the command runs.
+Kept free of heavy imports (:mod:`symconv.compare.config` imports none): the training code
+loads only when the command runs.
 """
 
 from __future__ import annotations
@@ -8,7 +9,23 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from dataclasses import fields
+from functools import partial
 from typing import Any
+
+from symconv.compare.config import (
+    COLORS,
+    DEFAULT_WIDTH,
+    DEVICES,
+    INVARIANT_KEYS,
+    MODELS,
+    TRANSFORM_NAMES,
+    VARIANTS,
+    CompareConfig,
+    TrainSettings,
+    field_default,
+    parse_transforms,
+)
 
 __all__ = ["add_parser", "config_from_args", "run"]
 
@@ -24,8 +41,8 @@ examples:
 variants: plain (as built); sym (convert(model, 'symmetric', symmetry=--symmetry));
 sym-inv (every conv symmetric with orbit pooling: exactly invariant to the
 --invariant-to flips); twist (3x3 convs converted to ConvTwist).
-transforms: clean, hflip, vflip, rot90, rot+15, rot-15, scale0.8, scale1.2.
-"""
+transforms: {transforms}.
+""".format(transforms=", ".join(TRANSFORM_NAMES))
 
 
 def _number(kind: type, minimum: float, strict: bool) -> Callable[[str], Any]:
@@ -48,10 +65,103 @@ def _number(kind: type, minimum: float, strict: bool) -> Callable[[str], Any]:
 _positive = _number(int, 1, strict=False)
 _non_negative = _number(int, 0, strict=False)
 _positive_float = _number(float, 0, strict=True)
+_config = partial(field_default, CompareConfig)
+_settings = partial(field_default, TrainSettings)
+
+
+def _add(
+    group: Any, flag: str, owner: type, help: str, *, dest: str | None = None, **kwargs: Any
+) -> None:
+    """Add ``flag`` with the default of the field ``dest`` (the flag's name) of ``owner``."""
+    dest = dest or flag.lstrip("-").replace("-", "_")
+    group.add_argument(flag, dest=dest, default=field_default(owner, dest), help=help, **kwargs)
+
+
+def _option_group_data(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    c = CompareConfig
+    _add(
+        g,
+        "--data",
+        c,
+        "mnist (bundled 5k subset, default), digits (scikit-learn), animals "
+        "(animal-shape-mnist), or a folder with train/ and val/ class folders",
+    )
+    _add(g, "--size", c, "image side in pixels (default: the dataset's own; 64 for folders)",
+         type=_positive)  # fmt: skip
+    _add(g, "--color", c, "channels (default %(default)s: gray built-ins, RGB folders)",
+         choices=COLORS)  # fmt: skip
+    _add(g, "--limit", c, "use at most N images per split (stratified), for quick runs",
+         type=_positive, metavar="N")  # fmt: skip
+    _add(g, "--workers", c, "threads decoding an image folder (default %(default)s: one per "
+         "CPU, at most 8)", type=_non_negative)  # fmt: skip
+
+
+def _option_group_models(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("models")
+    t = TrainSettings
+    _add(g, "--model", t, "cnn: small 3-layer CNN; resnet: ResNet-18-style net (default "
+         "%(default)s)", choices=MODELS)  # fmt: skip
+    widths = ", ".join(f"{w} for {m}" for m, w in DEFAULT_WIDTH.items())
+    _add(g, "--width", t, f"channels of the first stage (default {widths})", type=_positive)
+    g.add_argument(
+        "--variants",
+        default=",".join(field_default(CompareConfig, "variants")),
+        help=f"comma-separated subset of {', '.join(VARIANTS)} (default: %(default)s)",
+    )
+    _add(g, "--symmetry", t, "spec for the sym variant, e.g. 'hv:50%%' or 'h:25%%,v:25%%' "
+         "(default %(default)s)")  # fmt: skip
+    _add(g, "--invariant-to", t, "flips the sym-inv variant is invariant to (default "
+         "%(default)s)", dest="invariant_key", choices=INVARIANT_KEYS)  # fmt: skip
+
+
+def _option_group_training(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("training")
+    t, c = TrainSettings, CompareConfig
+    _add(g, "--epochs", t, "epochs per run (default %(default)s)", type=_positive)
+    _add(g, "--batch-size", t, "global batch size, split between DDP processes (default "
+         "%(default)s)", type=_positive)  # fmt: skip
+    _add(g, "--lr", t, "peak learning rate of the one-cycle AdamW schedule (default "
+         "%(default)s)", type=_positive_float)  # fmt: skip
+    _add(g, "--weight-decay", t, "AdamW weight decay (default %(default)s)", type=float)
+    _add(g, "--label-smoothing", t, "default %(default)s", type=float)
+    _add(g, "--augment", t, "random shifts, +-10 degree rotations and 0.9-1.1x scaling while "
+         "training (never flips); off by default so robustness comes from the layers alone",
+         action="store_true")  # fmt: skip
+    _add(g, "--runs", c, "runs per variant with seeds seed, seed+1, ...; mean and std "
+         "reported", type=_positive)  # fmt: skip
+    _add(g, "--seed", c, "first seed (default %(default)s)", type=_non_negative)
+    g.add_argument(
+        "--transforms",
+        default="all",
+        help="comma-separated test transformations, or 'all' (default)",
+    )
+
+
+def _option_group_run(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("run")
+    c = CompareConfig
+    _add(g, "--device", c, "auto (default): CUDA when available (bf16 autocast, "
+         "channels_last), else CPU", choices=DEVICES)  # fmt: skip
+    _add(g, "--threads", c, "CPU threads (default %(default)s: the idle cores, by the load "
+         "average; OMP_NUM_THREADS wins when set)", type=_non_negative)  # fmt: skip
+    _add(g, "--out", c, "output folder (default symconv-runs/<data>-<model>-<time>)",
+         metavar="DIR")  # fmt: skip
+    _add(g, "--resume", c, "continue the run in --out (default: the latest matching run) "
+         "from its last checkpoint", action="store_true")  # fmt: skip
+    _add(g, "--no-progress", c, "no progress bars (automatic when stderr is not a terminal)",
+         dest="progress", action="store_false")  # fmt: skip
+    _add(g, "--no-plots", c, "skip the PNG plots", dest="plots", action="store_false")
+    # Stops after N epochs as if interrupted (for testing --resume).
+    _add(g, "--max-epochs-this-run", c, argparse.SUPPRESS, type=_positive)
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``compare`` on the ``symconv`` command's subparsers."""
+    """Register ``compare`` on the ``symconv`` command's subparsers.
+
+    Every option's default and choices come from :class:`CompareConfig` and
+    :class:`TrainSettings` (and the names in :mod:`symconv.compare.config`).
+    """
     p = subparsers.add_parser(
         "compare",
         help="train layer variants on real data and compare accuracy, robustness and cost",
@@ -64,189 +174,36 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    g = p.add_argument_group("data")
-    g.add_argument(
-        "--data",
-        default="mnist",
-        help="mnist (bundled 5k subset, default), digits (scikit-learn), animals "
-        "(animal-shape-mnist), or a folder with train/ and val/ class folders",
-    )
-    g.add_argument(
-        "--size",
-        type=_positive,
-        default=None,
-        help="image side in pixels (default: the dataset's own; 64 for folders)",
-    )
-    g.add_argument(
-        "--color",
-        choices=("auto", "gray", "rgb"),
-        default="auto",
-        help="channels (default: greyscale built-ins, RGB folders)",
-    )
-    g.add_argument(
-        "--limit",
-        type=_positive,
-        default=None,
-        metavar="N",
-        help="use at most N images per split (stratified), for quick runs",
-    )
-    g.add_argument(
-        "--workers",
-        type=_non_negative,
-        default=0,
-        help="threads decoding an image folder (0: one per CPU, at most 8)",
-    )
-
-    g = p.add_argument_group("models")
-    g.add_argument(
-        "--model",
-        choices=("cnn", "resnet"),
-        default="cnn",
-        help="small 3-layer CNN (default) or ResNet-18-style net",
-    )
-    g.add_argument(
-        "--width",
-        type=_positive,
-        default=None,
-        help="channels of the first stage (default 16 for cnn, 32 for resnet)",
-    )
-    g.add_argument(
-        "--variants",
-        default="plain,sym,sym-inv,twist",
-        help="comma-separated subset of plain, sym, sym-inv, twist (default: all four)",
-    )
-    g.add_argument(
-        "--symmetry",
-        default="hv:50%",
-        help="spec for the sym variant, e.g. 'hv:50%%' or 'h:25%%,v:25%%' (default hv:50%%)",
-    )
-    g.add_argument(
-        "--invariant-to",
-        dest="invariant_key",
-        choices=("h", "v", "hv"),
-        default="hv",
-        help="flips the sym-inv variant is invariant to (default hv)",
-    )
-
-    g = p.add_argument_group("training")
-    g.add_argument("--epochs", type=_positive, default=3, help="epochs per run (default 3)")
-    g.add_argument(
-        "--batch-size",
-        type=_positive,
-        default=64,
-        help="global batch size, split between DDP processes (default 64)",
-    )
-    g.add_argument(
-        "--lr",
-        type=_positive_float,
-        default=4e-3,
-        help="peak learning rate of the one-cycle AdamW schedule (default 4e-3)",
-    )
-    g.add_argument("--weight-decay", type=float, default=5e-4, help="AdamW weight decay")
-    g.add_argument("--label-smoothing", type=float, default=0.1, help="default 0.1")
-    g.add_argument(
-        "--augment",
-        action="store_true",
-        help="random shifts, +-10 degree rotations and 0.9-1.1x scaling while "
-        "training (never flips); off by default so robustness comes from the "
-        "layers alone",
-    )
-    g.add_argument(
-        "--runs",
-        type=_positive,
-        default=1,
-        help="runs per variant with seeds seed, seed+1, ...; mean and std reported",
-    )
-    g.add_argument("--seed", type=_non_negative, default=0, help="first seed (default 0)")
-    g.add_argument(
-        "--transforms",
-        default="all",
-        help="comma-separated test transformations, or 'all' (default)",
-    )
-
-    g = p.add_argument_group("run")
-    g.add_argument(
-        "--device",
-        choices=("auto", "cpu", "cuda"),
-        default="auto",
-        help="auto: CUDA when available (bf16 autocast, channels_last), else CPU",
-    )
-    g.add_argument(
-        "--threads",
-        type=_non_negative,
-        default=0,
-        help="CPU threads (default 0: the idle cores, by the load average; OMP_NUM_THREADS "
-        "wins when set)",
-    )
-    g.add_argument(
-        "--out",
-        default=None,
-        metavar="DIR",
-        help="output folder (default symconv-runs/<data>-<model>-<time>)",
-    )
-    g.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue the run in --out (default: the latest matching run) from "
-        "its last checkpoint",
-    )
-    g.add_argument(
-        "--no-progress",
-        dest="progress",
-        action="store_false",
-        default=None,
-        help="no progress bars (automatic when stderr is not a terminal)",
-    )
-    g.add_argument("--no-plots", dest="plots", action="store_false", help="skip the PNG plots")
-    # Stops after N epochs as if interrupted (for testing --resume).
-    g.add_argument("--max-epochs-this-run", type=_positive, default=None, help=argparse.SUPPRESS)
+    _option_group_data(p)
+    _option_group_models(p)
+    _option_group_training(p)
+    _option_group_run(p)
     p.set_defaults(func=run)
     return p
 
 
-def config_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    """The :class:`~symconv.compare.runner.CompareConfig` for parsed arguments.
+def config_from_args(args: argparse.Namespace) -> CompareConfig:
+    """The :class:`CompareConfig` for parsed arguments: every option is the field of
+    :class:`CompareConfig` or :class:`TrainSettings` of the same name (``--transforms``
+    parsed, ``'all'`` for every transform).
 
     Raises :class:`~symconv.cli.UsageError` for a bad value (``--symmetry``,
     ``--variants``, ``--transforms``, ...).
     """
     from symconv.cli import UsageError
-    from symconv.compare.runner import CompareConfig
-    from symconv.compare.train import TrainSettings
-    from symconv.compare.transforms import parse_transforms
 
+    given = vars(args)
     try:
         settings = TrainSettings(
-            model=args.model,
-            width=args.width,
-            symmetry=args.symmetry,
-            invariant_key=args.invariant_key,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            weight_decay=args.weight_decay,
-            label_smoothing=args.label_smoothing,
-            augment=args.augment,
+            **{
+                f.name: given[f.name]
+                for f in fields(TrainSettings)
+                if f.name in given and f.name != "transforms"
+            },
             transforms=tuple(parse_transforms(args.transforms)),
         )
-        return CompareConfig(
-            data=args.data,
-            variants=args.variants,
-            runs=args.runs,
-            seed=args.seed,
-            size=args.size,
-            color=args.color,
-            limit=args.limit,
-            settings=settings,
-            out=args.out,
-            resume=args.resume,
-            device=args.device,
-            workers=args.workers,
-            progress=args.progress,
-            plots=args.plots,
-            max_epochs_this_run=args.max_epochs_this_run,
-            threads=args.threads,
-        )
+        options = {f.name: given[f.name] for f in fields(CompareConfig) if f.name in given}
+        return CompareConfig(**options, settings=settings)
     except ValueError as err:  # the options' own checks: a bad value the user gave
         raise UsageError(str(err)) from err
 
@@ -271,8 +228,8 @@ def run(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
 
+    from symconv.compare.memory import keep_freed_memory
     from symconv.compare.runner import run_compare
-    from symconv.compare.train import keep_freed_memory
 
     keep_freed_memory()  # this process is ours: trade peak-heap retention for speed
     main_thread = threading.current_thread() is threading.main_thread()

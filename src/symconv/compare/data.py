@@ -13,8 +13,8 @@ Every source gives an :class:`ImageData` with fixed train and test splits, so tw
     from its bundled files, never downloaded); a stratified 80/20 split.
 ``PATH``
     An image-folder tree ``PATH/train/<class>/*.png`` and ``PATH/val/<class>/*`` (e.g.
-    Imagenette), decoded with Pillow, resized (shorter side) and centre-cropped to
-    ``size``, greyscale or RGB.
+    Imagenette), decoded with Pillow, resized (shorter side) and center-cropped to
+    ``size``, grayscale or RGB.
 
 Every problem with the input is raised here, before any training starts, as a
 ``FileNotFoundError`` or ``ValueError`` that names the offending file or folder.
@@ -35,13 +35,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from symconv.compare.config import BUILTIN_DATA, COLORS
+
 __all__ = ["BUILTIN", "IMAGE_SUFFIXES", "ImageData", "load_data"]
 
 #: Names ``--data`` accepts besides a folder path.
-BUILTIN = ("mnist", "digits", "animals")
+BUILTIN = BUILTIN_DATA
 #: File suffixes read from an image folder; other files are ignored.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
-_COLORS = ("auto", "gray", "rgb")
 
 
 @dataclass
@@ -133,7 +134,7 @@ def load_data(
             ``val/`` class folders.
         size: side length images are resized to; ``None`` keeps a built-in dataset's own
             size and means 64 for a folder.
-        color: ``'gray'``, ``'rgb'`` or ``'auto'`` (the source's own: greyscale for the
+        color: ``'gray'``, ``'rgb'`` or ``'auto'`` (the source's own: grayscale for the
             built-ins, RGB for folders).
         limit: keep at most this many images per split (a stratified, deterministic
             subset), for quick runs.
@@ -143,8 +144,8 @@ def load_data(
         raise ValueError(f"data={data!r} must be one of {BUILTIN} or a folder path")
     if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 4):
         raise ValueError(f"size={size!r} must be an integer >= 4 (pixels)")
-    if color not in _COLORS:
-        raise ValueError(f"color={color!r} is not allowed; use one of {_COLORS}")
+    if color not in COLORS:
+        raise ValueError(f"color={color!r} is not allowed; use one of {COLORS}")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 2):
         raise ValueError(f"limit={limit!r} must be an integer >= 2 (images per split)")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
@@ -254,7 +255,7 @@ def _load_digits() -> ImageData:
             "pip install scikit-learn (or symconv[data])"
         ) from err
     bunch = load_digits()
-    # 0..16 grey levels -> 0..255
+    # 0..16 gray levels -> 0..255
     images = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)
     train_x, train_y, test_x, test_y = _split(images, bunch.target)
     return _to_tensors(
@@ -378,7 +379,7 @@ def _decode(path: Path, size: int, mode: str) -> np.ndarray:
             img = img.convert(mode)
             w, h = img.size
             scale = size / min(w, h)
-            # shorter side to `size`, then a centred square crop
+            # shorter side to `size`, then a centered square crop
             nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
             img = img.resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=3.0)
             left, top = (nw - size) // 2, (nh - size) // 2
@@ -432,6 +433,6 @@ def _load_folder(root: Path, size: int, color: str, workers: int) -> ImageData:
         test_x,
         test_y,
         classes,
-        f"image folder {root} ({'greyscale' if mode == 'L' else 'RGB'}, {size}x{size}, "
-        "shorter side resized then centre-cropped)",
+        f"image folder {root} ({'grayscale' if mode == 'L' else 'RGB'}, {size}x{size}, "
+        "shorter side resized then center-cropped)",
     )

@@ -20,6 +20,8 @@ from collections.abc import Callable
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from symconv.compare.config import DEFAULT_WIDTH, MODELS, check_int
+
 __all__ = [
     "MODELS",
     "DEFAULT_WIDTH",
@@ -45,7 +47,7 @@ class HalvingPool2d(nn.Module):
     """Max or average pooling that halves each spatial size and commutes with flips.
 
     An even side is pooled in disjoint pairs (kernel 2, stride 2); an odd side of length
-    ``L`` with kernel 3, stride 2, padding 1, giving ``(L + 1) // 2`` windows centred on
+    ``L`` with kernel 3, stride 2, padding 1, giving ``(L + 1) // 2`` windows centered on
     pixels ``0, 2, ..., L - 1``, a set the flip ``i -> L - 1 - i`` maps onto itself. (A
     kernel-2 pool of an odd side drops the last pixel but not the first: not symmetric.)
     Padding never enters a maximum or a mean.
@@ -69,13 +71,6 @@ class HalvingPool2d(nn.Module):
 
     def extra_repr(self) -> str:
         return f"mode={self.mode!r}"
-
-
-def check_int(name: str, value: object, minimum: int = 1) -> int:
-    """``value`` if it is an integer (not a bool) >= ``minimum``, else a ValueError naming it."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name}={value!r} must be an integer >= {minimum}")
-    return value
 
 
 class SmallCNN(nn.Module):
@@ -191,12 +186,6 @@ class ResNet(nn.Module):
 
     def forward(self, input: Tensor) -> Tensor:
         return self.head(self.stages(self.stem(input)).mean((-2, -1)))
-
-
-MODELS = ("cnn", "resnet")
-#: Channels of the first stage when none is given. The small CNN's default keeps the default
-#: ``symconv compare`` job under 3 minutes on a 2-core CPU without AVX-512.
-DEFAULT_WIDTH = {"cnn": 16, "resnet": 32}
 
 
 def build_model(

@@ -1,4 +1,5 @@
-"""The output folder of ``symconv compare``: unique default names and an exclusive lock.
+"""The output folder of ``symconv compare``: unique default names, an exclusive lock, and
+the checks that it may be used (:func:`open_out`).
 
 A run holds ``<out>/.lock`` locked (``fcntl.flock``; ``filelock`` where there is no
 ``fcntl``) from before it checks the folder until it ends, so two runs never write into
@@ -9,14 +10,20 @@ ends in any way, so a killed run never leaves a stale lock behind.
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import os
 import re
 from pathlib import Path
 from typing import IO, Any
 
+from symconv.compare.checkpoints import differences
+from symconv.compare.config import BUILTIN_DATA, CompareConfig, fingerprint
 from symconv.compare.errors import CompareError
 
-__all__ = ["FolderLock", "latest_run", "new_run_folder"]
+__all__ = ["DEFAULT_ROOT", "FolderLock", "latest_run", "new_run_folder", "open_out"]
+
+#: Where runs without ``--out`` go: ``<DEFAULT_ROOT>/<data>-<model>-<time>``.
+DEFAULT_ROOT = Path("symconv-runs")
 
 _STAMP = re.compile(r"(\d{8}-\d{6})(?:-(\d+))?$")
 
@@ -134,3 +141,53 @@ class FolderLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def _slug(data: str) -> str:
+    name = data if data.lower() in BUILTIN_DATA else (Path(data).resolve().name or "data")
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def open_out(config: CompareConfig, identity: dict[str, Any]) -> tuple[Path, FolderLock]:
+    """The output folder, created if new and locked against other runs, checked against
+    ``--resume`` (its ``config.json`` must give the same :func:`fingerprint` as
+    ``identity``); raises :class:`CompareError` (or ``OSError``) when it cannot be used."""
+    prefix = f"{_slug(config.data)}-{config.settings.model}-"
+    if config.out is not None:
+        out = Path(config.out)
+        if out.exists() and not out.is_dir():
+            raise CompareError(f"--out {out} is a file, not a folder")
+        if not config.resume:
+            out.mkdir(parents=True, exist_ok=True)
+    elif config.resume:
+        latest = latest_run(DEFAULT_ROOT, prefix)
+        if latest is None:
+            raise CompareError(
+                f"--resume without --out looks for the latest {DEFAULT_ROOT}/{prefix}* run, "
+                "and there is none; pass --out DIR"
+            )
+        out = latest
+    else:
+        out = new_run_folder(DEFAULT_ROOT, prefix)
+    cfg_path = out / "config.json"
+    if config.resume and not cfg_path.is_file():
+        raise CompareError(f"--resume: {out} holds no run to continue (no {cfg_path.name})")
+    # Everything below happens under the lock: no other run can start or change the
+    # folder between the checks and the training.
+    lock = FolderLock(out).acquire()
+    try:
+        if config.resume:
+            saved = json.loads(cfg_path.read_text(encoding="utf-8"))
+            previous = fingerprint(saved.get("config", {}), saved.get("world_size", 1))
+            differ = differences(previous, identity)
+            if differ:
+                raise CompareError(f"--resume: the options differ from the run in {out}: {differ}")
+        elif cfg_path.is_file() or (out / "checkpoints").is_dir():
+            raise CompareError(
+                f"--out {out} already holds a compare run; pass --resume to continue it or "
+                "choose another folder"
+            )
+    except BaseException:
+        lock.release()
+        raise
+    return out, lock

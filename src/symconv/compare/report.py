@@ -7,21 +7,23 @@ matplotlib; without it they are skipped with a note.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
 import math
-import os
+import statistics
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
+
+from symconv.checkpoint import atomic_write
 
 __all__ = [
     "format_table",
     "plot_learning_curves",
     "plot_robustness",
-    "summarise",
+    "steady_images_per_s",
+    "summarize",
     "write_csv",
     "write_json",
 ]
@@ -42,14 +44,14 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float | None]:
     return mean, math.sqrt(var)
 
 
-def summarise(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def summarize(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Mean and sample standard deviation (``None`` for one run) over ``runs``.
 
     Accuracies and the final loss are over the runs that did not diverge (NaN when all
     did); ``diverged`` counts the others.
     """
     if not runs:
-        raise ValueError("summarise needs at least one run")
+        raise ValueError("summarize needs at least one run")
     good = [r for r in runs if not r.get("diverged")]
     mean: dict[str, Any] = {"accuracy": {}}
     std: dict[str, Any] = {"accuracy": {}}
@@ -61,6 +63,19 @@ def summarise(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         [r["history"][-1]["train_loss"] for r in good]
     )
     return {"mean": mean, "std": std, "diverged": len(runs) - len(good)}
+
+
+def steady_images_per_s(history: list[dict[str, Any]]) -> float:
+    """Training throughput of a run: the median of its epochs' images/s after the first.
+
+    The first epoch pays one-off costs (cuDNN autotuning, oneDNN primitive creation, the
+    allocator's first growth) that say nothing about the layer's speed; it is used only
+    when it is the only epoch.
+    """
+    rates = [r["images_per_s"] for r in history]
+    if not rates:
+        return float("nan")
+    return statistics.median(rates[1:] or rates)
 
 
 # -- terminal ----------------------------------------------------------------------------
@@ -132,47 +147,6 @@ def format_markdown(variants: Mapping[str, Mapping[str, Any]], transforms: Seque
 
 
 # -- files -------------------------------------------------------------------------------
-
-
-def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """``write(fh)`` into a temporary file beside ``path``, flush it to the disk, then rename
-    it over ``path``: a reader, or a machine that loses power, never sees a half-written
-    file (the folder is made; the temporary never stays).
-
-    An ``OSError`` without a file name (a full disk reports none) gets ``path``.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            write(fh)
-            fh.flush()
-            # Data first, then the rename: otherwise a crash can leave `path` empty.
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        _fsync_folder(path.parent)
-    except OSError as err:
-        if err.filename is None:
-            raise OSError(err.errno, err.strerror or str(err), str(path)) from err
-        raise
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (POSIX; Windows cannot open folders)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # some file systems refuse fsync on folders; the data is synced
-        pass
-    finally:
-        os.close(fd)
 
 
 def _finite(obj: Any) -> Any:

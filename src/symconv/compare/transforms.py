@@ -1,10 +1,10 @@
 """The test-time transformations ``symconv compare`` measures robustness under.
 
 All functions take and return float images ``(N, C, H, W)`` with pixel values in
-``[0, 1]`` (before normalisation, so the zero fill of rotations and rescaling is black,
+``[0, 1]`` (before normalization, so the zero fill of rotations and rescaling is black,
 the background of the bundled digits). Flips and 90-degree rotations are exact
 (``torch.flip``/``torch.rot90``); small rotations and rescaling resample bilinearly about
-the image centre with ``affine_grid``/``grid_sample``, filling with zeros.
+the image center with ``affine_grid``/``grid_sample``, filling with zeros.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from symconv.compare.config import TRANSFORM_NAMES, parse_transforms
 
 __all__ = [
     "TRANSFORMS",
@@ -48,8 +50,8 @@ def affine_theta(
     cos: Tensor, sin: Tensor, scale: Tensor | float, h: int, w: int, shift: Tensor | None = None
 ) -> Tensor:
     """``affine_grid`` matrices ``(..., 2, 3)`` for an ``h x w`` image: output pixel ``(x, y)``
-    (centred, x right, y down) samples the input at ``(cos x - sin y, sin x + cos y) / scale``
-    plus ``shift`` ``(..., 2)``. affine_grid works in coordinates normalised by the
+    (centered, x right, y down) samples the input at ``(cos x - sin y, sin x + cos y) / scale``
+    plus ``shift`` ``(..., 2)``. affine_grid works in coordinates normalized by the
     half-sizes, hence the ``h / w`` ratios (a true rotation on non-square images too)."""
     c, s = cos / scale, sin / scale
     tx, ty = (torch.zeros_like(c),) * 2 if shift is None else shift.unbind(-1)
@@ -59,12 +61,12 @@ def affine_theta(
 
 
 def affine(images: Tensor, degrees: float = 0.0, scale: float = 1.0) -> Tensor:
-    """Rotate by ``degrees`` counter-clockwise (as displayed), zoom by ``scale``, about the centre.
+    """Rotate by ``degrees`` counter-clockwise (as displayed), zoom by ``scale``, about the center.
 
     ``scale > 1`` enlarges the content (the borders leave the frame), ``scale < 1`` shrinks
     it (zeros fill the frame's border). The rotation is a true rotation in pixel units for
     non-square images too; with ``degrees`` a multiple of 90 on a square image the sample
-    points fall on pixel centres, so it matches :func:`rot90` up to rounding.
+    points fall on pixel centers, so it matches :func:`rot90` up to rounding.
     """
     if images.dim() != 4:
         raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
@@ -104,35 +106,19 @@ def _zoom(scale: float) -> Callable[[Tensor], Tensor]:
     return lambda x: affine(x, scale=scale)
 
 
-#: The evaluation suite, in table order; ``clean`` is the untouched test split.
-TRANSFORMS: dict[str, Transform] = {
-    t.name: t
-    for t in (
-        Transform("clean", "the test split as is", lambda x: x),
-        Transform("hflip", "mirrored left-right", hflip),
-        Transform("vflip", "mirrored top-bottom", vflip),
-        Transform("rot90", "rotated 90 degrees counter-clockwise", rot90),
-        Transform("rot+15", "rotated 15 degrees counter-clockwise", _rotate(15.0)),
-        Transform("rot-15", "rotated 15 degrees clockwise", _rotate(-15.0)),
-        Transform("scale0.8", "shrunk to 0.8x about the centre", _zoom(0.8)),
-        Transform("scale1.2", "enlarged to 1.2x about the centre", _zoom(1.2)),
-    )
+#: What each transformation does and how, by name.
+_SUITE: dict[str, tuple[str, Callable[[Tensor], Tensor]]] = {
+    "clean": ("the test split as is", lambda x: x),
+    "hflip": ("mirrored left-right", hflip),
+    "vflip": ("mirrored top-bottom", vflip),
+    "rot90": ("rotated 90 degrees counter-clockwise", rot90),
+    "rot+15": ("rotated 15 degrees counter-clockwise", _rotate(15.0)),
+    "rot-15": ("rotated 15 degrees clockwise", _rotate(-15.0)),
+    "scale0.8": ("shrunk to 0.8x about the center", _zoom(0.8)),
+    "scale1.2": ("enlarged to 1.2x about the center", _zoom(1.2)),
 }
-
-
-def parse_transforms(text: str | None) -> list[str]:
-    """``'hflip,rot90'`` -> ``['clean', 'hflip', 'rot90']`` (``clean`` always first)."""
-    if text is None or text.strip().lower() == "all":
-        return list(TRANSFORMS)
-    names = ["clean"]
-    for item in text.split(","):
-        item = item.strip()
-        if not item:
-            continue
-        if item not in TRANSFORMS:
-            raise ValueError(
-                f"unknown transform {item!r} in --transforms; allowed: {', '.join(TRANSFORMS)}"
-            )
-        if item not in names:
-            names.append(item)
-    return names
+#: The evaluation suite, in the table order of :data:`~symconv.compare.config.TRANSFORM_NAMES`;
+#: ``clean`` is the untouched test split.
+TRANSFORMS: dict[str, Transform] = {
+    name: Transform(name, *_SUITE[name]) for name in TRANSFORM_NAMES
+}

@@ -9,10 +9,10 @@
     layer is flip-equivariant only up to a permutation of its orbit channels, which the
     next layer does not undo, so the network as a whole is not flip-invariant.
 ``sym-inv``
-    Exactly flip-invariant: every k x k convolution (k > 1) is a :class:`OrbitConv2d`, a
-    :class:`~symconv.SymmetricConv2d` whose filters all lie in orbits of ``key`` (orbit
-    size ``s``; ``s`` times as many output channels) followed by
-    :class:`~symconv.OrbitPool` (max over each orbit). Flipping its input flips its
+    Exactly flip-invariant: every k x k convolution (k > 1) is a
+    :class:`~symconv.OrbitConv2d`, a :class:`~symconv.SymmetricConv2d` whose filters all
+    lie in orbits of ``key`` (orbit size ``s``; ``s`` times as many output channels)
+    followed by :class:`~symconv.OrbitPool` (max over each orbit). Flipping its input flips its
     output *without* permuting channels, so the next layer sees ordinary images again;
     with the flip-commuting architecture of the base networks, the logits of a flipped
     image equal the logits of the image. Same parameter count as ``plain``, ``s`` times
@@ -26,71 +26,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from torch import Tensor, nn
+from torch import nn
 
+from symconv.compare.config import INVARIANT_KEYS, VARIANTS, parse_variants
 from symconv.compare.models import ConvFactory, build_model, plain_conv
+from symconv.nn.orbit import OrbitConv2d
 
 __all__ = ["VARIANTS", "BuiltVariant", "OrbitConv2d", "build_variant", "parse_variants"]
-
-VARIANTS = ("plain", "sym", "sym-inv", "twist")
-_INVARIANT_KEYS = ("h", "v", "hv")
-
-
-def parse_variants(text: str) -> list[str]:
-    """``'plain,sym'`` -> ``['plain', 'sym']``, rejecting unknown or repeated names."""
-    names = [t.strip() for t in str(text).split(",") if t.strip()]
-    if not names:
-        raise ValueError(f"--variants {text!r} names no variant; allowed: {', '.join(VARIANTS)}")
-    for name in names:
-        if name not in VARIANTS:
-            raise ValueError(
-                f"unknown variant {name!r} in --variants; allowed: {', '.join(VARIANTS)}"
-            )
-    if len(set(names)) != len(names):
-        raise ValueError(f"--variants {text!r} repeats a variant")
-    return names
-
-
-class OrbitConv2d(nn.Module):
-    """A symmetric convolution whose output channels transform as ordinary images.
-
-    ``SymmetricConv2d(in_channels, s * out_channels, k, symmetry={key: '100%'})`` then
-    ``OrbitPool(mode='max')`` back to ``out_channels``, with ``s`` the orbit size of
-    ``key`` (2 for ``'h'``/``'v'``, 4 for ``'hv'``). For every flip ``g`` in the group of
-    ``key``: ``layer(g(x)) == g(layer(x))``, channel by channel.
-
-    Shapes: ``(N, in_channels, H, W) -> (N, out_channels, H, W)`` ('same' zero padding,
-    odd ``kernel_size``, stride 1).
-    """
-
-    def __init__(
-        self, in_channels: int, out_channels: int, kernel_size: int, key: str = "hv"
-    ) -> None:
-        super().__init__()
-        from symconv.nn.orbit import OrbitPool
-        from symconv.nn.symmetric import SymmetricConv2d
-
-        if key not in _INVARIANT_KEYS:
-            raise ValueError(f"key={key!r} is not allowed; use one of {_INVARIANT_KEYS}")
-        if kernel_size % 2 != 1:
-            raise ValueError(
-                f"kernel_size={kernel_size} must be odd: an even kernel's 'same' padding is "
-                "lopsided and does not commute with flips"
-            )
-        self.key = key
-        orbit = 2 ** len(key)
-        self.conv = SymmetricConv2d(
-            in_channels,
-            orbit * out_channels,
-            kernel_size,
-            padding=kernel_size // 2,
-            bias=False,
-            symmetry={key: orbit * out_channels},
-        )
-        self.pool = OrbitPool(self.conv, mode="max")
-
-    def forward(self, input: Tensor) -> Tensor:
-        return self.pool(self.conv(input))
 
 
 def orbit_conv_factory(key: str) -> ConvFactory:
@@ -99,8 +41,8 @@ def orbit_conv_factory(key: str) -> ConvFactory:
     1x1 convolutions stay plain: a 1x1 kernel is its own mirror image, so it already maps
     images that flip to images that flip.
     """
-    if key not in _INVARIANT_KEYS:
-        raise ValueError(f"invariance key {key!r} is not allowed; use one of {_INVARIANT_KEYS}")
+    if key not in INVARIANT_KEYS:
+        raise ValueError(f"invariance key {key!r} is not allowed; use one of {INVARIANT_KEYS}")
 
     def conv(in_channels: int, out_channels: int, kernel_size: int) -> nn.Module:
         if kernel_size == 1:

@@ -8,6 +8,7 @@ _EXPORTS = {
     "SymmetricConv1d": "symconv.nn.symmetric",
     "SymmetricConv2d": "symconv.nn.symmetric",
     "SymmetricConv3d": "symconv.nn.symmetric",
+    "OrbitConv2d": "symconv.nn.orbit",
     "OrbitPool": "symconv.nn.orbit",
     "flip_permutation": "symconv.nn.orbit",
     "ConvTwist": "symconv.nn.twist",

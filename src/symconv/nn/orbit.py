@@ -4,7 +4,8 @@ A symmetric layer is flip-*equivariant*: flipping its input flips its output and
 permutes the channels inside each orbit. Pooling over the members of every orbit
 (:class:`OrbitPool`) removes the permutation, leaving channels that transform like
 ordinary images under the flips of their orbit's group; a global spatial pooling after
-that makes them flip-*invariant*.
+that makes them flip-*invariant*. :class:`OrbitConv2d` is a symmetric convolution and its
+orbit pooling in one layer: a drop-in for ``nn.Conv2d`` whose output flips with its input.
 """
 
 from __future__ import annotations
@@ -13,12 +14,17 @@ import torch
 import torch.fx
 from torch import Tensor, nn
 
+from symconv.core.validate import check_choice, check_int
 from symconv.nn._cache import not_scriptable
+from symconv.nn.symmetric import SymmetricConv2d
 from symconv.symmetry import SymmetryPlan
 
-__all__ = ["OrbitPool", "flip_permutation"]
+__all__ = ["OrbitConv2d", "OrbitPool", "flip_permutation"]
 
 _MODES = ("max", "mean")
+#: The flip groups :class:`OrbitConv2d` can commute with: ``'h'`` (left-right), ``'v'``
+#: (top-bottom) or both.
+ORBIT_KEYS = ("h", "v", "hv")
 
 
 def _plan_of(source: SymmetryPlan | nn.Module, argname: str) -> SymmetryPlan:
@@ -103,3 +109,57 @@ class OrbitPool(nn.Module):
             f"in_channels={self.plan.out_channels}, out_channels={self.out_channels}, "
             f"mode={self.mode!r}"
         )
+
+
+class OrbitConv2d(nn.Module):
+    """A symmetric convolution whose output channels transform as ordinary images.
+
+    ``SymmetricConv2d(in_channels, s * out_channels, kernel_size, symmetry={key: '100%'})``
+    then ``OrbitPool(mode='max')`` back to ``out_channels``, with ``s`` the orbit size of
+    ``key`` (2 for ``'h'`` and ``'v'``, 4 for ``'hv'``). For every flip ``g`` in the group
+    of ``key``: ``layer(g(x)) == g(layer(x))`` exactly, channel by channel, so the next
+    layer sees ordinary images again (a plain :class:`SymmetricConv2d` permutes its
+    channels under ``g`` instead). Same parameter count as the ``nn.Conv2d`` it replaces,
+    ``s`` times its cost.
+
+    Args:
+        in_channels, out_channels: ints >= 1.
+        kernel_size: an odd int (the 'same' padding of an even kernel is lopsided and does
+            not commute with flips).
+        key: ``'h'``, ``'v'`` or ``'hv'``: the flips the layer commutes with.
+
+    Shapes: ``(N, in_channels, H, W) -> (N, out_channels, H, W)`` ('same' zero padding,
+    stride 1, no bias).
+
+    Raises:
+        TypeError: an argument of the wrong type.
+        ValueError: a count below 1, an even ``kernel_size`` or an unknown ``key``.
+    """
+
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int, key: str = "hv"
+    ) -> None:
+        super().__init__()
+        check_int("in_channels", in_channels, 1)
+        check_int("out_channels", out_channels, 1)
+        check_int("kernel_size", kernel_size, 1)
+        check_choice("key", key, ORBIT_KEYS)
+        if kernel_size % 2 != 1:
+            raise ValueError(
+                f"kernel_size={kernel_size} must be odd: an even kernel's 'same' padding is "
+                "lopsided and does not commute with flips"
+            )
+        self.key = key
+        orbit = 2 ** len(key)
+        self.conv = SymmetricConv2d(
+            in_channels,
+            orbit * out_channels,
+            kernel_size,
+            padding=kernel_size // 2,
+            bias=False,
+            symmetry={key: orbit * out_channels},
+        )
+        self.pool = OrbitPool(self.conv, mode="max")
+
+    def forward(self, input: Tensor) -> Tensor:
+        return self.pool(self.conv(input))

@@ -1,7 +1,8 @@
 """``symconv flow`` and ``symconv filters``: the command-line side of :mod:`symconv.viz`.
 
-Only :mod:`argparse` is imported at module level; torch, Pillow and the drawing code load
-when a command runs, so ``symconv --help`` stays fast. Mistakes in the options are
+Only :mod:`argparse` and :mod:`symconv.viz.limits` (the defaults, choices and limits this
+module shares with the library) are imported at module level; torch, Pillow and the
+drawing code load when a command runs, so ``symconv --help`` stays fast. Mistakes in the options are
 :class:`symconv.cli.UsageError` (one line, exit code 2), found before anything is computed.
 """
 
@@ -12,31 +13,26 @@ import math
 import os
 import sys
 
+from symconv.viz.limits import (
+    CLI_MAX_FRAMES,
+    DEFAULT_PADDING,
+    DEFAULT_SIZE,
+    FILTER_MAX_IN,
+    FILTER_MAX_ROWS,
+    MAX_ABS_EPS,
+    MAX_FRAME_BYTES,
+    MAX_SIZE,
+    MIN_SIZE,
+    PADDING_MODES,
+    PRESET_HELP,
+    STRIP_FORMATS,
+)
+
 __all__ = ["add_parser", "run_filters", "run_flow"]
-
-# Limits of symconv.viz, repeated here so that --help imports no torch (a test checks that
-# they agree): sizes (images.MIN_SIZE, MAX_SIZE), |eps| (flow.MAX_ABS_EPS), the strip formats
-# (flow.STRIP_FORMATS).
-_MIN_SIZE, _MAX_SIZE = 8, 1024
-_MAX_ABS_EPS = 1000.0
-_STRIP_EXTENSIONS = ("png", "jpg", "jpeg", "gif", "bmp", "tif", "tiff", "webp")
-#: Default of --max-frames.
-_DEFAULT_MAX_FRAMES = 100
-#: The frames of a run are held in memory together (then drawn); they may take this much.
-_MAX_FRAME_BYTES = 2 * 2**30
-
-_PRESET_HELP = {
-    "blur": "the Gaussian kernel [[1,2,1],[2,4,2],[1,2,1]]/16 (eps mixes it with the identity)",
-    "translate-x": "I + eps*A (Sobel x): moves the picture 8*eps px left per step",
-    "translate-y": "I + eps*B (Sobel y): moves the picture 8*eps px down per step",
-    "translate-diag": "I + eps*(A+B): 8*eps px left and 8*eps px down per step",
-    "rotate": "ConvTwist, twist kernels -eps*(B, A): 16*eps/W rad per step, anticlockwise",
-    "scale": "ConvTwist, twist kernels eps*(-A, B): grows by 1/(1-16*eps/W) per step",
-}
 
 
 def _preset_list() -> str:
-    return "\n".join(f"  {name:<15} {text}" for name, text in _PRESET_HELP.items())
+    return "\n".join(f"  {name:<15} {text}" for name, text in PRESET_HELP.items())
 
 
 def _float(text: str) -> float:
@@ -48,6 +44,11 @@ def _float(text: str) -> float:
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register the ``flow`` and ``filters`` subcommands."""
+    _add_flow_parser(subparsers)
+    _add_filters_parser(subparsers)
+
+
+def _add_flow_parser(subparsers: argparse._SubParsersAction) -> None:
     flow = subparsers.add_parser(
         "flow",
         help="show what a convolution applied many times does to a picture",
@@ -76,7 +77,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         type=_float,
         default=None,
         help=(
-            "strength of the preset, |eps| <= 1000 (default: the preset's; twist presets: 0.4 / W)"
+            f"strength of the preset, |eps| <= {MAX_ABS_EPS:g} (default: the preset's; twist "
+            "presets: 0.4 / W)"
         ),
     )
     flow.add_argument(
@@ -88,10 +90,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     flow.add_argument(
         "--max-frames",
         type=int,
-        default=_DEFAULT_MAX_FRAMES,
+        default=CLI_MAX_FRAMES,
         metavar="F",
         help=(
-            f"refuse a run that keeps more than F frames (default: {_DEFAULT_MAX_FRAMES}); "
+            f"refuse a run that keeps more than F frames (default: {CLI_MAX_FRAMES}); "
             "all frames are held in memory, 8 bytes a pixel, at most 2 GiB in all"
         ),
     )
@@ -103,8 +105,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="frames per row of the picture (default: one row up to 10 frames, else rows "
         "of at most 10)",
     )
+    _add_picture_options(flow)
+    flow.set_defaults(func=run_flow)
+
+
+def _add_picture_options(flow: argparse.ArgumentParser) -> None:
+    """The options of ``symconv flow`` about the picture: input, size, padding, output."""
     src = flow.add_mutually_exclusive_group()
-    src.add_argument("--image", metavar="PATH", help="any picture Pillow reads (made grey)")
+    src.add_argument("--image", metavar="PATH", help="any picture Pillow reads (made gray)")
     src.add_argument(
         "--digit", type=int, metavar="INDEX", help="a digit from the bundled MNIST data"
     )
@@ -112,20 +120,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--size",
         type=int,
         default=None,
-        help=f"resize so the longer side is SIZE px, {_MIN_SIZE} to {_MAX_SIZE} (default: 128; "
-        "digits stay 28)",
+        help=f"resize so the longer side is SIZE px, {MIN_SIZE} to {MAX_SIZE} "
+        f"(default: {DEFAULT_SIZE}; digits stay 28)",
     )
     flow.add_argument(
         "--padding",
-        choices=("zeros", "reflect", "replicate"),
-        default="replicate",
-        help="boundary handling: what enters the frame (default: replicate)",
+        choices=PADDING_MODES,
+        default=DEFAULT_PADDING,
+        help="boundary handling: what enters the frame (default: %(default)s)",
     )
     flow.add_argument(
         "--out",
         default=None,
         help="output picture, its format from the extension: "
-        f"{', '.join(_STRIP_EXTENSIONS)} (default: flow_<preset>.png)",
+        f"{', '.join(ext.lstrip('.') for ext in STRIP_FORMATS)} (default: flow_<preset>.png)",
     )
     flow.add_argument(
         "--gif",
@@ -139,15 +147,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--normalize", action="store_true", help="stretch each frame to its own range"
     )
     flow.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    flow.set_defaults(func=run_flow)
 
+
+def _add_filters_parser(subparsers: argparse._SubParsersAction) -> None:
     filters = subparsers.add_parser(
         "filters",
         help="draw a trained model's filters, each orbit of a symmetric layer in one row",
         description=(
             "Draw the filters of one convolution layer of a checkpoint. CHECKPOINT is a "
             "torch.save'd nn.Module, a dict whose 'model' entry is an nn.Module or a "
-            "state_dict, or a bare state_dict. Symmetric layers are recognised from the "
+            "state_dict, or a bare state_dict. Symmetric layers are recognized from the "
             "module, or for a state_dict from a 'symmetry' entry {layer: spec} and an "
             "'out_channels' entry {layer: count}; other layers are drawn one filter per row."
         ),
@@ -160,11 +169,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     filters.add_argument(
         "--max-rows",
         type=int,
-        default=32,
-        help="draw at most this many rows: orbits, then plain filters 8 a row (default: 32)",
+        default=FILTER_MAX_ROWS,
+        help="draw at most this many rows: orbits, then plain filters 8 a row "
+        "(default: %(default)s)",
     )
     filters.add_argument(
-        "--max-in", type=int, default=8, help="draw at most this many input channels (default: 8)"
+        "--max-in",
+        type=int,
+        default=FILTER_MAX_IN,
+        help="draw at most this many input channels (default: %(default)s)",
     )
     filters.add_argument(
         "--list-layers", action="store_true", help="list the drawable layers and exit"
@@ -185,12 +198,12 @@ def _check_options(args: argparse.Namespace) -> None:
         raise UsageError(f"--steps {args.steps} is not allowed; give 0 or more")
     if args.every is not None and args.every <= 0:
         raise UsageError(f"--every {args.every} is not allowed; give 1 or more")
-    if args.size is not None and not _MIN_SIZE <= args.size <= _MAX_SIZE:
+    if args.size is not None and not MIN_SIZE <= args.size <= MAX_SIZE:
         raise UsageError(
-            f"--size {args.size} is not allowed; give {_MIN_SIZE} to {_MAX_SIZE} (pixels)"
+            f"--size {args.size} is not allowed; give {MIN_SIZE} to {MAX_SIZE} (pixels)"
         )
-    if args.eps is not None and abs(args.eps) > _MAX_ABS_EPS:
-        raise UsageError(f"--eps {args.eps:g} is not allowed; give |eps| <= {_MAX_ABS_EPS:g}")
+    if args.eps is not None and abs(args.eps) > MAX_ABS_EPS:
+        raise UsageError(f"--eps {args.eps:g} is not allowed; give |eps| <= {MAX_ABS_EPS:g}")
     if args.max_frames < 1:
         raise UsageError(f"--max-frames {args.max_frames} is not allowed; give 1 or more")
     if args.columns is not None and args.columns < 1:
@@ -227,7 +240,7 @@ def _load_picture(args: argparse.Namespace):  # type: ignore[no-untyped-def]
             pic = images.load_image(args.image)
         except ValueError as err:  # not a picture; a missing file stays an OSError
             raise UsageError(str(err)) from None
-        return images.resize_image(pic, args.size or 128), os.path.basename(args.image)
+        return images.resize_image(pic, args.size or DEFAULT_SIZE), os.path.basename(args.image)
     if args.digit is not None:
         try:
             pic = images.mnist_digit(args.digit)
@@ -236,26 +249,13 @@ def _load_picture(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         return (pic if args.size is None else images.resize_image(pic, args.size)), (
             f"digit {args.digit}"
         )
-    return images.default_image(args.size or 128), "default picture"
+    return images.default_image(args.size or DEFAULT_SIZE), "default picture"
 
 
-def run_flow(args: argparse.Namespace) -> int:
-    """Run ``symconv flow``; returns the exit code.
-
-    Every option is checked (and the output paths too) before the flow is computed.
-    """
-    from symconv.cli import UsageError
-
-    if args.list_presets:
-        print(_preset_list())
-        return 0
-    if args.preset is None and args.kernel is None:
-        raise UsageError("give --preset NAME or --kernel FILE (see --list-presets)")
-    _check_options(args)
-
+def _device(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     import torch
 
-    from symconv.viz import flow as flow_mod
+    from symconv.cli import UsageError
 
     try:
         device = torch.device(args.device)
@@ -263,39 +263,54 @@ def run_flow(args: argparse.Namespace) -> int:
         raise UsageError(f"--device {args.device!r} is not a torch device: {err}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {args.device!r}: CUDA is not available here")
+    return device
+
+
+def _flow_source(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """``(preset or None, preset name or kernel array, name for the output)``."""
+    from symconv.cli import UsageError
+    from symconv.viz import flow as flow_mod
 
     if args.preset is not None:
         try:
-            preset = flow_mod._get_preset(args.preset)
+            preset = flow_mod.get_preset(args.preset)
         except ValueError as err:
             raise UsageError(str(err)) from None
-        what, name = args.preset, args.preset
-    else:
-        if args.eps is not None:
-            raise UsageError("--eps applies to presets only; scale your kernel file instead")
-        try:
-            what = flow_mod.load_kernel(args.kernel)
-        except ValueError as err:  # malformed; a missing file stays an OSError
-            raise UsageError(str(err)) from None
-        name = "kernel"
-    out, gif = _output_paths(args, name)
-    pic, source = _load_picture(args)
+        return preset, args.preset, args.preset
+    if args.eps is not None:
+        raise UsageError("--eps applies to presets only; scale your kernel file instead")
+    try:
+        kernel = flow_mod.load_kernel(args.kernel)
+    except ValueError as err:  # malformed; a missing file stays an OSError
+        raise UsageError(str(err)) from None
+    return None, kernel, "kernel"
 
-    # Defaults: a preset's own run (7 frames reaching a visible change); N / 6 otherwise.
-    if args.preset is not None:
-        eps = preset.default_eps(pic.shape) if args.eps is None else args.eps
+
+def _run_length(
+    args: argparse.Namespace,
+    preset,
+    shape: tuple[int, int],
+    name: str,  # type: ignore[no-untyped-def]
+) -> tuple[float | None, int, int]:
+    """``(eps, steps, every)``: a preset's own run (7 frames reaching a visible change)
+    unless given; for a kernel, 12 steps and a frame every N / 6."""
+    from symconv.cli import UsageError
+    from symconv.viz import flow as flow_mod
+
+    if preset is not None:
+        eps = preset.default_eps(shape) if args.eps is None else args.eps
         if args.steps is None:
             try:
-                _, steps, default_every = preset.defaults(pic.shape, eps)
+                _, steps, default_every = preset.defaults(shape, eps)
             except ValueError:
                 given = (
                     f"--eps {args.eps:g}"
                     if args.eps is not None
-                    else f"the default eps on a {pic.shape[1]} px wide picture"
+                    else f"the default eps on a {shape[1]} px wide picture"
                 )
                 raise UsageError(
                     f"{given} moves the picture too little for a default run of {name} "
-                    f"(over {flow_mod._MAX_DEFAULT_STEPS} steps); give --steps and --every"
+                    f"(over {flow_mod.MAX_DEFAULT_STEPS} steps); give --steps and --every"
                 ) from None
         else:
             steps, default_every = args.steps, max(1, args.steps // 6)
@@ -303,7 +318,13 @@ def run_flow(args: argparse.Namespace) -> int:
         eps = None
         steps = 12 if args.steps is None else args.steps
         default_every = max(1, steps // 6)
-    every = default_every if args.every is None else args.every
+    return eps, steps, default_every if args.every is None else args.every
+
+
+def _plan(args: argparse.Namespace, pic, what, eps, steps: int, every: int, device):  # type: ignore[no-untyped-def]
+    """The checked :class:`~symconv.viz.flow.FlowPlan`, its frames within the limits."""
+    from symconv.cli import UsageError
+    from symconv.viz import flow as flow_mod
 
     n_frames = flow_mod.count_frames(steps, every)
     if n_frames > args.max_frames:
@@ -319,12 +340,36 @@ def run_flow(args: argparse.Namespace) -> int:
         )
     except ValueError as err:  # what only the picture can tell, e.g. too small to reflect
         raise UsageError(str(err)) from None
-    if plan.frame_bytes > _MAX_FRAME_BYTES:
+    if plan.frame_bytes > MAX_FRAME_BYTES:
         raise UsageError(
             f"{n_frames} frames of {pic.shape[1]}x{pic.shape[0]} px take "
-            f"{plan.frame_bytes / 2**30:.1f} GiB, over the {_MAX_FRAME_BYTES / 2**30:g} GiB "
+            f"{plan.frame_bytes / 2**30:.1f} GiB, over the {MAX_FRAME_BYTES / 2**30:g} GiB "
             "limit; lower --size or --max-frames, or raise --every"
         )
+    return plan
+
+
+def run_flow(args: argparse.Namespace) -> int:
+    """Run ``symconv flow``; returns the exit code.
+
+    Every option is checked (and the output paths too) before the flow is computed.
+    """
+    from symconv.cli import UsageError
+
+    if args.list_presets:
+        print(_preset_list())
+        return 0
+    if args.preset is None and args.kernel is None:
+        raise UsageError("give --preset NAME or --kernel FILE (see --list-presets)")
+    _check_options(args)
+    device = _device(args)
+    preset, what, name = _flow_source(args)
+    out, gif = _output_paths(args, name)
+    pic, source = _load_picture(args)
+    eps, steps, every = _run_length(args, preset, pic.shape, name)
+    plan = _plan(args, pic, what, eps, steps, every, device)
+
+    from symconv.viz import flow as flow_mod
 
     frames = plan.run()
     kept = list(plan.kept)
@@ -339,7 +384,7 @@ def run_flow(args: argparse.Namespace) -> int:
         f"wrote {out} ({layout.n_panels} frames in {layout.rows} row"
         f"{'s' if layout.rows > 1 else ''}, steps {kept[0]}..{kept[-1]})"
     )
-    if args.preset is not None:
+    if preset is not None:
         rate = preset.rate(eps, pic.shape)
         message += f"; {preset.unit} per step: {rate:.4g}, total {rate * steps:.4g}"
         if preset.unit == "rad":

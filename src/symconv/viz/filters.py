@@ -5,7 +5,7 @@ every row is one orbit: the free filter and its reflected copies side by side (l
 ``id``, ``h``, ``v``, ``hv``), so the weight sharing of a :class:`symconv.SymmetricConv2d`
 is visible at a glance. Plain ``nn.Conv2d`` filters are orbits of one; a
 :class:`symconv.ConvTwist` row shows ``W``, ``Wx`` and ``Wy`` of one output channel.
-Colours: red positive, blue negative, white zero, on one scale for the whole layer.
+Colors: red positive, blue negative, white zero, on one scale for the whole layer.
 
 Accepted inputs (:func:`load_checkpoint` reads files, ``torch.load`` with
 ``weights_only=True`` unless ``trust=True``):
@@ -35,7 +35,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from symconv import checkpoint
 from symconv.symmetry import SymmetryPlan, SymmetrySpec, make_plan
+from symconv.viz import drawing
+from symconv.viz.limits import FILTER_MAX_IN, FILTER_MAX_ROWS
 
 __all__ = [
     "FilterFigure",
@@ -89,7 +92,7 @@ class FilterFigure:
     rows: tuple[FilterRow, ...]
     n_in_shown: int
     zoom: int
-    scale: float  # |value| drawn at full colour
+    scale: float  # |value| drawn at full color
     width: int
     height: int
 
@@ -213,36 +216,6 @@ def _state_layers(
 # -- reading checkpoints ------------------------------------------------------------------
 
 
-def _compare_model(path: Path, ckpt: Mapping[str, Any]) -> nn.Module:
-    """Rebuild a ``symconv compare`` variant from the settings its checkpoint records
-    (``'build'``: the network, data channels, classes and image side) and load its weights.
-    """
-    build = ckpt.get("build")
-    if not isinstance(build, Mapping):
-        raise ValueError(
-            f"{str(path)!r} is a symconv compare checkpoint (format {ckpt.get('format')!r}) "
-            "that does not record the settings its network was built with ('build'); "
-            "symconv compare writes them from checkpoint format 2 on"
-        )
-    from symconv.compare.variants import build_variant
-
-    try:
-        built = build_variant(ckpt["variant"], **build)
-    except (TypeError, ValueError) as err:
-        raise ValueError(
-            f"{str(path)!r}: cannot rebuild variant {ckpt['variant']!r} from the recorded "
-            f"settings {dict(build)}: {err}"
-        ) from err
-    try:
-        built.model.load_state_dict(ckpt["model"])
-    except RuntimeError as err:
-        raise ValueError(
-            f"{str(path)!r}: the weights do not fit the network its settings describe: "
-            f"{str(err).splitlines()[0]}"
-        ) from err
-    return built.model
-
-
 def load_checkpoint(
     path: str | os.PathLike[str], trust: bool = False
 ) -> nn.Module | dict[str, LayerFilters]:
@@ -254,18 +227,7 @@ def load_checkpoint(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist or is not a file")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=not trust)
-    except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
-        hint = (
-            "; it pickles Python objects (e.g. a whole nn.Module): pass trust=True "
-            "(--trust) if you trust the file"
-            if not trust and "weights_only" in str(err)
-            else ""
-        )
-        raise ValueError(
-            f"cannot read checkpoint {str(path)!r}{hint}: {str(err).splitlines()[0]}"
-        ) from err
+    ckpt = checkpoint.load(path, trust=trust, trust_hint="trust=True (--trust)")
     if isinstance(ckpt, nn.Module):
         return ckpt
     if not isinstance(ckpt, Mapping):
@@ -281,8 +243,8 @@ def load_checkpoint(
             f"checkpoint {str(path)!r}: 'model' is a {type(model).__name__}, expected an "
             "nn.Module or a state_dict"
         )
-    if "variant" in ckpt and "format" in ckpt:
-        return _compare_model(path, ckpt)
+    if checkpoint.is_compare_checkpoint(ckpt):
+        return checkpoint.compare_model(ckpt, path)
     return _state_layers(model, ckpt.get("symmetry"), ckpt.get("out_channels"))
 
 
@@ -324,8 +286,8 @@ def _rows(info: LayerFilters) -> list[tuple[str, tuple[int, ...], tuple[str, ...
     return rows + _plain_rows(list(range(plan.n_symmetric, plan.out_channels)))
 
 
-def _colour(values: np.ndarray, scale: float) -> np.ndarray:
-    """Diverging colours: blue (-scale) .. white (0) .. red (+scale); ``(..., 3)`` uint8."""
+def _color(values: np.ndarray, scale: float) -> np.ndarray:
+    """Diverging colors: blue (-scale) .. white (0) .. red (+scale); ``(..., 3)`` uint8."""
     t = np.clip(values / scale, -1.0, 1.0) if scale > 0 else np.zeros_like(values)
     pos, neg = np.clip(t, 0, 1), np.clip(-t, 0, 1)
     rgb = np.stack([1 - 0.8 * neg, 1 - 0.8 * pos - 0.8 * neg, 1 - 0.8 * pos], axis=-1)
@@ -333,7 +295,60 @@ def _colour(values: np.ndarray, scale: float) -> np.ndarray:
 
 
 def _kernel_pixels(kernel: np.ndarray, zoom: int, scale: float) -> np.ndarray:
-    return _colour(kernel, scale).repeat(zoom, axis=0).repeat(zoom, axis=1)
+    return _color(kernel, scale).repeat(zoom, axis=0).repeat(zoom, axis=1)
+
+
+def _pick_layer(layers: Mapping[str, LayerFilters], layer: str | None) -> str:
+    """``layer``, or the first of ``layers`` when None; ValueError if there is none."""
+    if not layers:
+        raise ValueError("found no 2-D convolution (4-D weight) to draw")
+    if layer is None:
+        return next(iter(layers))
+    if layer not in layers:
+        raise ValueError(
+            f"layer {layer!r} is not a 2-D convolution here; choose one of "
+            f"{', '.join(map(repr, layers))}"
+        )
+    return layer
+
+
+def _draw_row(  # type: ignore[no-untyped-def]
+    canvas,
+    info: LayerFilters,
+    row: tuple[str, tuple[int, ...], tuple[str, ...]],
+    r: int,
+    geometry: tuple[int, ...],
+    n_in_shown: int,
+    zoom: int,
+    scale: float,
+) -> FilterRow:
+    """Draw row ``r`` (its label, then one tile of ``n_in_shown`` kernels per channel)."""
+    from PIL import Image, ImageDraw
+
+    margin, label_w, tile_label_h, gap, title_h, tile_w, row_h = geometry
+    label, channels, tiles = row
+    _, _, kh, kw = info.weight.shape
+    kpx_w, kpx_h = kw * zoom, kh * zoom
+    draw = ImageDraw.Draw(canvas)
+    font, small = drawing.font(12), drawing.font(10)
+    top = margin + title_h + r * (row_h + gap)
+    draw.text((margin, top + tile_label_h + kpx_h // 2 - 7), label, fill="black", font=font)
+    boxes = []
+    for t, (channel, tile) in enumerate(zip(channels, tiles, strict=True)):
+        left = margin + label_w + t * (tile_w + gap)
+        if tile:
+            draw.text((left, top), tile, fill="black", font=small)
+        kernel_set = info.extra[tile] if tile in info.extra else info.weight
+        tile_boxes = []
+        for i in range(n_in_shown):
+            x0, y0 = left + i * (kpx_w + 4), top + tile_label_h
+            pixels = _kernel_pixels(kernel_set[channel, i], zoom, scale)
+            canvas.paste(Image.fromarray(pixels), (x0, y0))
+            # A gray frame keeps near-zero (white) kernels visible on the page.
+            draw.rectangle((x0 - 1, y0 - 1, x0 + kpx_w, y0 + kpx_h), outline=(160, 160, 160))
+            tile_boxes.append((x0, y0, x0 + kpx_w, y0 + kpx_h))
+        boxes.append(tuple(tile_boxes))
+    return FilterRow(label, channels, tiles, tuple(boxes))
 
 
 def plot_filters(
@@ -343,8 +358,8 @@ def plot_filters(
     *,
     symmetry: Mapping[str, SymmetrySpec] | None = None,
     out_channels: Mapping[str, int] | None = None,
-    max_rows: int = 32,
-    max_in: int = 8,
+    max_rows: int = FILTER_MAX_ROWS,
+    max_in: int = FILTER_MAX_IN,
 ) -> FilterFigure:
     """Draw the filters of one layer, one orbit per row, and save a PNG to ``out``.
 
@@ -361,7 +376,7 @@ def plot_filters(
         max_in: draw at most this many input channels of each filter.
 
     Returns:
-        The :class:`FilterFigure` drawn (rows, pixel boxes of every kernel, colour scale).
+        The :class:`FilterFigure` drawn (rows, pixel boxes of every kernel, color scale).
     """
     from PIL import Image, ImageDraw
 
@@ -369,15 +384,7 @@ def plot_filters(
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name}={value!r} is not allowed; give an integer >= 1")
     layers = layers_of(model_or_state, symmetry, out_channels)
-    if not layers:
-        raise ValueError("found no 2-D convolution (4-D weight) to draw")
-    if layer is None:
-        layer = next(iter(layers))
-    elif layer not in layers:
-        raise ValueError(
-            f"layer {layer!r} is not a 2-D convolution here; choose one of "
-            f"{', '.join(map(repr, layers))}"
-        )
+    layer = _pick_layer(layers, layer)
     info = layers[layer]
 
     all_rows = _rows(info)
@@ -399,11 +406,9 @@ def plot_filters(
 
     canvas = Image.new("RGB", (max(width, 420), height), "white")
     draw = ImageDraw.Draw(canvas)
-    from symconv.viz.flow import _font
-
-    font, small = _font(12), _font(10)
+    font, small = drawing.font(12), drawing.font(10)
     title = f"{layer}: {info.describe()}"
-    notes = [f"red +, blue -, full colour at |w| = {scale:.3g}"]
+    notes = [f"red +, blue -, full color at |w| = {scale:.3g}"]
     if len(rows) < len(all_rows):
         notes.append(f"first {len(rows)} of {len(all_rows)} rows")
     if n_in_shown < n_in:
@@ -411,26 +416,11 @@ def plot_filters(
     draw.text((margin, margin), title, fill="black", font=font)
     draw.text((margin, margin + 16), "; ".join(notes), fill="black", font=small)
 
-    drawn_rows = []
-    for r, (label, channels, tiles) in enumerate(rows):
-        top = margin + title_h + r * (row_h + gap)
-        draw.text((margin, top + tile_label_h + kpx_h // 2 - 7), label, fill="black", font=font)
-        boxes = []
-        for t, (channel, tile) in enumerate(zip(channels, tiles, strict=True)):
-            left = margin + label_w + t * (tile_w + gap)
-            if tile:
-                draw.text((left, top), tile, fill="black", font=small)
-            kernel_set = info.extra[tile] if tile in info.extra else info.weight
-            tile_boxes = []
-            for i in range(n_in_shown):
-                x0, y0 = left + i * (kpx_w + 4), top + tile_label_h
-                pixels = _kernel_pixels(kernel_set[channel, i], zoom, scale)
-                canvas.paste(Image.fromarray(pixels), (x0, y0))
-                # A grey frame keeps near-zero (white) kernels visible on the page.
-                draw.rectangle((x0 - 1, y0 - 1, x0 + kpx_w, y0 + kpx_h), outline=(160, 160, 160))
-                tile_boxes.append((x0, y0, x0 + kpx_w, y0 + kpx_h))
-            boxes.append(tuple(tile_boxes))
-        drawn_rows.append(FilterRow(label, channels, tiles, tuple(boxes)))
+    geometry = (margin, label_w, tile_label_h, gap, title_h, tile_w, row_h)
+    drawn_rows = [
+        _draw_row(canvas, info, row, r, geometry, n_in_shown, zoom, scale)
+        for r, row in enumerate(rows)
+    ]
     canvas.save(os.fspath(out), format="PNG")
     return FilterFigure(
         layer=layer,

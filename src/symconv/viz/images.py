@@ -1,10 +1,10 @@
 """Pictures to feed to :func:`symconv.viz.flow.flow_frames`.
 
-- :func:`default_image`: a photograph-like grey test scene drawn procedurally (sky
-  gradient, sun, hills, a house with an off-centre door, a tree, textured ground). It is
+- :func:`default_image`: a photograph-like gray test scene drawn procedurally (sky
+  gradient, sun, hills, a house with an off-center door, a tree, textured ground). It is
   deterministic, resolution independent and asymmetric, so translation, rotation, scaling
   and reflection are all visible.
-- :func:`load_image`: any file Pillow reads, converted to grey.
+- :func:`load_image`: any file Pillow reads, converted to gray.
 - :func:`mnist_digit`: a digit from the bundled MNIST subset ``symconv/data/mnist_5k.npz``.
 - :func:`resize_image`: area/bilinear resizing with torch (no Pillow needed).
 
@@ -20,11 +20,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from symconv.viz.limits import DEFAULT_SIZE, MAX_SIZE, MIN_SIZE
+
 __all__ = ["MAX_SIZE", "MIN_SIZE", "default_image", "load_image", "mnist_digit", "resize_image"]
 
-#: Sizes (pixels) :func:`default_image` and :func:`resize_image` accept: larger pictures
-#: take minutes to draw and flow, and gigabytes for a strip of frames.
-MIN_SIZE, MAX_SIZE = 8, 1024
 #: Samples per pixel along each axis when drawing the default scene (anti-aliasing).
 _SUPERSAMPLE = 4
 #: Output rows drawn at once: bounds the supersampled scratch arrays (a few MiB each).
@@ -42,7 +41,7 @@ def _check_size(name: str, value: object) -> int:
 
 
 def _value_noise(u: np.ndarray, v: np.ndarray, cells: int, seed: int) -> np.ndarray:
-    """Smooth noise in ``[0, 1]`` at normalised coordinates, from a fixed random lattice."""
+    """Smooth noise in ``[0, 1]`` at normalized coordinates, from a fixed random lattice."""
     lattice = np.random.default_rng(seed).random((cells + 1, cells + 1))
     x, y = np.clip(u, 0, 1) * cells, np.clip(v, 0, 1) * cells
     x0 = np.minimum(x.astype(np.int64), cells - 1)
@@ -56,7 +55,7 @@ def _value_noise(u: np.ndarray, v: np.ndarray, cells: int, seed: int) -> np.ndar
 
 
 def _scene(u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """The test scene's brightness at normalised coordinates ``u`` (right), ``v`` (down)."""
+    """The test scene's brightness at normalized coordinates ``u`` (right), ``v`` (down)."""
     # Sky: bright near the horizon, darker overhead, with soft clouds.
     img = 0.55 + 0.25 * v + 0.12 * (_value_noise(u * 0.7, v * 1.4, 6, seed=1) - 0.5)
     # Sun, upper left, with a glow.
@@ -73,7 +72,7 @@ def _scene(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     path = ground & (np.abs(u - (0.38 + 0.25 * (1 - v) ** 2 - 0.05 * (v - near))) < 0.03 + 0.1 * v)
     img = np.where(path, 0.75 + 0.1 * texture, img)
 
-    # House, left of centre: walls, a roof and an off-centre door and window.
+    # House, left of center: walls, a roof and an off-center door and window.
     x0, x1, y0, y1 = 0.2, 0.5, 0.5, 0.72
     walls = (u > x0) & (u < x1) & (v > y0) & (v < y1)
     img = np.where(walls, 0.85 - 0.06 * _value_noise(u, v, 64, seed=4), img)
@@ -87,7 +86,7 @@ def _scene(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     chimney = (u > 0.42) & (u < 0.46) & (v > 0.36) & (v < 0.45)
     img = np.where(chimney, 0.25, img)
 
-    # Tree, right of centre: trunk and a textured crown.
+    # Tree, right of center: trunk and a textured crown.
     trunk = (np.abs(u - 0.75) < 0.025) & (v > 0.45) & (v < 0.78)
     img = np.where(trunk, 0.2, img)
     crown = np.hypot((u - 0.75) / 0.14, (v - 0.38) / 0.17) < 1
@@ -99,10 +98,10 @@ def _scene(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return np.clip(img, 0.0, 1.0)
 
 
-def default_image(size: int = 128, height: int | None = None) -> np.ndarray:
+def default_image(size: int = DEFAULT_SIZE, height: int | None = None) -> np.ndarray:
     """The bundled test scene, ``(height or size, size)`` float32 in ``[0, 1]``.
 
-    Drawn in normalised coordinates (``u`` right, ``v`` down, both in ``[0, 1]``), so any
+    Drawn in normalized coordinates (``u`` right, ``v`` down, both in ``[0, 1]``), so any
     size shows the same scene. Deterministic: the same size gives the same array.
     """
     width = _check_size("size", size)
@@ -126,7 +125,7 @@ def default_image(size: int = 128, height: int | None = None) -> np.ndarray:
 
 
 def load_image(path: str | os.PathLike[str]) -> np.ndarray:
-    """Read any image Pillow can open, as grey ``(H, W)`` float32 in ``[0, 1]``."""
+    """Read any image Pillow can open, as gray ``(H, W)`` float32 in ``[0, 1]``."""
     try:
         from PIL import Image, UnidentifiedImageError
     except ImportError as err:  # pragma: no cover - Pillow is in the 'plot' extra
@@ -149,10 +148,10 @@ def load_image(path: str | os.PathLike[str]) -> np.ndarray:
                 # Composite transparency over white rather than dropping it silently.
                 rgba = im.convert("RGBA")
                 im = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
-            grey = im.convert("L")
+            gray = im.convert("L")
     except (UnidentifiedImageError, OSError, ValueError) as err:
         raise ValueError(f"cannot read image {path!r}: {err}") from err
-    return np.asarray(grey, dtype=np.float32) / 255.0
+    return np.asarray(gray, dtype=np.float32) / 255.0
 
 
 def _mnist_path() -> resources.abc.Traversable:
