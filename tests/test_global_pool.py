@@ -195,15 +195,25 @@ def test_state_dict_round_trip():
 @pytest.mark.parametrize(
     ("kwargs", "exc", "match"),
     [
-        (dict(in_channels=0, out_channels=2), ValueError, r"in_channels=0 must be a positive"),
-        (dict(in_channels=2, out_channels=-1), ValueError, r"out_channels=-1 must be a positive"),
-        (dict(in_channels=2.0, out_channels=2), ValueError, r"in_channels=2.0 must be a positive"),
-        (dict(in_channels=True, out_channels=2), ValueError, r"in_channels=True"),
+        (
+            dict(in_channels=0, out_channels=2),
+            ValueError,
+            r"in_channels=0 is not allowed; it must be an int >= 1",
+        ),
+        (
+            dict(in_channels=2, out_channels=-1),
+            ValueError,
+            r"out_channels=-1 is not allowed; it must be an int >= 1",
+        ),
+        # A wrong type is a TypeError, as for TopKPool(1.5) (issue 12's one exception policy).
+        (dict(in_channels=2.0, out_channels=2), TypeError, r"in_channels=2.0 must be an int >= 1"),
+        (dict(in_channels=1.5, out_channels=2), TypeError, r"in_channels=1.5 must be an int >= 1"),
+        (dict(in_channels=True, out_channels=2), TypeError, r"in_channels=True"),
         (dict(in_channels=2, out_channels=2, bias=1), TypeError, r"bias=1 must be a bool"),
         (
             dict(in_channels=2, out_channels=2, reduction="max"),
             ValueError,
-            r"reduction='max' is not allowed; use one of \('sum', 'mean'\)",
+            r"reduction='max' is not allowed; it must be one of \('sum', 'mean'\)",
         ),
         (
             dict(in_channels=2, out_channels=2, activation="relu"),
@@ -283,11 +293,11 @@ def test_topk_any_leading_dims():
 
 
 def test_topk_errors():
-    with pytest.raises(ValueError, match=r"k=0 must be a positive int"):
+    with pytest.raises(ValueError, match=r"k=0 is not allowed; it must be an int >= 1"):
         TopKPool(0)
-    with pytest.raises(TypeError, match=r"k=2.0 must be a positive int, got float"):
+    with pytest.raises(TypeError, match=r"k=2.0 must be an int >= 1, got float"):
         TopKPool(2.0)
-    with pytest.raises(TypeError, match=r"k=True must be a positive int"):
+    with pytest.raises(TypeError, match=r"k=True must be an int >= 1"):
         TopKPool(True)
     with pytest.raises(ValueError, match=r"TopKPool\(k=5\) needs at least k values.*length is 4"):
         TopKPool(5)(torch.randn(2, 3, 4))

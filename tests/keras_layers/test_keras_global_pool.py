@@ -173,7 +173,7 @@ def test_invalid_arguments_same_messages_as_torch():
         GlobalConv1d(2, 2, reduction="max")
     with pytest.raises(ValueError, match=f"^{re.escape(str(torch_error.value))}$"):
         GlobalConv1D(2, reduction="max")
-    with pytest.raises(ValueError, match=r"filters=0 must be a positive integer"):
+    with pytest.raises(ValueError, match=r"filters=0 is not allowed; it must be an int >= 1"):
         GlobalConv1D(0)
     with pytest.raises(TypeError, match=r"use_bias=1 must be a bool"):
         GlobalConv1D(2, use_bias=1)
