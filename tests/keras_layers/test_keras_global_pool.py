@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import re
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -14,7 +16,11 @@ from keras import ops
 
 from symconv import GlobalConv1d
 from symconv import TopKPool as TorchTopKPool
+from symconv.core.global_conv import GlobalConvSpec
+from symconv.core.pooling import TopKPoolSpec
 from symconv.keras import GlobalConv1D, TopKPool
+from symconv.keras import global_conv as keras_global_conv
+from symconv.keras import pooling as keras_pooling
 
 
 def reference(layer, x, mask=None):
@@ -276,3 +282,54 @@ def test_topk_mask_matches_torch_and_ends_the_mask():
     alone = np_(model(padded[:1, :3]))
     np.testing.assert_allclose(np_(model(padded))[:1], alone, atol=1e-5)
     assert TopKPool(2).compute_mask(x, mask) is None
+
+
+# -- the specs (symconv.core) ------------------------------------------------------------
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_global_conv_spec_describes_the_layer(use_bias):
+    layer = GlobalConv1D(5, reduction="mean", use_bias=use_bias)
+    assert layer.spec == GlobalConvSpec(None, 5, use_bias, "mean")
+    layer.build((None, None, 3))
+    assert layer.spec == GlobalConvSpec(3, 5, use_bias, "mean")
+    for layout in layer.spec.params():
+        weight = getattr(layer, layout.keras_name)
+        assert (weight is not None) == layout.present
+        if weight is not None:
+            assert tuple(weight.shape) == layout.keras_shape
+    twin = GlobalConv1D.from_spec(layer.spec, activation="tanh", name="twin")
+    assert twin.built and twin.spec == layer.spec and twin.name == "twin"
+    assert keras.activations.serialize(twin.activation) == "tanh"
+    unbuilt = GlobalConv1D.from_spec(GlobalConvSpec.from_keras(2), data_format="channels_first")
+    assert not unbuilt.built and tuple(unbuilt(np.zeros((1, 4, 3), "float32")).shape) == (1, 4, 2)
+    with pytest.raises(ValueError, match=r"data_format='nhwc' is not allowed"):
+        GlobalConv1D.from_spec(layer.spec, data_format="nhwc")
+    with pytest.raises(TypeError, match=r"spec=TopKPoolSpec\(k=2\) must be a GlobalConvSpec"):
+        GlobalConv1D.from_spec(TopKPoolSpec(2))
+
+
+def test_topk_spec_describes_the_layer():
+    layer = TopKPool(2, name="top")
+    assert layer.spec == TopKPoolSpec(2)
+    twin = TopKPool.from_spec(layer.spec, name="twin")
+    assert twin.k == 2 and twin.name == "twin"
+    with pytest.raises(TypeError, match=r"must be a TopKPoolSpec"):
+        TopKPool.from_spec(GlobalConvSpec.example())
+
+
+def test_keras_layers_do_not_import_torch_modules():
+    """Their rules come from symconv.core, not from the torch layers (the package's
+    __init__ imports interop, which needs torch, so the modules' own imports are read).
+    TopKPool imports torch only inside its torch-backend ONNX check."""
+
+    def imports(nodes):
+        return [
+            node.module if isinstance(node, ast.ImportFrom) else alias.name
+            for node in nodes
+            if isinstance(node, (ast.Import, ast.ImportFrom))
+            for alias in node.names
+        ]
+
+    for module in (keras_global_conv, keras_pooling):
+        tree = ast.parse(Path(module.__file__).read_text())
+        assert not [m for m in imports(ast.walk(tree)) if m.startswith("symconv.nn")]
+        assert "torch" not in [m.split(".")[0] for m in imports(tree.body)]

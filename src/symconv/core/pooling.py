@@ -130,7 +130,7 @@ class OrbitPoolSpec(LayerSpec):
     @classmethod
     def example(cls, ndim: int | None = None) -> OrbitPoolSpec:
         ndim = 2 if ndim is None else ndim
-        return cls(make_plan({"h": 2}, 6, ndim))
+        return cls(make_plan({"h": 4}, 6, ndim))  # 2 orbits of 2, 2 plain channels
 
     @property
     def in_channels(self) -> int:
