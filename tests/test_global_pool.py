@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
+from _gloo import ddp_and_single_process_states
 from symconv import GlobalConv1d, TopKPool
 from symconv.core.global_conv import GlobalConvSpec
 from symconv.core.pooling import OrbitPoolSpec, TopKPoolSpec, plan_of
@@ -499,3 +500,28 @@ def test_orbit_pool_spec():
         OrbitPoolSpec.from_torch(3)
     example = OrbitPoolSpec.example(1)
     assert example.example_input_shape() == (2, 6, 5) and example.out_channels == 4
+
+
+# -- DistributedDataParallel ---------------------------------------------------------------
+def _ddp_set_model() -> nn.Module:
+    torch.manual_seed(50)
+    return _SetModel("mean").double()
+
+
+@pytest.mark.requires_gloo
+@pytest.mark.timeout(300)
+def test_ddp_steps_equal_single_process_steps(tmp_path):
+    """Two SGD steps under DDP (two gloo workers, half the sets each, with masks) leave
+    every parameter where the same steps on the whole batch in one process do: the layers
+    keep each set independent of the others in the batch, and DDP averages their
+    gradients."""
+    g = torch.Generator().manual_seed(51)
+    x = torch.randn(4, 1, 6, generator=g, dtype=torch.float64)
+    mask = torch.rand(4, 6, generator=g) > 0.3
+    mask[:, :2] = True  # at least k = 2 valid positions per set
+    target = torch.randn(4, 3, 2, generator=g, dtype=torch.float64)
+    start, ddp, single = ddp_and_single_process_states(_ddp_set_model, (x, mask), target, tmp_path)
+    assert ddp.keys() == single.keys() == start.keys()
+    for name, value in single.items():
+        assert (value - start[name]).abs().max() > 1e-3, name  # the steps moved it
+        torch.testing.assert_close(ddp[name], value, rtol=0, atol=1e-12)
