@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +12,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
+from _gloo import ddp_and_single_process_states
 from symconv import GlobalConv1d, TopKPool
+from symconv.core.global_conv import GlobalConvSpec
+from symconv.core.pooling import OrbitPoolSpec, TopKPoolSpec, plan_of
+from symconv.core.spec import PairField
+from symconv.core.symmetry import make_plan
 
 DTYPES = [torch.float32, torch.float64]
 
@@ -195,15 +203,25 @@ def test_state_dict_round_trip():
 @pytest.mark.parametrize(
     ("kwargs", "exc", "match"),
     [
-        (dict(in_channels=0, out_channels=2), ValueError, r"in_channels=0 must be a positive"),
-        (dict(in_channels=2, out_channels=-1), ValueError, r"out_channels=-1 must be a positive"),
-        (dict(in_channels=2.0, out_channels=2), ValueError, r"in_channels=2.0 must be a positive"),
-        (dict(in_channels=True, out_channels=2), ValueError, r"in_channels=True"),
+        (
+            dict(in_channels=0, out_channels=2),
+            ValueError,
+            r"in_channels=0 is not allowed; it must be an int >= 1",
+        ),
+        (
+            dict(in_channels=2, out_channels=-1),
+            ValueError,
+            r"out_channels=-1 is not allowed; it must be an int >= 1",
+        ),
+        # A wrong type is a TypeError, as for TopKPool(1.5) (issue 12's one exception policy).
+        (dict(in_channels=2.0, out_channels=2), TypeError, r"in_channels=2.0 must be an int >= 1"),
+        (dict(in_channels=1.5, out_channels=2), TypeError, r"in_channels=1.5 must be an int >= 1"),
+        (dict(in_channels=True, out_channels=2), TypeError, r"in_channels=True"),
         (dict(in_channels=2, out_channels=2, bias=1), TypeError, r"bias=1 must be a bool"),
         (
             dict(in_channels=2, out_channels=2, reduction="max"),
             ValueError,
-            r"reduction='max' is not allowed; use one of \('sum', 'mean'\)",
+            r"reduction='max' is not allowed; it must be one of \('sum', 'mean'\)",
         ),
         (
             dict(in_channels=2, out_channels=2, activation="relu"),
@@ -283,11 +301,11 @@ def test_topk_any_leading_dims():
 
 
 def test_topk_errors():
-    with pytest.raises(ValueError, match=r"k=0 must be a positive int"):
+    with pytest.raises(ValueError, match=r"k=0 is not allowed; it must be an int >= 1"):
         TopKPool(0)
-    with pytest.raises(TypeError, match=r"k=2.0 must be a positive int, got float"):
+    with pytest.raises(TypeError, match=r"k=2.0 must be an int >= 1, got float"):
         TopKPool(2.0)
-    with pytest.raises(TypeError, match=r"k=True must be a positive int"):
+    with pytest.raises(TypeError, match=r"k=True must be an int >= 1"):
         TopKPool(True)
     with pytest.raises(ValueError, match=r"TopKPool\(k=5\) needs at least k values.*length is 4"):
         TopKPool(5)(torch.randn(2, 3, 4))
@@ -387,3 +405,123 @@ def test_jit_script_raises_a_clear_error(module):
     name = type(module).__name__
     with pytest.raises(TypeError, match=rf"torch.jit.script does not support {name}; use "):
         torch.jit.script(module)
+
+
+# -- the specs (symconv.core) ------------------------------------------------------------
+def test_core_spec_modules_import_neither_torch_nor_keras():
+    code = (
+        "import sys; import symconv.core.global_conv, symconv.core.pooling; "
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'keras', 'tensorflow')]; "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_global_conv_spec_describes_the_layer(bias):
+    layer = GlobalConv1d(3, 5, bias=bias, reduction="mean", dtype=torch.float64)
+    spec = layer.spec
+    assert spec == GlobalConvSpec(3, 5, bias, "mean")
+    for layout in spec.params():
+        param = getattr(layer, layout.torch_name)
+        assert (param is not None) == layout.present
+        if param is not None:
+            assert tuple(param.shape) == layout.torch_shape == layout.keras_shape
+    assert [f.label for f in spec.pair_fields() if f.weights] == [
+        "in_channels",
+        "out_channels / filters",
+        "bias / use_bias",
+    ]
+    assert [f.label for f in spec.pair_fields() if not f.weights] == ["reduction"]
+    twin = GlobalConv1d.from_spec(spec, activation=torch.tanh, dtype=torch.float64)
+    assert twin.spec == spec and twin.activation is torch.tanh
+    assert twin(torch.randn(2, *spec.example_input_shape()[1:], dtype=torch.float64)).shape[1] == 5
+    example = GlobalConvSpec.example()
+    assert GlobalConv1d.from_spec(example)(torch.randn(example.example_input_shape())).shape == (
+        2,
+        example.out_channels,
+        6,
+    )
+    with pytest.raises(TypeError, match=r"spec=TopKPoolSpec\(k=2\) must be a GlobalConvSpec"):
+        GlobalConv1d.from_spec(TopKPoolSpec(2))
+
+
+def test_global_conv_spec_from_keras_arguments():
+    spec = GlobalConvSpec.from_keras(4, reduction="mean", use_bias=False)
+    assert spec.in_channels is None and spec.keras_kwargs("channels_first") == {
+        "filters": 4,
+        "reduction": "mean",
+        "use_bias": False,
+    }
+    with pytest.raises(ValueError, match=r"input channels are not known"):
+        spec.torch_kwargs_from_keras()
+    built = spec.with_in_channels(3)
+    assert built.keras_input_shape("channels_first") == (None, None, 3)  # sets: always (b, n, c)
+    assert built.torch_kwargs_from_keras() == dict(
+        in_channels=3, out_channels=4, bias=False, reduction="mean"
+    )
+    with pytest.raises(ValueError, match=r"filters=0 is not allowed; it must be an int >= 1"):
+        GlobalConvSpec.from_keras(0)
+    with pytest.raises(TypeError, match=r"use_bias='yes' must be a bool, got str"):
+        GlobalConvSpec.from_keras(2, use_bias="yes")
+
+
+def test_topk_spec_describes_the_layer():
+    layer = TopKPool(2)
+    assert layer.spec == TopKPoolSpec(2) and layer.spec.params() == ()
+    assert layer.spec.pair_fields() == (PairField("k", 2, weights=True),)
+    assert TopKPool.from_spec(TopKPoolSpec.from_keras(3)).k == 3
+    assert TopKPoolSpec(3).keras_input_shape() == (None, None, None)
+    x = torch.randn(TopKPoolSpec(3).example_input_shape())
+    assert TopKPool.from_spec(TopKPoolSpec.example())(x).shape == (2, 3, 3)
+    with pytest.raises(TypeError, match=r"k=1.5 must be an int >= 1, got float"):
+        TopKPoolSpec.from_torch(1.5)
+
+
+def test_orbit_pool_spec():
+    plan = make_plan({"h": 2, "hv": 4}, 10, 2)
+    spec = OrbitPoolSpec.from_torch(plan, "mean")
+    assert (spec.in_channels, spec.out_channels, spec.spatial_rank) == (10, plan.n_free, 2)
+    assert spec.params() == () and spec.torch_kwargs() == {"layer_or_plan": plan, "mode": "mean"}
+
+    class HasPlan:
+        pass
+
+    layer = HasPlan()
+    layer.plan = plan
+    assert OrbitPoolSpec.from_torch(layer).plan is plan and plan_of(layer, "x") is plan
+    assert spec.with_in_channels(10) is spec
+    with pytest.raises(ValueError, match=r"in_channels=9 is not allowed.*out_channels=10"):
+        spec.with_in_channels(9)
+    with pytest.raises(ValueError, match=r"mode='min' is not allowed; it must be one of"):
+        OrbitPoolSpec.from_torch(plan, "min")
+    with pytest.raises(TypeError, match=r"layer_or_plan=3 must be a SymmetryPlan or a layer"):
+        OrbitPoolSpec.from_torch(3)
+    example = OrbitPoolSpec.example(1)
+    assert example.example_input_shape() == (2, 6, 5) and example.out_channels == 4
+
+
+# -- DistributedDataParallel ---------------------------------------------------------------
+def _ddp_set_model() -> nn.Module:
+    torch.manual_seed(50)
+    return _SetModel("mean").double()
+
+
+@pytest.mark.requires_gloo
+@pytest.mark.timeout(300)
+def test_ddp_steps_equal_single_process_steps(tmp_path):
+    """Two SGD steps under DDP (two gloo workers, half the sets each, with masks) leave
+    every parameter where the same steps on the whole batch in one process do: the layers
+    keep each set independent of the others in the batch, and DDP averages their
+    gradients."""
+    g = torch.Generator().manual_seed(51)
+    x = torch.randn(4, 1, 6, generator=g, dtype=torch.float64)
+    mask = torch.rand(4, 6, generator=g) > 0.3
+    mask[:, :2] = True  # at least k = 2 valid positions per set
+    target = torch.randn(4, 3, 2, generator=g, dtype=torch.float64)
+    start, ddp, single = ddp_and_single_process_states(_ddp_set_model, (x, mask), target, tmp_path)
+    assert ddp.keys() == single.keys() == start.keys()
+    for name, value in single.items():
+        assert (value - start[name]).abs().max() > 1e-3, name  # the steps moved it
+        torch.testing.assert_close(ddp[name], value, rtol=0, atol=1e-12)

@@ -7,7 +7,6 @@ elsewhere); the ``tensorflow-onednn-off`` run is the machine without it, where T
 has no ``channels_first`` convolution on the CPU.
 """
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -35,8 +34,9 @@ VARIANTS = {
 def test_keras_suite_on(variant: str) -> None:
     env = dict(os.environ, SYMCONV_KERAS_SUBRUN="1", **VARIANTS[variant])
     module = env["KERAS_BACKEND"]
-    if importlib.util.find_spec(module) is None:
-        pytest.skip(f"{module} is not installed (pip install 'symconv[{module}]')")
+    pytest.importorskip(
+        module, reason=f"{module} is not installed (pip install 'symconv[{module}]')"
+    )
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", str(HERE), "-q", "-p", "no:cacheprovider", "-x"],
         env=env,

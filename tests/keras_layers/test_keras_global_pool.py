@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import ast
 import re
+from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
-from _arrays import np_
+from _arrays import backend, np_
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from keras import ops
 
 from symconv import GlobalConv1d
 from symconv import TopKPool as TorchTopKPool
+from symconv.core.global_conv import GlobalConvSpec
+from symconv.core.pooling import TopKPoolSpec
 from symconv.keras import GlobalConv1D, TopKPool
+from symconv.keras import global_conv as keras_global_conv
+from symconv.keras import pooling as keras_pooling
 
 
 def reference(layer, x, mask=None):
@@ -149,23 +155,35 @@ def test_config_round_trip_and_keras_save_load(tmp_path):
     np.testing.assert_array_equal(np_(loaded(x)), np_(model(x)))
 
 
-def test_fit_lowers_the_loss():
+def test_a_fit_step_matches_the_torch_twin():
+    """One full-batch SGD step of a compiled ``fit`` moves every weight exactly as the torch
+    twin's step does: the Keras gradients through a masked GlobalConv1D and TopKPool are
+    torch's (an independent implementation of the same formula)."""
+    import torch
+    import torch.nn.functional as F
+
+    from symconv.keras import keras_to_torch
+
     rng = np.random.default_rng(5)
-    x = rng.standard_normal((64, 6, 2)).astype("float32")
-    y = np.sort(x[..., 0], axis=1)[:, ::-1][:, :2].copy()  # the two largest of channel 0
-    model = keras.Sequential(
-        [
-            keras.Input((6, 2)),
-            GlobalConv1D(4, activation="relu"),
-            TopKPool(2),
-            keras.layers.Flatten(),
-            keras.layers.Dense(2),
-        ]
-    )
-    model.compile(optimizer=keras.optimizers.Adam(0.02), loss="mse")
-    first = model.evaluate(x, y, verbose=0)
-    model.fit(x, y, epochs=5, batch_size=16, verbose=0)
-    assert model.evaluate(x, y, verbose=0) < 0.9 * first
+    x = rng.standard_normal((8, 6, 2)).astype("float32")
+    x[:3, 4:] = 0.0  # padding, masked by Masking below
+    y = rng.standard_normal((8, 2, 4)).astype("float32")
+    conv = _layer(filters=4, reduction="mean", activation="tanh")
+    model = keras.Sequential([keras.Input((6, 2)), keras.layers.Masking(0.0), conv, TopKPool(2)])
+    twin = keras_to_torch(conv)  # the same weights, before the step
+    before = [np_(w) for w in conv.weights]
+    model.compile(optimizer=keras.optimizers.SGD(0.5), loss="mse")
+    model.fit(x, y, epochs=1, batch_size=len(x), shuffle=False, verbose=0)
+
+    mask = torch.from_numpy(np.any(x != 0, axis=-1))
+    xt = torch.from_numpy(x).transpose(1, 2)
+    out = TorchTopKPool(2)(twin(xt, mask), mask).transpose(1, 2)
+    F.mse_loss(out, torch.from_numpy(y)).backward()
+    torch.optim.SGD(twin.parameters(), lr=0.5).step()
+    for name, start in zip(("center", "surround", "bias"), before, strict=True):
+        after = np_(getattr(conv, name))
+        assert np.abs(after - start).max() > 1e-3, name  # the step moved it
+        np.testing.assert_allclose(after, getattr(twin, name).detach().numpy(), atol=2e-6)
 
 
 def test_invalid_arguments_same_messages_as_torch():
@@ -173,7 +191,7 @@ def test_invalid_arguments_same_messages_as_torch():
         GlobalConv1d(2, 2, reduction="max")
     with pytest.raises(ValueError, match=f"^{re.escape(str(torch_error.value))}$"):
         GlobalConv1D(2, reduction="max")
-    with pytest.raises(ValueError, match=r"filters=0 must be a positive integer"):
+    with pytest.raises(ValueError, match=r"filters=0 is not allowed; it must be an int >= 1"):
         GlobalConv1D(0)
     with pytest.raises(TypeError, match=r"use_bias=1 must be a bool"):
         GlobalConv1D(2, use_bias=1)
@@ -199,7 +217,7 @@ def test_topk_k1_equals_global_max_pooling():
 
 def _grad(fn, x):
     """d sum(fn(x) * w) / dx on the active backend (w = 1, 10, 100, ... along axis 1)."""
-    if keras.backend.backend() == "tensorflow":
+    if backend() == "tensorflow":
         import tensorflow as tf
 
         xt = tf.constant(x)
@@ -209,7 +227,7 @@ def _grad(fn, x):
             w = tf.reshape(10.0 ** tf.range(y.shape[1], dtype=y.dtype), (1, -1, 1))
             loss = tf.reduce_sum(y * w)
         return tape.gradient(loss, xt).numpy()
-    if keras.backend.backend() == "jax":
+    if backend() == "jax":
         import jax
         import jax.numpy as jnp
 
@@ -276,3 +294,54 @@ def test_topk_mask_matches_torch_and_ends_the_mask():
     alone = np_(model(padded[:1, :3]))
     np.testing.assert_allclose(np_(model(padded))[:1], alone, atol=1e-5)
     assert TopKPool(2).compute_mask(x, mask) is None
+
+
+# -- the specs (symconv.core) ------------------------------------------------------------
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_global_conv_spec_describes_the_layer(use_bias):
+    layer = GlobalConv1D(5, reduction="mean", use_bias=use_bias)
+    assert layer.spec == GlobalConvSpec(None, 5, use_bias, "mean")
+    layer.build((None, None, 3))
+    assert layer.spec == GlobalConvSpec(3, 5, use_bias, "mean")
+    for layout in layer.spec.params():
+        weight = getattr(layer, layout.keras_name)
+        assert (weight is not None) == layout.present
+        if weight is not None:
+            assert tuple(weight.shape) == layout.keras_shape
+    twin = GlobalConv1D.from_spec(layer.spec, activation="tanh", name="twin")
+    assert twin.built and twin.spec == layer.spec and twin.name == "twin"
+    assert keras.activations.serialize(twin.activation) == "tanh"
+    unbuilt = GlobalConv1D.from_spec(GlobalConvSpec.from_keras(2), data_format="channels_first")
+    assert not unbuilt.built and tuple(unbuilt(np.zeros((1, 4, 3), "float32")).shape) == (1, 4, 2)
+    with pytest.raises(ValueError, match=r"data_format='nhwc' is not allowed"):
+        GlobalConv1D.from_spec(layer.spec, data_format="nhwc")
+    with pytest.raises(TypeError, match=r"spec=TopKPoolSpec\(k=2\) must be a GlobalConvSpec"):
+        GlobalConv1D.from_spec(TopKPoolSpec(2))
+
+
+def test_topk_spec_describes_the_layer():
+    layer = TopKPool(2, name="top")
+    assert layer.spec == TopKPoolSpec(2)
+    twin = TopKPool.from_spec(layer.spec, name="twin")
+    assert twin.k == 2 and twin.name == "twin"
+    with pytest.raises(TypeError, match=r"must be a TopKPoolSpec"):
+        TopKPool.from_spec(GlobalConvSpec.example())
+
+
+def test_keras_layers_do_not_import_torch_modules():
+    """Their rules come from symconv.core, not from the torch layers (the package's
+    __init__ imports interop, which needs torch, so the modules' own imports are read).
+    TopKPool imports torch only inside its torch-backend ONNX check."""
+
+    def imports(nodes):
+        return [
+            node.module if isinstance(node, ast.ImportFrom) else alias.name
+            for node in nodes
+            if isinstance(node, (ast.Import, ast.ImportFrom))
+            for alias in node.names
+        ]
+
+    for module in (keras_global_conv, keras_pooling):
+        tree = ast.parse(Path(module.__file__).read_text())
+        assert not [m for m in imports(ast.walk(tree)) if m.startswith("symconv.nn")]
+        assert "torch" not in [m.split(".")[0] for m in imports(tree.body)]

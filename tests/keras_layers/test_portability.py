@@ -10,7 +10,7 @@ import os
 import keras
 import numpy as np
 import pytest
-from _arrays import np_
+from _arrays import backend, np_
 from _tolerance import assert_close_to_scale
 
 from symconv.keras import (
@@ -21,11 +21,6 @@ from symconv.keras import (
     SymmetricConv3D,
     TopKPool,
 )
-
-
-def backend() -> str:
-    return keras.backend.backend()
-
 
 CONV_CASES = {
     "sym1d": (SymmetricConv1D, dict(filters=4, kernel_size=3, symmetry={"h": 2}), (9,), 3),
@@ -82,15 +77,26 @@ def test_channels_first_equals_channels_last(case):
         np.testing.assert_array_equal(y_first, y_last)
     else:
         assert_close_to_scale(y_first, y_last, rtol=1e-6)
-    # Compiled (predict) and trained (fit) channels_first models run too.
-    model = keras.Sequential([keras.Input((channels, *spatial)), first])
+    # A compiled channels_first model predicts the same, and one full-batch SGD step of
+    # `fit` moves every weight as the channels_last step does (the gradients agree).
+    model_first = keras.Sequential([keras.Input((channels, *spatial)), first])
     np.testing.assert_allclose(
-        model.predict(np.moveaxis(x, -1, 1), verbose=0), np.moveaxis(y_first, -1, 1), atol=1e-5
+        model_first.predict(np.moveaxis(x, -1, 1), verbose=0),
+        np.moveaxis(y_first, -1, 1),
+        atol=1e-5,
     )
-    model.compile(optimizer="sgd", loss="mse")
-    target = np.zeros_like(np.moveaxis(y_first, -1, 1))
-    history = model.fit(np.moveaxis(x, -1, 1), target, epochs=2, verbose=0)
-    assert history.history["loss"][1] < history.history["loss"][0]
+    model_last = keras.Sequential([keras.Input((*spatial, channels)), last])
+    target = np.random.default_rng(1).standard_normal(y_last.shape).astype("float32")
+    before = last.get_weights()
+    for model, inputs, goal in (
+        (model_last, x, target),
+        (model_first, np.moveaxis(x, -1, 1), np.moveaxis(target, -1, 1)),
+    ):
+        model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+        model.fit(inputs, goal, epochs=1, batch_size=len(x), shuffle=False, verbose=0)
+    for start, w_last, w_first in zip(before, last.get_weights(), first.get_weights(), strict=True):
+        assert np.abs(w_last - start).max() > 1e-4  # the step moved every weight
+        assert_close_to_scale(w_first, w_last, rtol=1e-5)
 
 
 @pytest.mark.skipif(

@@ -3,8 +3,9 @@
 
 ``y_i = act(x_i C + (sum_{j != i} x_j) S / d + b)`` over the positions ``i`` of a set,
 ``d = 1`` (``reduction='sum'``) or the number of other positions (``'mean'``), computed
-in ``O(n)``. It is permutation-*equivariant* over ``n`` (the seed's docstring called it
-invariant, which it is not); pool over ``n`` for invariance.
+in ``O(n)``. It is permutation-*equivariant* over ``n``, not invariant; pool over ``n``
+for invariance. Arguments and weight layouts come from
+:class:`symconv.core.global_conv.GlobalConvSpec`.
 """
 
 from __future__ import annotations
@@ -14,8 +15,13 @@ from typing import Any
 import keras
 from keras import ops
 
-from symconv.keras._common import bool_arg, independent_initializer, positive_int
-from symconv.nn.global_conv import check_reduction
+from symconv.core.global_conv import GlobalConvSpec
+from symconv.core.validate import check_choice, type_error
+from symconv.keras._common import (
+    independent_initializer,
+    set_weight_options,
+    weight_options_config,
+)
 
 __all__ = ["GlobalConv1D"]
 
@@ -66,18 +72,40 @@ class GlobalConv1D(keras.layers.Layer):
         **kwargs: Any,
     ) -> None:
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
-        self.filters = positive_int("filters", filters)
-        self.reduction = check_reduction(reduction)
-        self.use_bias = bool_arg("use_bias", use_bias)
-        self.activation = keras.activations.get(activation)
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.bias_initializer = keras.initializers.get(bias_initializer)
-        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
-        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
-        self.kernel_constraint = keras.constraints.get(kernel_constraint)
-        self.bias_constraint = keras.constraints.get(bias_constraint)
+        self.spec = GlobalConvSpec.from_keras(filters, reduction, use_bias)
+        self.filters = self.spec.out_channels
+        self.reduction = self.spec.reduction
+        self.use_bias = self.spec.bias
+        set_weight_options(
+            self,
+            activation=activation,
+            kernel_initializer=kernel_initializer,
+            bias_initializer=bias_initializer,
+            kernel_regularizer=kernel_regularizer,
+            bias_regularizer=bias_regularizer,
+            kernel_constraint=kernel_constraint,
+            bias_constraint=bias_constraint,
+        )
         self.supports_masking = True
         self.input_spec = keras.layers.InputSpec(min_ndim=2, max_ndim=3)
+
+    @classmethod
+    def from_spec(
+        cls, spec: GlobalConvSpec, data_format: str = "channels_last", **keras_kwargs: Any
+    ) -> GlobalConv1D:
+        """The layer ``spec`` describes, built when ``spec.in_channels`` is known.
+
+        ``data_format`` is checked but changes nothing: a set is ``(batch, n, channels)``
+        (the argument exists so that every family's ``from_spec`` takes it).
+        ``keras_kwargs``: the weight options (``activation``, initializers, ...), ``name``.
+        """
+        if not isinstance(spec, GlobalConvSpec):
+            raise type_error("spec", spec, "a GlobalConvSpec")
+        check_choice("data_format", data_format, ("channels_last", "channels_first"))
+        layer = cls(**spec.keras_kwargs(data_format), **keras_kwargs)
+        if spec.in_channels is not None:
+            layer.build(spec.keras_input_shape(data_format))
+        return layer
 
     def build(self, input_shape: tuple[int | None, ...]) -> None:
         channels = 1 if len(input_shape) == 2 else input_shape[-1]
@@ -86,35 +114,29 @@ class GlobalConv1D(keras.layers.Layer):
                 f"GlobalConv1D needs a known channel dimension; got input shape "
                 f"{tuple(input_shape)}"
             )
+        self.spec = self.spec.with_in_channels(channels)
         self.input_spec = keras.layers.InputSpec(
             ndim=len(input_shape), axes={-1: input_shape[-1]} if len(input_shape) == 3 else None
         )
         # Two independent draws: one Keras initializer object repeats its values.
-        initializers = (
-            self.kernel_initializer,
-            independent_initializer(self.kernel_initializer, 1),
-        )
-        for name, initializer in zip(("center", "surround"), initializers, strict=True):
-            weight = self.add_weight(
-                name=name,
-                shape=(channels, self.filters),
-                initializer=initializer,
-                regularizer=self.kernel_regularizer,
-                constraint=self.kernel_constraint,
-                trainable=True,
-            )
-            setattr(self, name, weight)
-        if self.use_bias:
-            self.bias = self.add_weight(
-                name="bias",
-                shape=(self.filters,),
-                initializer=self.bias_initializer,
-                regularizer=self.bias_regularizer,
-                constraint=self.bias_constraint,
-                trainable=True,
-            )
-        else:
-            self.bias = None
+        options = {
+            "center": (self.kernel_initializer, "kernel"),
+            "surround": (independent_initializer(self.kernel_initializer, 1), "kernel"),
+            "bias": (self.bias_initializer, "bias"),
+        }
+        for layout in self.spec.params():
+            initializer, role = options[layout.keras_name]
+            weight = None
+            if layout.present:
+                weight = self.add_weight(
+                    name=layout.keras_name,
+                    shape=layout.keras_shape,
+                    initializer=initializer,
+                    regularizer=getattr(self, f"{role}_regularizer"),
+                    constraint=getattr(self, f"{role}_constraint"),
+                    trainable=True,
+                )
+            setattr(self, layout.keras_name, weight)
 
     def call(self, inputs: Any, mask: Any = None) -> Any:
         x = inputs
@@ -152,18 +174,7 @@ class GlobalConv1D(keras.layers.Layer):
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config.update(
-            {
-                "filters": self.filters,
-                "reduction": self.reduction,
-                "activation": keras.activations.serialize(self.activation),
-                "use_bias": self.use_bias,
-                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
-                "bias_initializer": keras.initializers.serialize(self.bias_initializer),
-                "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
-                "bias_regularizer": keras.regularizers.serialize(self.bias_regularizer),
-                "activity_regularizer": keras.regularizers.serialize(self.activity_regularizer),
-                "kernel_constraint": keras.constraints.serialize(self.kernel_constraint),
-                "bias_constraint": keras.constraints.serialize(self.bias_constraint),
-            }
+            {"filters": self.filters, "reduction": self.reduction, "use_bias": self.use_bias}
         )
+        config.update(weight_options_config(self))
         return config

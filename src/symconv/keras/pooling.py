@@ -1,5 +1,5 @@
 """Keras 3 ``TopKPool``: the ``k`` largest values per channel over the length axis,
-twin of :class:`symconv.TopKPool`."""
+twin of :class:`symconv.TopKPool`; its rules live in :mod:`symconv.core.pooling`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from typing import Any
 import keras
 from keras import ops
 
-from symconv.nn.pooling import check_k, check_length
+from symconv.core.pooling import TopKPoolSpec, check_length
+from symconv.core.validate import check_choice, type_error
 
 __all__ = ["TopKPool"]
 
@@ -52,9 +53,22 @@ class TopKPool(keras.layers.Layer):
 
     def __init__(self, k: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.k = check_k(k)
+        self.spec = TopKPoolSpec.from_keras(k)
+        self.k = self.spec.k
         self.input_spec = keras.layers.InputSpec(ndim=3)
         self.supports_masking = True
+
+    @classmethod
+    def from_spec(
+        cls, spec: TopKPoolSpec, data_format: str = "channels_last", **keras_kwargs: Any
+    ) -> TopKPool:
+        """The layer ``spec`` describes (it needs no build). ``data_format`` is checked but
+        changes nothing: the input is ``(batch, n, channels)`` (the argument exists so that
+        every family's ``from_spec`` takes it). ``keras_kwargs``: e.g. ``name``."""
+        if not isinstance(spec, TopKPoolSpec):
+            raise type_error("spec", spec, "a TopKPoolSpec")
+        check_choice("data_format", data_format, ("channels_last", "channels_first"))
+        return cls(**spec.keras_kwargs(data_format), **keras_kwargs)
 
     def build(self, input_shape: tuple[int | None, ...]) -> None:
         if input_shape[1] is not None:

@@ -1,24 +1,24 @@
-"""GlobalConv1d: a permutation-equivariant layer over sets (the seed's ``GlobalConv1D``).
+"""GlobalConv1d: a permutation-equivariant layer over sets.
 
 Every position ``i`` of a length-``n`` sequence is mixed with the *sum* of all the other
-positions through two matrices, a centre ``C`` and a surround ``S``::
+positions through two matrices, a center ``C`` and a surround ``S``::
 
     y_i = x_i C + (sum_{j != i} x_j) S + b
 
 The result does not depend on the order of the other positions, so permuting the input
-positions permutes the outputs the same way: the layer is permutation-*equivariant*
-(the seed's docstring called it "invariant", which it is not; follow it with a pooling
-over ``n`` (sum, mean, max, :class:`~symconv.nn.pooling.TopKPool`) for an invariant
-model). It is the "Deep Sets" equivariant layer with a separate centre weight.
+positions permutes the outputs the same way: the layer is permutation-*equivariant*, not
+invariant; follow it with a pooling over ``n`` (sum, mean, max,
+:class:`~symconv.nn.pooling.TopKPool`) for an invariant model. It is the "Deep Sets"
+equivariant layer with a separate center weight.
 
-The seed computed it as a convolution with a ``2n + 1`` kernel, ``O(n^2)``; here the
-total is computed once and ``x_i`` subtracted from it, ``O(n)``.
+The total is computed once and ``x_i`` subtracted from it, ``O(n)`` (a convolution with a
+``2n + 1`` kernel would be ``O(n^2)``). Arguments and parameter layouts come from
+:class:`symconv.core.global_conv.GlobalConvSpec`.
 """
 
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable
 
 import torch
@@ -27,24 +27,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn import init
 
+from symconv.core.global_conv import GlobalConvSpec
+from symconv.core.validate import type_error
 from symconv.nn._cache import not_scriptable
 
 __all__ = ["GlobalConv1d"]
-
-REDUCTIONS = ("sum", "mean")
-
-
-def check_reduction(reduction: object) -> str:
-    """Validate ``reduction`` (shared with the Keras twin, so the message is the same)."""
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction={reduction!r} is not allowed; use one of {REDUCTIONS}")
-    return str(reduction)
-
-
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name}={value!r} must be a positive integer")
-    return int(value)
 
 
 def _check_input(in_channels: int, input: Tensor, mask: Tensor | None) -> Tensor:
@@ -141,25 +128,37 @@ class GlobalConv1d(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        self.in_channels = _positive_int("in_channels", in_channels)
-        self.out_channels = _positive_int("out_channels", out_channels)
-        if not isinstance(bias, bool):
-            raise TypeError(f"bias={bias!r} must be a bool")
-        self.reduction = check_reduction(reduction)
+        self.spec = spec = GlobalConvSpec.from_torch(in_channels, out_channels, bias, reduction)
         if activation is not None and not callable(activation):
-            raise TypeError(
-                f"activation={activation!r} must be None or a callable (e.g. nn.ReLU() or "
-                f"torch.tanh), got {type(activation).__name__}"
+            raise type_error(
+                "activation", activation, "None or a callable (e.g. nn.ReLU() or torch.tanh)"
             )
+        self.in_channels: int = spec.in_channels  # type: ignore[assignment]
+        self.out_channels = spec.out_channels
+        self.reduction = spec.reduction
         self.activation = activation
         factory = {"device": device, "dtype": dtype}
-        self.center = nn.Parameter(torch.empty(in_channels, out_channels, **factory))
-        self.surround = nn.Parameter(torch.empty(in_channels, out_channels, **factory))
-        if bias:
-            self.bias = nn.Parameter(torch.empty(out_channels, **factory))
-        else:
-            self.register_parameter("bias", None)
+        for layout in spec.params():  # center, surround, bias (None without bias)
+            shape = layout.torch_shape
+            param = nn.Parameter(torch.empty(shape, **factory)) if layout.present else None
+            self.register_parameter(layout.torch_name, param)
         self.reset_parameters()
+
+    @classmethod
+    def from_spec(
+        cls,
+        spec: GlobalConvSpec,
+        *,
+        activation: Callable[[Tensor], Tensor] | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> GlobalConv1d:
+        """The layer ``spec`` describes (a Keras-made spec needs its ``in_channels``)."""
+        if not isinstance(spec, GlobalConvSpec):
+            raise type_error("spec", spec, "a GlobalConvSpec")
+        return cls(
+            **spec.torch_kwargs_from_keras(), activation=activation, device=device, dtype=dtype
+        )
 
     def reset_parameters(self) -> None:
         """Uniform in ``+-1/sqrt(2 * in_channels)``: ``nn.Linear``'s init for the layer seen

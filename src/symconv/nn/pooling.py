@@ -1,40 +1,23 @@
-"""TopKPool: the ``k`` largest values per channel over the length axis (the seed's ``TopKPool``).
+"""TopKPool: the ``k`` largest values per channel over the length axis.
 
-A generalisation of global max pooling (``k = 1``) that keeps the ``k`` strongest
+A generalization of global max pooling (``k = 1``) that keeps the ``k`` strongest
 responses of each channel, sorted, so the output does not depend on *where* they occurred:
 after a permutation-equivariant layer (:class:`~symconv.nn.global_conv.GlobalConv1d`) it
-gives a permutation-invariant fixed-size summary of a set.
+gives a permutation-invariant fixed-size summary of a set. Its rules (``k``, the length
+check) live in :mod:`symconv.core.pooling`, shared with the Keras twin.
 """
 
 from __future__ import annotations
-
-import numbers
 
 import torch
 import torch.fx
 from torch import Tensor, nn
 
+from symconv.core.pooling import TopKPoolSpec, check_length
+from symconv.core.validate import type_error
 from symconv.nn._cache import not_scriptable
 
 __all__ = ["TopKPool"]
-
-
-def check_k(k: object) -> int:
-    """Validate ``k`` (shared with the Keras twin, so the messages are the same)."""
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
-        raise TypeError(f"k={k!r} must be a positive int, got {type(k).__name__}")
-    if k < 1:
-        raise ValueError(f"k={k!r} must be a positive int (k >= 1)")
-    return int(k)
-
-
-def check_length(k: int, length: int) -> None:
-    """Raise the ``ValueError`` for a ``k`` larger than the pooled length."""
-    if k > length:
-        raise ValueError(
-            f"TopKPool(k={k}) needs at least k values along the pooled axis, but its length "
-            f"is {length}"
-        )
 
 
 def _check_topk_input(input: Tensor, mask: Tensor | None, k: int) -> Tensor:
@@ -85,7 +68,22 @@ class TopKPool(nn.Module):
 
     def __init__(self, k: int) -> None:
         super().__init__()
-        self.k = check_k(k)
+        self.spec = TopKPoolSpec.from_torch(k)
+        self.k = self.spec.k
+
+    @classmethod
+    def from_spec(
+        cls,
+        spec: TopKPoolSpec,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> TopKPool:
+        """The layer ``spec`` describes. ``device`` and ``dtype`` are there for the signature
+        every family's ``from_spec`` shares: the layer has no parameters to place."""
+        if not isinstance(spec, TopKPoolSpec):
+            raise type_error("spec", spec, "a TopKPoolSpec")
+        return cls(**spec.torch_kwargs())
 
     def forward(self, input: Tensor, mask: Tensor | None = None) -> Tensor:
         """``(N, C, L)`` and an optional bool ``mask`` ``(N, L)`` -> ``(N, C, k)``."""

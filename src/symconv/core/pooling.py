@@ -1,0 +1,168 @@
+"""The specs of the pooling layers: ``TopKPool`` (torch and Keras) and ``OrbitPool`` (torch).
+
+Neither has learnable parameters. ``TopKPool(k)`` keeps the ``k`` largest values of every
+channel along the length axis; ``OrbitPool(layer_or_plan, mode)`` pools over the members
+of each orbit of a symmetric layer's output channels (its plan says which channels).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from symconv.core.spec import LayerSpec, PairField, ParamLayout
+from symconv.core.symmetry import SymmetryPlan, make_plan
+from symconv.core.validate import check_choice, check_int, type_error
+
+__all__ = [
+    "ORBIT_POOL_MODES",
+    "OrbitPoolSpec",
+    "TopKPoolSpec",
+    "check_k",
+    "check_length",
+    "plan_of",
+]
+
+#: ``mode`` values of ``OrbitPool``.
+ORBIT_POOL_MODES = ("max", "mean")
+
+
+def check_k(k: object) -> int:
+    """``k`` of a ``TopKPool``: an int ``>= 1``."""
+    return check_int("k", k, 1)
+
+
+def check_length(k: int, length: int) -> None:
+    """Raise the ``ValueError`` for a ``k`` larger than the pooled length."""
+    if k > length:
+        raise ValueError(
+            f"TopKPool(k={k}) needs at least k values along the pooled axis, but its length "
+            f"is {length}"
+        )
+
+
+@dataclass(frozen=True)
+class TopKPoolSpec(LayerSpec):
+    """``k``, the whole configuration of a top-k pooling (any number of channels)."""
+
+    family: ClassVar[str] = "topk"
+
+    k: int
+
+    @classmethod
+    def from_torch(cls, k: object) -> TopKPoolSpec:
+        return cls(check_k(k))
+
+    from_keras = from_torch
+
+    @classmethod
+    def example(cls, ndim: int | None = None) -> TopKPoolSpec:
+        return cls(3)
+
+    @property
+    def in_channels(self) -> None:
+        """Always ``None``: the layer pools any number of channels."""
+        return None
+
+    @property
+    def spatial_rank(self) -> int:
+        return 1
+
+    def example_input_shape(self) -> tuple[int, ...]:
+        return (2, 3, self.k + 3)
+
+    def keras_input_shape(self, data_format: str = "channels_last") -> tuple[int | None, ...]:
+        """``(None, None, None)``: a Keras ``TopKPool`` takes ``(batch, n, channels)`` of any
+        length ``n >= k`` and any channels."""
+        return (None, None, None)
+
+    def with_in_channels(self, in_channels: int) -> TopKPoolSpec:
+        check_int("in_channels", in_channels, 1)
+        return self
+
+    def params(self) -> tuple[ParamLayout, ...]:
+        return ()
+
+    def pair_fields(self) -> tuple[PairField, ...]:
+        # Not a weight, but the twins' outputs have different shapes without it: always checked.
+        return (PairField("k", self.k),)
+
+    def torch_kwargs(self) -> dict[str, Any]:
+        return {"k": self.k}
+
+    torch_kwargs_from_keras = torch_kwargs
+
+    def keras_kwargs(self, data_format: str = "channels_last") -> dict[str, Any]:
+        return {"k": self.k}
+
+
+def plan_of(source: object, argname: str) -> SymmetryPlan:
+    """The :class:`SymmetryPlan` ``source`` is, or the ``.plan`` of a symmetric layer."""
+    if isinstance(source, SymmetryPlan):
+        return source
+    plan = getattr(source, "plan", None)
+    if isinstance(plan, SymmetryPlan):
+        return plan
+    raise type_error(
+        argname, source, "a SymmetryPlan or a layer with a `.plan` (e.g. SymmetricConv2d)"
+    )
+
+
+@dataclass(frozen=True)
+class OrbitPoolSpec(LayerSpec):
+    """A symmetric layer's plan and the pooling ``mode`` over each of its orbits.
+
+    Input channels ``plan.out_channels``, output channels ``plan.n_free``: channel ``f``
+    pools orbit ``f``; plain channels are orbits of one and pass through, last.
+    """
+
+    family: ClassVar[str] = "orbit_pool"
+
+    plan: SymmetryPlan
+    mode: str = "max"
+
+    @classmethod
+    def from_torch(cls, layer_or_plan: object, mode: object = "max") -> OrbitPoolSpec:
+        """From ``OrbitPool``'s arguments (a plan, or a layer with a ``.plan``)."""
+        plan = plan_of(layer_or_plan, "layer_or_plan")
+        return cls(plan, check_choice("mode", mode, ORBIT_POOL_MODES))
+
+    @classmethod
+    def example(cls, ndim: int | None = None) -> OrbitPoolSpec:
+        ndim = 2 if ndim is None else ndim
+        return cls(make_plan({"h": 4}, 6, ndim))  # 2 orbits of 2, 2 plain channels
+
+    @property
+    def in_channels(self) -> int:
+        return self.plan.out_channels
+
+    @property
+    def out_channels(self) -> int:
+        return self.plan.n_free
+
+    @property
+    def spatial_rank(self) -> int:
+        return self.plan.ndim
+
+    def example_input_shape(self) -> tuple[int, ...]:
+        return (2, self.in_channels, *(5,) * self.plan.ndim)
+
+    def with_in_channels(self, in_channels: int) -> OrbitPoolSpec:
+        if check_int("in_channels", in_channels, 1) != self.in_channels:
+            raise ValueError(
+                f"in_channels={in_channels} is not allowed; it must be the plan's "
+                f"out_channels={self.in_channels}"
+            )
+        return self
+
+    def params(self) -> tuple[ParamLayout, ...]:
+        return ()
+
+    def pair_fields(self) -> tuple[PairField, ...]:
+        return (
+            PairField("symmetry channel layout", self.plan.blocks),
+            PairField("mode", self.mode, weights=False),
+        )
+
+    def torch_kwargs(self) -> dict[str, Any]:
+        return {"layer_or_plan": self.plan, "mode": self.mode}
