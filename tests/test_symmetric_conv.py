@@ -349,17 +349,27 @@ def test_autocast_and_channels_last(device, dtype):
 
 
 @pytest.mark.slow
+@pytest.mark.requires_inductor
 def test_torch_compile_inductor():
-    pytest.importorskip("torch._inductor")
     torch.manual_seed(10)
     layer = SymmetricConv2d(2, 8, 3, padding=1, symmetry={"hv": 8})
     x = torch.randn(2, 2, 6, 5)
-    try:
-        compiled = torch.compile(layer)
-        out = compiled(x)
-    except Exception as err:  # pragma: no cover - a machine without a C compiler
-        pytest.skip(f"inductor unavailable here: {type(err).__name__}")
-    torch.testing.assert_close(out, layer(x))
+    torch.testing.assert_close(torch.compile(layer)(x), layer(x))
+
+
+@pytest.mark.slow
+@pytest.mark.requires_inductor
+def test_torch_compile_inductor_with_symbolic_sizes():
+    """Inductor with symbolic parameter sizes (``dynamic=True``, or automatic dynamic shapes
+    after the same forward was compiled for layers of other sizes)."""
+    torch.manual_seed(11)
+    layer = SymmetricConv2d(2, 8, 3, padding=1, symmetry={"hv": 4, "h": 2})
+    x = torch.randn(2, 2, 6, 5)
+    compiled = torch.compile(layer, dynamic=True)
+    torch.testing.assert_close(compiled(x), layer(x))
+    want = torch.autograd.grad(layer(x).square().sum(), layer.weight)[0]
+    got = torch.autograd.grad(compiled(x).square().sum(), layer.weight)[0]
+    torch.testing.assert_close(got, want)
 
 
 def test_nn_init_on_parameters():

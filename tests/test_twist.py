@@ -25,7 +25,6 @@ from hypothesis import strategies as st
 from post_conv_twist import PostConvTwist
 from torch import nn
 
-from _gloo import finish_gloo_worker, start_gloo_worker
 from symconv import ConvTwist
 
 MODES = ("zeros", "reflect", "replicate", "circular")
@@ -1060,53 +1059,6 @@ def test_torch_export(impl: str) -> None:
     for n in (1, 7):
         xn = torch.randn(n, 4, 9, 8)
         torch.testing.assert_close(program.module()(xn), model(xn), rtol=1e-5, atol=1e-5)
-
-
-# -- DDP -------------------------------------------------------------------------------------
-def _ddp_model() -> nn.Module:
-    torch.manual_seed(10)
-    return nn.Sequential(
-        ConvTwist(2, 4, bias=True), nn.ReLU(), ConvTwist(4, 4, stride=2, groups=2)
-    ).double()
-
-
-def _ddp_worker(rank: int, world: int, init_file: str, data: str, result: str) -> None:
-    torch.set_num_threads(1)
-    start_gloo_worker(rank, world, init_file)
-    x, target = torch.load(data, weights_only=True)
-    model = nn.parallel.DistributedDataParallel(_ddp_model())
-    opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    part = slice(rank * 2, rank * 2 + 2)
-    F.mse_loss(model(x[part]), target[part]).backward()
-    opt.step()
-    if rank == 0:
-        torch.save(model.module.state_dict(), result)
-    finish_gloo_worker()
-
-
-@pytest.mark.slow
-def test_ddp_matches_single_process(tmp_path) -> None:
-    import torch.distributed as dist
-    import torch.multiprocessing as mp
-
-    if not dist.is_available() or not dist.is_gloo_available():
-        pytest.skip("torch.distributed with gloo is not available")
-    g = torch.Generator().manual_seed(11)
-    x = torch.randn(4, 2, 8, 8, generator=g, dtype=torch.float64)
-    target = torch.randn(4, 4, 4, 4, generator=g, dtype=torch.float64)
-    data, result = str(tmp_path / "data.pt"), str(tmp_path / "result.pt")
-    torch.save((x, target), data)
-    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), data, result), nprocs=2, join=True)
-
-    single = _ddp_model()
-    start = copy.deepcopy(single.state_dict())
-    opt = torch.optim.SGD(single.parameters(), lr=0.5)
-    F.mse_loss(single(x), target).backward()  # mean over the whole batch = mean of halves
-    opt.step()
-    ddp_state = torch.load(result, weights_only=True)
-    for name, value in single.state_dict().items():
-        assert not torch.equal(value, start[name])  # the step moved every parameter
-        torch.testing.assert_close(ddp_state[name], value, rtol=1e-10, atol=1e-12)
 
 
 # -- the post's demonstration ---------------------------------------------------------------

@@ -44,6 +44,7 @@ from symconv.core.symmetry import (
     count_for,
     parse_symmetry_string,
 )
+from symconv.core.twist import conversion_reason as twist_conversion_reason
 from symconv.core.validate import check_bool, check_choice, check_real
 from symconv.nn.conv_utils import copy_mode, geometry_of
 
@@ -123,16 +124,7 @@ def _summary(module: nn.Module) -> str:
 
 def _twist_reason(conv: nn.Conv2d) -> str | None:
     """Why the default rule leaves ``conv`` alone, or ``None`` if it converts it."""
-    k = conv.kernel_size
-    if k[0] != k[1] or k[0] % 2 == 0:
-        return f"kernel_size={k} is not odd and square"
-    if k[0] == 1:
-        return "1x1 kernel: the odd twist kernels would be identically zero"
-    if tuple(conv.dilation) != (1, 1):
-        return f"dilation={conv.dilation} (ConvTwist needs 1)"
-    if conv.padding != "same" and tuple(conv.padding) != (k[0] // 2,) * 2:
-        return f"padding={conv.padding} is not kernel_size // 2 = {k[0] // 2}"
-    return None
+    return twist_conversion_reason(conv.kernel_size, conv.dilation, conv.padding)
 
 
 def _own_computation(module: nn.Module, base: type[nn.Module]) -> str | None:

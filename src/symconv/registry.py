@@ -89,6 +89,7 @@ FAMILIES: tuple[Family, ...] = (
         "symconv.nn.global_conv:GlobalConv1d",
         "symconv.keras.global_conv:GlobalConv1D",
     ),
+    Family("orbit_pool", "symconv.core.pooling:OrbitPoolSpec", "symconv.nn.orbit:OrbitPool", None),
     Family(
         "topk",
         "symconv.core.pooling:TopKPoolSpec",

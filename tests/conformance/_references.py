@@ -8,6 +8,7 @@ settings, never the layers' code paths (gather indices, fused kernels, ...).
 from __future__ import annotations
 
 from collections.abc import Callable
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -64,14 +65,16 @@ def _odd_kernel(taps: np.ndarray, k: int) -> np.ndarray:
 def twist(spec, params: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
     """``conv(x, W) + (X - cx) conv(x, Wx) + (Y - cy) conv(x, Wy) + b``, with
     ``X = 2 j / W_out`` and ``Y = 2 i / H_out``."""
-    conv = spec.conv
-    k = conv.kernel_size[0]
+    k = spec.kernel_size
+    conv = SimpleNamespace(
+        padding=(k // 2, k // 2), stride=spec.stride, dilation=(1, 1), groups=spec.groups
+    )
     kernels = (
         params["weight"],
         _odd_kernel(params["twist_x"], k),
         _odd_kernel(params["twist_y"], k),
     )
-    a, b, c = (_conv(x, w, conv, conv.padding_mode) for w in kernels)
+    a, b, c = (_conv(x, w, conv, spec.padding_mode) for w in kernels)
     h, w = a.shape[-2:]
     X = (2 * np.arange(w) / w)[None, None, None, :]
     Y = (2 * np.arange(h) / h)[None, None, :, None]
@@ -105,6 +108,15 @@ def topk(spec, params: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
     return -np.sort(-np.asarray(x, np.float64), axis=-1)[..., : spec.k]
 
 
+def orbit_pool(spec, params: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
+    """Channel ``f``: the max (or mean) over the channels made from free filter ``f``."""
+    x = np.asarray(x, np.float64)
+    reduce = np.max if spec.mode == "max" else np.mean
+    free_index = spec.plan.free_index
+    pooled = [reduce(x[:, free_index == f], axis=1) for f in range(spec.plan.n_free)]
+    return np.stack(pooled, axis=1)
+
+
 #: ``symconv.registry.Family.name`` -> reference.
 REFERENCES: dict[str, Callable[..., np.ndarray]] = {
     "symmetric1d": symmetric,
@@ -113,4 +125,5 @@ REFERENCES: dict[str, Callable[..., np.ndarray]] = {
     "twist": twist,
     "global_conv": global_conv,
     "topk": topk,
+    "orbit_pool": orbit_pool,
 }

@@ -167,6 +167,7 @@ def test_cuda_matches_cpu(family):
 
 # -- DDP: one harness for every family ---------------------------------------------------------
 def _ddp_worker(rank: int, world: int, init_file: str, name: str, out_file: str) -> None:
+    torch.set_num_threads(1)
     start_gloo_worker(rank, world, init_file)
     family = next(f for f in FAMILIES if f.name == name)
     layer = _torch_layer(family, torch.float64)
@@ -180,10 +181,13 @@ def _ddp_worker(rank: int, world: int, init_file: str, name: str, out_file: str)
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("family", [f for f in PARAMS if f.values[0].name != "topk"])
+@pytest.mark.parametrize("family", [f for f in PARAMS if f.values[0].example().params()])
 def test_ddp_gradients_equal_one_process(family, tmp_path):
+    import torch.distributed as dist
     import torch.multiprocessing as mp
 
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available")
     out_file = str(tmp_path / "grads.pt")
     args = (2, str(tmp_path / "init"), family.name, out_file)
     mp.spawn(_ddp_worker, args=args, nprocs=2, join=True)

@@ -8,10 +8,10 @@ import keras
 import numpy as np
 import pytest
 from _arrays import np_
-from _numpy_conv import conv_nd
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from _numpy_conv import conv_nd
 from symconv import SymmetricConv1d, SymmetricConv2d, SymmetricConv3d
 from symconv.keras import SymmetricConv1D, SymmetricConv2D, SymmetricConv3D
 from symconv.symmetry import allowed_keys, letter_axis

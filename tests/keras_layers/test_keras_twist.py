@@ -8,10 +8,10 @@ import keras
 import numpy as np
 import pytest
 from _arrays import np_
-from _numpy_conv import conv_nd
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from _numpy_conv import conv_nd
 from symconv import ConvTwist
 from symconv.keras import ConvTwist2D
 

@@ -108,18 +108,31 @@ def plan_of(source: object, argname: str) -> SymmetryPlan:
     )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class OrbitPoolSpec(LayerSpec):
     """A symmetric layer's plan and the pooling ``mode`` over each of its orbits.
 
     Input channels ``plan.out_channels``, output channels ``plan.n_free``: channel ``f``
-    pools orbit ``f``; plain channels are orbits of one and pass through, last.
+    pools orbit ``f``; plain channels are orbits of one and pass through, last. Two specs
+    are equal when their channel layouts and modes are (plans hold arrays).
     """
 
     family: ClassVar[str] = "orbit_pool"
 
     plan: SymmetryPlan
     mode: str = "max"
+
+    def _key(self) -> tuple[object, ...]:
+        p = self.plan
+        return (p.ndim, p.out_channels, p.groups, p.blocks, self.mode)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, OrbitPoolSpec):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
 
     @classmethod
     def from_torch(cls, layer_or_plan: object, mode: object = "max") -> OrbitPoolSpec:

@@ -14,6 +14,7 @@ import torch
 import torch.fx
 from torch import Tensor, nn
 
+from symconv.core.pooling import OrbitPoolSpec, plan_of
 from symconv.core.validate import check_choice, check_int
 from symconv.nn._cache import not_scriptable
 from symconv.nn.symmetric import SymmetricConv2d
@@ -21,22 +22,9 @@ from symconv.symmetry import SymmetryPlan
 
 __all__ = ["OrbitConv2d", "OrbitPool", "flip_permutation"]
 
-_MODES = ("max", "mean")
 #: The flip groups :class:`OrbitConv2d` can commute with: ``'h'`` (left-right), ``'v'``
 #: (top-bottom) or both.
 ORBIT_KEYS = ("h", "v", "hv")
-
-
-def _plan_of(source: SymmetryPlan | nn.Module, argname: str) -> SymmetryPlan:
-    if isinstance(source, SymmetryPlan):
-        return source
-    plan = getattr(source, "plan", None)
-    if isinstance(plan, SymmetryPlan):
-        return plan
-    raise TypeError(
-        f"{argname} must be a SymmetryPlan or a layer with a `.plan` (e.g. SymmetricConv2d), "
-        f"got {type(source).__name__}"
-    )
 
 
 def _check_orbit_input(input: Tensor, channels: int) -> Tensor:
@@ -61,7 +49,7 @@ def flip_permutation(layer_or_plan: SymmetryPlan | nn.Module, axes: str) -> tupl
     tensor dimensions of ``axes`` (``'h'`` = width = last, ``'v'`` = height, ``'z'`` =
     depth). See :meth:`symconv.symmetry.SymmetryPlan.flip_permutation`.
     """
-    plan = _plan_of(layer_or_plan, "layer_or_plan")
+    plan = plan_of(layer_or_plan, "layer_or_plan")
     perm, equivariant = plan.flip_permutation(axes)
     return torch.from_numpy(perm), torch.from_numpy(equivariant)
 
@@ -80,10 +68,18 @@ class OrbitPool(nn.Module):
 
     def __init__(self, layer_or_plan: SymmetryPlan | nn.Module, mode: str = "max") -> None:
         super().__init__()
-        if mode not in _MODES:
-            raise ValueError(f"mode={mode!r} is not allowed; use one of {_MODES}")
-        self.plan = _plan_of(layer_or_plan, "layer_or_plan")
-        self.mode = mode
+        self.spec = OrbitPoolSpec.from_torch(layer_or_plan, mode)
+        self.plan, self.mode = self.spec.plan, self.spec.mode
+
+    @classmethod
+    def from_spec(
+        cls, spec: OrbitPoolSpec, *, device: object = None, dtype: object = None
+    ) -> OrbitPool:
+        """The pooling an :class:`~symconv.core.pooling.OrbitPoolSpec` describes (``device``
+        and ``dtype`` are accepted for a uniform signature: it has no parameters)."""
+        if not isinstance(spec, OrbitPoolSpec):
+            raise TypeError(f"OrbitPool.from_spec needs an OrbitPoolSpec, got {spec!r}")
+        return cls(**spec.torch_kwargs())
 
     @property
     def out_channels(self) -> int:
