@@ -38,13 +38,21 @@ first, then ``r``). ``table[a, b]`` is the index of ``a b`` (``b`` first, then `
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass
 
 import numpy as np
 
 from symconv.core.validate import check_int, type_error, value_error
 
-__all__ = ["GROUP_KEYS", "Group", "canonical_group_key", "group", "minimal_ndim"]
+__all__ = [
+    "GROUP_KEYS",
+    "Group",
+    "canonical_group_key",
+    "group",
+    "minimal_ndim",
+    "word_matrix",
+]
 
 #: Every group key in canonical spelling, in the order of the channel layout.
 GROUP_KEYS = ("h", "v", "hv", "z", "hz", "vz", "hvz", "r", "hr")
@@ -126,6 +134,29 @@ def _members(key: str, ndim: int) -> tuple[list[str], list[np.ndarray]]:
     return names + ["h", "rh", "r2h", "r3h"], turns + [t @ h for t in turns]
 
 
+def word_matrix(word: object, ndim: int) -> np.ndarray:
+    """The matrix of a member name such as ``'rh'``, ``'r2'``, ``'hv'`` or ``'e'``.
+
+    Letters ``h``, ``v``, ``z`` (reflections) and ``r`` (quarter turn, 2-D only), each
+    optionally followed by a power digit, composed right to left.
+    """
+    allowed = "a word of h, v, z, r (each optionally followed by a power), or 'e'"
+    if not isinstance(word, str):
+        raise type_error("member", word, allowed)
+    mat = np.eye(ndim, dtype=np.int64)
+    if word == "e":
+        return mat
+    tokens = [(ch, int(p) if p else 1) for ch, p in re.findall(r"([hvzr])(\d?)", word)]
+    if not tokens or "".join(f"{c}{p}" for c, p in re.findall(r"([hvzr])(\d?)", word)) != word:
+        raise value_error("member", word, allowed)
+    for ch, power in tokens:
+        if ch == "r" and ndim != 2 or ch != "r" and _axis(ch, ndim) < 0:
+            raise value_error("member", word, f"{allowed}, acting on {ndim} spatial axes")
+        gen = _quarter_turn(ndim) if ch == "r" else _flip(_axis(ch, ndim), ndim)
+        mat = mat @ np.linalg.matrix_power(gen, power)
+    return mat
+
+
 @dataclass(frozen=True, eq=False)
 class Group:
     """A finite group of signed axis permutations acting on ``ndim`` spatial axes.
@@ -159,11 +190,12 @@ class Group:
         return "r" in self.key
 
     def index(self, member: object) -> int:
-        """The index of a member given by index, name (``'rh'``) or matrix."""
-        if isinstance(member, str):
-            if member not in self.names:
-                raise value_error("member", member, f"one of {self.names} (group {self.key!r})")
+        """The index of a member given by index, matrix or name (any word for it: ``'rh'``,
+        ``'hr3'``; in ``hr``, ``'hv'`` is ``'r2'``)."""
+        if isinstance(member, str) and member in self.names:
             return self.names.index(member)
+        if isinstance(member, str):
+            member = word_matrix(member, self.ndim)
         if isinstance(member, np.ndarray):
             found = self.find(member)
             if found is None:

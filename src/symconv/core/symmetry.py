@@ -1,8 +1,8 @@
-"""The symmetry plan: a reflection-symmetry spec parsed once, framework-agnostic.
+"""The symmetry plan: a symmetry spec parsed once, framework-agnostic.
 
-A spec such as ``{'h': 2, 'v': '25%', 'hv': 8}`` says how many output channels of a
-convolution come in orbits of reflected copies of one *free* filter.  A key names the
-set of axes whose reflections generate the orbit's group:
+A spec such as ``{'h': 2, 'v': '25%', 'hv': 8, 'r': '50%'}`` says how many output
+channels of a convolution come in orbits of reflected (or turned) copies of one *free*
+filter.  A key names the generators of the orbit's group (:mod:`symconv.core.groups`):
 
 ==========  ===============================  ==========  ===========
 key         axes flipped by the generators   orbit size  layer dims
@@ -14,10 +14,12 @@ key         axes flipped by the generators   orbit size  layer dims
 ``hz``      width, depth                     4           3-D
 ``vz``      height, depth                    4           3-D
 ``hvz``     width, height, depth             8           3-D
+``r``       quarter turns (C4)               4           2-D
+``hr``      quarter turns and width (D4)     8           2-D
 ==========  ===============================  ==========  ===========
 
 In a 1-D layer ``h`` flips the length axis.  Letters may be given in any order
-(``'vh'`` is ``'hv'``).
+(``'vh'`` is ``'hv'``; ``'vr'`` is ``'hr'``).  Rotation keys need square kernels.
 
 **Values** are integer channel counts, which must be whole numbers of orbits, or
 percentage strings of ``out_channels`` such as ``'50%'`` or ``'12.5%'``.  A percentage is
@@ -25,9 +27,11 @@ rounded *down* to a whole number of orbits: ``'50%'`` of 10 channels with key ``
 gives one quadruple (4 channels), not 5.
 
 **Channel layout** (exposed as :class:`SymmetryPlan`): keys in the canonical order
-``h, v, hv, z, hz, vz, hvz``; within a key, orbits one after another with the members
-of an orbit adjacent; within an orbit, the members in binary order of the generators
-(for ``hv``: identity, h, v, hv; for ``hvz``: identity, h, v, hv, z, hz, vz, hvz);
+``h, v, hv, z, hz, vz, hvz, r, hr``; within a key, orbits one after another with the
+members of an orbit adjacent; within an orbit, the members in the group's order
+(:mod:`symconv.core.groups`): binary order of the generators for reflection keys (for
+``hv``: identity, h, v, hv), ``e, r, r2, r3`` for ``r`` and ``e, r, r2, r3, h, rh, r2h,
+r3h`` for ``hr``.  Member ``g`` of an orbit is the free filter acted on by ``g``;
 channels not covered by the spec ("plain" filters) last.  Free filter ``f`` is orbit
 ``f``; the plain channels are orbits of size one, so ``plan.free_index`` is also the
 orbit index of every output channel.
@@ -47,6 +51,8 @@ from fractions import Fraction
 
 import numpy as np
 
+from symconv.core.groups import canonical_group_key, group, word_matrix
+
 __all__ = [
     "KEY_ORDER",
     "OrbitBlock",
@@ -57,13 +63,15 @@ __all__ = [
     "count_for",
     "letter_axis",
     "make_plan",
+    "member_permutation",
     "parse_symmetry_string",
 ]
 
 #: Letters in generator order; their bit in an orbit member's index follows this order.
 _LETTERS = ("h", "v", "z")
 #: The canonical order of keys in the channel layout.
-KEY_ORDER = ("h", "v", "hv", "z", "hz", "vz", "hvz")
+KEY_ORDER = ("h", "v", "hv", "z", "hz", "vz", "hvz", "r", "hr")
+_ROTATION_KEYS = ("r", "hr")
 #: What a user may pass as ``symmetry=``.
 SymmetrySpec = Mapping[str, "int | str"] | str | None
 
@@ -75,10 +83,12 @@ def _letters_for_ndim(ndim: int) -> tuple[str, ...]:
     return _LETTERS[: min(ndim, 3)]
 
 
-def allowed_keys(ndim: int) -> tuple[str, ...]:
-    """The keys a layer with ``ndim`` spatial dimensions accepts, in canonical order."""
+def allowed_keys(ndim: int, *, rotations: bool = False) -> tuple[str, ...]:
+    """The reflection keys a layer with ``ndim`` spatial dimensions accepts, in canonical
+    order; with ``rotations=True`` also the rotation keys (``r``, ``hr``: 2-D only)."""
     letters = set(_letters_for_ndim(ndim))
-    return tuple(k for k in KEY_ORDER if set(k) <= letters)
+    keys = tuple(k for k in KEY_ORDER if set(k) <= letters)
+    return keys + (_ROTATION_KEYS if rotations and ndim == 2 else ())
 
 
 def letter_axis(letter: str, ndim: int) -> int:
@@ -93,13 +103,15 @@ def letter_axis(letter: str, ndim: int) -> int:
 
 def canonical_key(key: object, ndim: int) -> str:
     """Normalize a spec key (``'vh'`` -> ``'hv'``), or raise ``ValueError`` naming it."""
-    allowed = allowed_keys(ndim)
+    allowed = allowed_keys(ndim, rotations=True)
     if not isinstance(key, str):
         raise ValueError(
             f"symmetry key {key!r} is not a string; allowed keys for a {ndim}-D layer: "
             f"{', '.join(map(repr, allowed))}"
         )
     letters = key.strip().lower()
+    if "r" in letters and len(set(letters)) == len(letters):
+        return _rotation_key(key, ndim, allowed)
     if (
         not letters
         or any(ch not in _LETTERS for ch in letters)
@@ -115,6 +127,22 @@ def canonical_key(key: object, ndim: int) -> str:
         raise ValueError(
             f"symmetry key {key!r} needs the {'/'.join(missing)} axis, which a {ndim}-D layer "
             f"lacks; allowed keys for a {ndim}-D layer: {', '.join(map(repr, allowed))}"
+        )
+    return canon
+
+
+def _rotation_key(key: str, ndim: int, allowed: tuple[str, ...]) -> str:
+    words = ", ".join(map(repr, allowed))
+    try:
+        canon = canonical_group_key(key)
+    except ValueError:
+        raise ValueError(
+            f"unknown symmetry key {key!r}; allowed keys for a {ndim}-D layer: {words}"
+        ) from None
+    if ndim != 2:
+        raise ValueError(
+            f"symmetry key {key!r} turns the (height, width) plane, which only a 2-D layer has; "
+            f"allowed keys for a {ndim}-D layer: {words}"
         )
     return canon
 
@@ -150,14 +178,16 @@ class OrbitBlock:
     """The channels of one spec key: ``n_orbits`` orbits of ``orbit_size`` channels."""
 
     key: str
-    axes: tuple[int, ...]  # spatial axes flipped by the generators, in generator order
+    # spatial axes flipped by the reflection generators, in generator order; for the
+    # rotation keys, the (height, width) plane the turns act on
+    axes: tuple[int, ...]
     n_orbits: int
     start: int  # first output channel of the block
     first_orbit: int  # index of the block's first orbit (= free filter)
 
     @property
     def orbit_size(self) -> int:
-        return 2 ** len(self.axes)
+        return group(self.key).order
 
     @property
     def channels(self) -> int:
@@ -201,14 +231,17 @@ def count_for(key: str, value: object, orbit_size: int, out_channels: int) -> in
 
 @dataclass(frozen=True, eq=False)
 class SymmetryPlan:
-    """Which output channel is which reflection of which free filter, and its bias.
+    """Which output channel is which reflection (or turn) of which free filter, and its bias.
 
     Build one with :func:`make_plan`.  Per output channel ``c`` (arrays of length
     ``out_channels``, read-only):
 
     - ``free_index[c]``: the free filter (= orbit) it is made from;
-    - ``member[c]``: its index within the orbit (bit ``i`` set = generator ``i`` applied);
-    - ``flips[c, a]``: whether spatial axis ``a`` of the free filter is reversed;
+    - ``member[c]``: its index within the orbit, i.e. in its key's group (for reflection
+      keys, bit ``i`` set = generator ``i`` applied);
+    - ``axis_perm[c]``, ``flips[c]`` ``(ndim,)``: the free filter's spatial axes are
+      transposed by ``axis_perm[c]``, then axis ``a`` is reversed where ``flips[c, a]``
+      (``axis_perm`` is the identity for reflection keys);
     - ``bias_index[c]``: which free bias it uses.
     """
 
@@ -222,6 +255,7 @@ class SymmetryPlan:
     member: np.ndarray
     flips: np.ndarray
     bias_index: np.ndarray
+    axis_perm: np.ndarray
 
     # -- sizes -------------------------------------------------------------------------
     @property
@@ -287,15 +321,34 @@ class SymmetryPlan:
                 f"axes={axes!r} is not a set of flip axes for a {self.ndim}-D layer; "
                 f"use letters from {''.join(allowed)!r}"
             )
-        flip_axes = {letter_axis(ch, self.ndim) for ch in letters}
+        return self.member_permutation(letters or "e")
+
+    def member_permutation(self, g: object) -> tuple[np.ndarray, np.ndarray]:
+        """Channel permutation induced by acting on the input with the transform ``g``.
+
+        ``g`` is a member name (a word such as ``'r'``, ``'rh'``, ``'r2'``, ``'hv'``, ``'e'``;
+        see :mod:`symconv.core.groups`) or a ``(key, index)`` pair (member ``index`` of
+        group ``key``). Returns ``(perm, equivariant)`` of shape ``(out_channels,)`` with::
+
+            layer(g x)[:, c] == g(layer(x))[:, perm[c]]   for c where equivariant[c]
+
+        (under the conditions of :meth:`flip_permutation`; ``g`` acts on the spatial axes
+        as :meth:`symconv.core.groups.Group.apply`). A channel is equivariant when its
+        orbit's group contains ``g``; then ``perm`` maps member ``m`` to ``g^-1 m`` of the
+        same orbit. ``perm`` is the identity elsewhere.
+        """
+        matrix = _transform_matrix(g, self.ndim)
         perm = np.arange(self.out_channels)
-        equivariant = np.full(self.out_channels, not flip_axes)
+        equivariant = np.full(self.out_channels, bool((matrix == np.eye(self.ndim)).all()))
         for block in self.blocks:
-            if not flip_axes <= set(block.axes):
+            grp = group(block.key, self.ndim)
+            index = grp.find(matrix)
+            if index is None:
                 continue
-            xor = sum(1 << i for i, ax in enumerate(block.axes) if ax in flip_axes)
             chans = np.arange(block.start, block.stop)
-            perm[chans] = block.start + ((chans - block.start) ^ xor)
+            local = chans - block.start
+            orbit_start = chans - local % grp.order
+            perm[chans] = orbit_start + grp.table[grp.inverse[index], local % grp.order]
             equivariant[chans] = True
         return perm, equivariant
 
@@ -329,13 +382,16 @@ class SymmetryPlan:
         # Work in torch layout (out, in, *k); keras is a transpose of it.
         if layout == "keras":
             flat = np.moveaxis(flat, (-1, -2), (0, 1))
+        for block in self.blocks:
+            group(block.key, self.ndim).check_kernel(kernel_size)
         full = flat[self.free_index].copy()
-        for code in np.unique(self.flips, axis=0):
-            if not code.any():
+        codes = np.concatenate([self.axis_perm, self.flips], axis=1)
+        for code in np.unique(codes, axis=0):
+            perm, flips = code[: self.ndim], code[self.ndim :].astype(bool)
+            if not flips.any() and (perm == np.arange(self.ndim)).all():
                 continue
-            rows = np.flatnonzero((self.flips == code).all(axis=1))
-            dims = tuple(2 + int(a) for a in np.flatnonzero(code))
-            full[rows] = np.flip(full[rows], axis=dims)
+            rows = np.flatnonzero((codes == code).all(axis=1))
+            full[rows] = _act(full[rows], perm, flips)
         if layout == "keras":
             full = np.moveaxis(full, (0, 1), (-1, -2))
         return np.ascontiguousarray(full)
@@ -368,10 +424,11 @@ class SymmetryPlan:
                 f"kernel has {full.shape[0]} output channels, the plan has {self.out_channels}"
             )
         unflipped = full.copy()
-        for c in range(self.out_channels):
-            dims = tuple(2 + int(a) for a in np.flatnonzero(self.flips[c]))
-            if dims:
-                unflipped[c] = np.flip(full[c], axis=tuple(d - 1 for d in dims))
+        for block in self.blocks:
+            grp = group(block.key, self.ndim)
+            for c in range(block.start, block.stop):
+                undo = int(grp.inverse[self.member[c]])
+                unflipped[c] = grp.apply(full[c], undo, first_axis=1)
         free = np.zeros((self.n_free, *full.shape[1:]), dtype=np.result_type(full, np.float32))
         np.add.at(free, self.free_index, unflipped)
         free /= self.orbit_sizes.reshape(-1, *([1] * (full.ndim - 1)))
@@ -421,6 +478,26 @@ class SymmetryPlan:
         )
 
 
+def member_permutation(plan: SymmetryPlan, g: object) -> tuple[np.ndarray, np.ndarray]:
+    """``plan.member_permutation(g)``: the channel permutation ``g`` on the input induces."""
+    return plan.member_permutation(g)
+
+
+def _transform_matrix(g: object, ndim: int) -> np.ndarray:
+    """The matrix of a member given as a word or a ``(key, index)`` pair."""
+    if isinstance(g, tuple) and len(g) == 2:
+        grp = group(g[0], ndim)
+        return grp.matrices[grp.index(g[1])]
+    return word_matrix(g, ndim)
+
+
+def _act(x: np.ndarray, perm: np.ndarray, flips: np.ndarray) -> np.ndarray:
+    """Transpose the spatial axes of ``(n, c, *k)`` by ``perm``, then reverse ``flips``."""
+    out = np.transpose(x, (0, 1, *(2 + int(a) for a in perm)))
+    dims = tuple(2 + int(a) for a in np.flatnonzero(flips))
+    return np.flip(out, axis=dims) if dims else out
+
+
 def _readonly(a: np.ndarray) -> np.ndarray:
     a.setflags(write=False)
     return a
@@ -468,7 +545,7 @@ def make_plan(
         key = canonical_key(raw_key, ndim)
         if key in counts:
             raise ValueError(f"symmetry key {raw_key!r} repeats key {key!r}")
-        orbit_size = 2 ** len(key)
+        orbit_size = group(key, ndim).order
         counts[key] = count_for(raw_key, value, orbit_size, out_channels)
         given[key] = value
     total = sum(counts.values())
@@ -486,8 +563,12 @@ def make_plan(
         n = counts.get(key, 0)
         if not n:
             continue
-        axes = tuple(letter_axis(ch, ndim) for ch in key)
-        block = OrbitBlock(key, axes, n // 2 ** len(key), start, orbit)
+        grp = group(key, ndim)
+        if grp.has_rotations:
+            axes = (ndim - 2, ndim - 1)
+        else:
+            axes = tuple(letter_axis(ch, ndim) for ch in key)
+        block = OrbitBlock(key, axes, n // grp.order, start, orbit)
         if groups > 1:
             size = block.orbit_size
             for s in range(block.start, block.stop, size):
@@ -504,12 +585,14 @@ def make_plan(
     free_index = np.empty(out_channels, dtype=np.int64)
     member = np.zeros(out_channels, dtype=np.int64)
     flips = np.zeros((out_channels, ndim), dtype=bool)
+    axis_perm = np.tile(np.arange(ndim, dtype=np.int64), (out_channels, 1))
     for b in blocks:
         local = np.arange(b.channels)
         free_index[b.start : b.stop] = b.first_orbit + local // b.orbit_size
         member[b.start : b.stop] = local % b.orbit_size
-        for bit, ax in enumerate(b.axes):
-            flips[b.start : b.stop, ax] = (member[b.start : b.stop] >> bit) & 1 == 1
+        grp = group(b.key, ndim)
+        flips[b.start : b.stop] = grp.flips[member[b.start : b.stop]]
+        axis_perm[b.start : b.stop] = grp.axis_perm[member[b.start : b.stop]]
     n_plain = out_channels - start
     free_index[start:] = orbit + np.arange(n_plain)
     bias_index = free_index.copy() if share_bias else np.arange(out_channels, dtype=np.int64)
@@ -525,4 +608,5 @@ def make_plan(
         member=_readonly(member),
         flips=_readonly(flips),
         bias_index=_readonly(bias_index),
+        axis_perm=_readonly(axis_perm),
     )
