@@ -56,7 +56,7 @@ def act(x: Tensor, key: str | Group, member: int | str, layout: str = "image") -
             raise ValueError(
                 f"x has {x.shape[1]} channels, not fields of |G|={grp.order} (group {grp.key!r})"
             )
-        source = torch.as_tensor(grp.table[grp.inverse[g]], device=x.device)
+        source = torch.as_tensor(grp.table[grp.inverse[g]].copy(), device=x.device)
         out = out.unflatten(1, (-1, grp.order)).index_select(2, source).flatten(1, 2)
     return out
 
