@@ -331,8 +331,8 @@ def test_symmetric_skips_converted_layers() -> None:
         ((None, "twist"), {"share_bias": 1}, TypeError, "share_bias=1 must be a bool"),
         ((None, "twist"), {"copy_weights": "yes"}, TypeError, "copy_weights='yes'"),
         ((None, "twist"), {"predicate": "layer1"}, TypeError, "predicate='layer1' must be"),
-        ((None, "twist"), {"init_max": -1}, ValueError, "init_max=-1 must be"),
-        ((None, "twist"), {"init_max": float("nan")}, ValueError, "init_max=nan must be"),
+        ((None, "twist"), {"init_max": -1}, ValueError, "init_max=-1 is not allowed; it must be"),
+        ((None, "twist"), {"init_max": float("nan")}, ValueError, "init_max=nan is not allowed; it must be"),
         (
             (None, "twist"),
             {"include_degenerate": True},

@@ -579,12 +579,12 @@ def test_index_tensors_start_on_the_parameters_device(share_bias):
         ({"out_channels": -4}, ValueError, r"out_channels=-4 is not allowed"),
         ({"in_channels": 2.0}, TypeError, r"in_channels=2.0 must be an int >= 1, got float"),
         ({"out_channels": "8"}, TypeError, r"out_channels='8' must be an int >= 1, got str"),
-        ({"kernel_size": 0}, ValueError, r"kernel_size=0 is not allowed; allowed: an int >= 1"),
+        ({"kernel_size": 0}, ValueError, r"kernel_size=0 is not allowed; it must be an int >= 1"),
         ({"kernel_size": 3.0}, TypeError, r"kernel_size=3.0 must be an int >= 1 or a tuple"),
         ({"kernel_size": (3,) * 4}, ValueError, r"kernel_size=\(3, 3, 3, 3\) has 4 entries"),
-        ({"stride": 0}, ValueError, r"stride=0 is not allowed; allowed: an int >= 1"),
-        ({"padding": -1}, ValueError, r"padding=-1 is negative; allowed: an int >= 0"),
-        ({"padding": "full"}, ValueError, r"padding='full' is not allowed; use 'same', 'valid'"),
+        ({"stride": 0}, ValueError, r"stride=0 is not allowed; it must be an int >= 1"),
+        ({"padding": -1}, ValueError, r"padding=-1 is not allowed; it must be an int >= 0"),
+        ({"padding": "full"}, ValueError, r"padding='full' is not allowed; it must be one of 'same', 'valid'"),
         ({"dilation": 0}, ValueError, r"dilation=0 is not allowed"),
         ({"groups": 0}, ValueError, r"groups=0 is not allowed; it must be an int >= 1"),
         ({"bias": 1}, TypeError, r"bias=1 must be a bool"),
@@ -598,7 +598,7 @@ def test_invalid_conv_arguments(nd, kwargs, exc, match):
 
 @pytest.mark.parametrize("nd", [2, 3])
 def test_invalid_conv_argument_tuples(nd):
-    with pytest.raises(ValueError, match=r"padding=\(1, -1.*\) is negative"):
+    with pytest.raises(ValueError, match=r"padding=\(1, -1.*\) is not allowed"):
         LAYERS[nd](2, 8, 3, padding=(1, -1, 1)[:nd])
     with pytest.raises(ValueError, match=r"stride=\(1, 0.*\) is not allowed"):
         LAYERS[nd](2, 8, 3, stride=(1, 0, 1)[:nd])

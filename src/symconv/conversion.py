@@ -32,19 +32,20 @@ layers that are already ``SymmetricConv``/``ConvTwist`` and conv-like modules th
 from __future__ import annotations
 
 import fnmatch
-import numbers
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from torch import nn
 
-from symconv.symmetry import (
+from symconv.core.symmetric_conv import SymmetricConvSpec, degenerate_keys
+from symconv.core.symmetry import (
     SymmetrySpec,
     canonical_key,
-    letter_axis,
-    make_plan,
+    count_for,
     parse_symmetry_string,
 )
+from symconv.core.validate import check_bool, check_choice, check_real
+from symconv.nn.conv_utils import copy_mode, geometry_of
 
 __all__ = ["ConversionReport", "convert", "name_matches"]
 
@@ -175,37 +176,6 @@ def _is_conv_like(module: nn.Module) -> bool:
     return own_params and all(hasattr(module, a) for a in attrs)
 
 
-def _spec_for_layer(
-    symmetry: SymmetrySpec, conv: nn.Module, ndim: int, include_degenerate: bool
-) -> tuple[dict[object, object], list[str]]:
-    """The part of ``symmetry`` worth applying to ``conv``, and why any key was left out.
-
-    A reflection along an axis where the kernel has extent 1 maps the kernel to itself, so
-    a key flipping such an axis makes orbit members that are identical copies.
-    """
-    spec = parse_symmetry_string(symmetry) if isinstance(symmetry, str) else dict(symmetry or {})
-    kept: dict[object, object] = {}
-    dropped: list[str] = []
-    k = tuple(conv.kernel_size)
-    for key, value in spec.items():
-        try:
-            canon = canonical_key(key, ndim)
-        except ValueError:
-            kept[key] = value  # make_plan names the problem for this layer
-            continue
-        flat = [ch for ch in canon if k[letter_axis(ch, ndim)] == 1]
-        if flat and not include_degenerate:
-            axes = f"{flat[0]} axis" if len(flat) == 1 else f"{', '.join(flat)} axes"
-            dropped.append(
-                f"key {key!r} not applied: kernel_size={k} has extent 1 along the {axes}, "
-                "whose reflection leaves the kernel unchanged, so its orbits would hold "
-                "identical copies (include_degenerate=True applies it)"
-            )
-            continue
-        kept[key] = value
-    return kept, dropped
-
-
 def _check_args(
     model: object,
     to: object,
@@ -219,40 +189,26 @@ def _check_args(
 ) -> None:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if to not in _TARGETS:
-        raise ValueError(f"to={to!r} is not allowed; use one of {_TARGETS}")
+    check_choice("to", to, _TARGETS)
     if to == "symmetric" and symmetry is None:
         raise ValueError("to='symmetric' needs a symmetry spec, e.g. symmetry={'hv': '50%'}")
     if to == "twist" and symmetry is not None:
         raise ValueError(f"symmetry={symmetry!r} is only used with to='symmetric'")
-    if not isinstance(share_bias, bool):
-        raise TypeError(f"share_bias={share_bias!r} must be a bool")
-    for name, value in (
-        ("copy_weights", copy_weights),
-        ("include_degenerate", include_degenerate),
-        ("allow_subclasses", allow_subclasses),
-    ):
-        if not isinstance(value, bool):
-            raise TypeError(f"{name}={value!r} must be a bool")
+    check_bool("share_bias", share_bias)
+    check_bool("copy_weights", copy_weights)
+    check_bool("include_degenerate", include_degenerate)
+    check_bool("allow_subclasses", allow_subclasses)
     if to == "twist" and include_degenerate:
         raise ValueError("include_degenerate=True is only used with to='symmetric'")
     if predicate is not None and not callable(predicate):
         raise TypeError(f"predicate={predicate!r} must be a callable (name, module) -> bool")
     if to == "symmetric":
         _check_spec(symmetry)
-    if (
-        isinstance(init_max, bool)
-        or not isinstance(init_max, numbers.Real)
-        or not init_max >= 0
-        or init_max == float("inf")
-    ):
-        raise ValueError(f"init_max={init_max!r} must be a finite number >= 0")
+    check_real("init_max", init_max, 0)
 
 
 def _check_spec(symmetry: object) -> None:
     """Reject malformed specs up front; whether a spec fits a layer is decided per layer."""
-    from symconv.symmetry import _count_for, canonical_key, parse_symmetry_string
-
     spec = parse_symmetry_string(symmetry) if isinstance(symmetry, str) else symmetry
     if not isinstance(spec, Mapping):
         raise TypeError(
@@ -263,7 +219,7 @@ def _check_spec(symmetry: object) -> None:
         raise ValueError(f"symmetry={symmetry!r} selects no channels; nothing to convert")
     for key, value in spec.items():
         canon = canonical_key(key, 3)  # every key some layer could take
-        _count_for(key, value, 2 ** len(canon), 1)
+        count_for(key, value, 2 ** len(canon), 1)
 
 
 def convert(
@@ -318,93 +274,25 @@ def convert(
         include_degenerate,
         allow_subclasses,
     )
-    from symconv.nn.symmetric import (
-        SymmetricConv1d,
-        SymmetricConv2d,
-        SymmetricConv3d,
-        _SymmetricConvNd,
-    )
-    from symconv.nn.twist import ConvTwist
-
     report = ConversionReport(to=to, params_before=sum(p.numel() for p in model.parameters()))
-    plain: tuple[type[nn.Module], ...] = (
-        (nn.Conv2d,) if to == "twist" else (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-    )
-    sym_cls = {nn.Conv1d: SymmetricConv1d, nn.Conv2d: SymmetricConv2d, nn.Conv3d: SymmetricConv3d}
     replacements: dict[int, nn.Module] = {}
-
     for name, module in model.named_modules():
-        if isinstance(module, ConvTwist | _SymmetricConvNd):
-            report.skipped.append((name, f"already a {type(module).__name__}"))
-            continue
-        if not isinstance(module, nn.modules.conv._ConvNd):
-            if _is_conv_like(module):
-                report.skipped.append(
-                    (
-                        name,
-                        f"not convertible: {type(module).__name__} looks like a convolution "
-                        "(in_channels, out_channels, kernel_size) but is not an "
-                        "nn.Conv1d/2d/3d",
-                    )
-                )
-            continue
-        if module.transposed:
-            report.skipped.append((name, f"transposed convolution ({type(module).__name__})"))
-            continue
-        base = next((c for c in plain if isinstance(module, c)), None)
+        base, why = _candidate(module, to, predicate is not None, allow_subclasses)
         if base is None:
-            report.skipped.append((name, f"{type(module).__name__}: ConvTwist is 2-D only"))
-            continue
-        if (why := _hooks_reason(module)) is not None:
-            report.skipped.append((name, why))
-            continue
-        if (
-            type(module) is not base
-            and not allow_subclasses
-            and (method := _own_computation(module, base)) is not None
-        ):
-            report.skipped.append(
-                (
-                    name,
-                    f"{type(module).__name__} subclasses nn.{base.__name__} with its own "
-                    f"{method}, which the replacement would drop; pass allow_subclasses=True "
-                    "to convert it anyway",
-                )
-            )
-            continue
-        if predicate is not None:
-            if not predicate(name, module):
-                report.skipped.append((name, "not selected by predicate"))
-                continue
-        elif type(module) is not base and not allow_subclasses:
-            report.skipped.append(
-                (
-                    name,
-                    f"{type(module).__name__} subclasses nn.{base.__name__}; select it with "
-                    "predicate (or allow_subclasses=True) to convert it",
-                )
-            )
-            continue
-        elif to == "twist" and (why := _twist_reason(module)) is not None:
-            report.skipped.append((name, why))
-            continue
-        notes: list[str] = []
-        layer_spec: SymmetrySpec = symmetry
-        if to == "symmetric":
-            layer_spec, notes = _spec_for_layer(
-                symmetry, module, sym_cls[base]._ndim, include_degenerate
-            )
-            if not layer_spec:
-                k = module.kernel_size
-                if all(n == 1 for n in k):
-                    shape = "x".join("1" * len(k)) if len(k) > 1 else "length-1"
-                    why = (
-                        f"{shape} kernel: every reflection leaves it unchanged, so each orbit "
-                        "would be identical copies (include_degenerate=True converts it anyway)"
-                    )
-                else:
-                    why = "; ".join(notes)
+            if why is not None:
                 report.skipped.append((name, why))
+            continue
+        if predicate is not None and not predicate(name, module):
+            report.skipped.append((name, "not selected by predicate"))
+            continue
+        if predicate is None and to == "twist" and (why := _twist_reason(module)) is not None:
+            report.skipped.append((name, why))
+            continue
+        layer_spec, notes = symmetry, []
+        if to == "symmetric":
+            layer_spec, notes = _layer_symmetry(module, symmetry, include_degenerate)
+            if not layer_spec:
+                report.skipped.append((name, _degenerate_reason(module, notes)))
                 continue
         if name == "":
             report.skipped.append(
@@ -416,16 +304,11 @@ def convert(
             )
             continue
         try:
-            if to == "twist":
-                new = ConvTwist.from_conv(module, init_max=init_max, copy_weights=copy_weights)
-            else:
-                new = _to_symmetric(module, sym_cls[base], layer_spec, share_bias, copy_weights)
+            new = _replacement(module, to, layer_spec, share_bias, copy_weights, init_max)
         except ValueError as exc:
             report.skipped.append((name, str(exc)))
             continue
-        new.train(module.training)
-        if not module.weight.requires_grad:
-            new.requires_grad_(False)
+        copy_mode(module, new)
         replacements[id(module)] = new
         report.converted.append((name, _summary(module), _summary(new)))
         report.notes += [(name, note) for note in notes]
@@ -439,30 +322,102 @@ def convert(
     return report
 
 
-def _to_symmetric(
-    conv: nn.Module, cls: type, symmetry: SymmetrySpec, share_bias: bool, copy_weights: bool
+def _candidate(
+    module: nn.Module, to: str, has_predicate: bool, allow_subclasses: bool
+) -> tuple[type[nn.Module] | None, str | None]:
+    """``(base, None)`` when ``module`` may be converted (``base`` its ``nn.ConvNd``
+    class), else ``(None, why)``; ``why`` is ``None`` for modules not worth reporting."""
+    from symconv.nn.symmetric import SymmetricConvNd
+    from symconv.nn.twist import ConvTwist
+
+    if isinstance(module, ConvTwist | SymmetricConvNd):
+        return None, f"already a {type(module).__name__}"
+    if not isinstance(module, nn.modules.conv._ConvNd):
+        if not _is_conv_like(module):
+            return None, None
+        return None, (
+            f"not convertible: {type(module).__name__} looks like a convolution "
+            "(in_channels, out_channels, kernel_size) but is not an nn.Conv1d/2d/3d"
+        )
+    if module.transposed:
+        return None, f"transposed convolution ({type(module).__name__})"
+    plain = (nn.Conv2d,) if to == "twist" else (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+    base = next((c for c in plain if isinstance(module, c)), None)
+    if base is None:
+        return None, f"{type(module).__name__}: ConvTwist is 2-D only"
+    if (why := _hooks_reason(module)) is not None:
+        return None, why
+    if type(module) is base or allow_subclasses:
+        return base, None
+    if (method := _own_computation(module, base)) is not None:
+        return None, (
+            f"{type(module).__name__} subclasses nn.{base.__name__} with its own {method}, "
+            "which the replacement would drop; pass allow_subclasses=True to convert it anyway"
+        )
+    if not has_predicate:
+        return None, (
+            f"{type(module).__name__} subclasses nn.{base.__name__}; select it with "
+            "predicate (or allow_subclasses=True) to convert it"
+        )
+    return base, None
+
+
+def _layer_symmetry(
+    conv: nn.Module, symmetry: SymmetrySpec, include_degenerate: bool
+) -> tuple[SymmetrySpec, list[str]]:
+    """The part of ``symmetry`` to apply to ``conv``, and notes on the keys left out."""
+    if include_degenerate:
+        spec = parse_symmetry_string(symmetry) if isinstance(symmetry, str) else symmetry
+        return dict(spec or {}), []
+    return degenerate_keys(symmetry, tuple(conv.kernel_size))
+
+
+def _degenerate_reason(conv: nn.Module, notes: list[str]) -> str:
+    """Why no key of the spec applies to ``conv``."""
+    k = conv.kernel_size
+    if all(n == 1 for n in k):
+        shape = "x".join("1" * len(k)) if len(k) > 1 else "length-1"
+        return (
+            f"{shape} kernel: every reflection leaves it unchanged, so each orbit would be "
+            "identical copies (include_degenerate=True converts it anyway)"
+        )
+    return "; ".join(notes)
+
+
+def _replacement(
+    conv: nn.Module,
+    to: str,
+    symmetry: SymmetrySpec,
+    share_bias: bool,
+    copy_weights: bool,
+    init_max: float,
 ) -> nn.Module:
-    plan = make_plan(symmetry, conv.out_channels, cls._ndim, conv.groups, share_bias)
-    if plan.n_symmetric == 0:
+    """The layer that replaces ``conv`` (``ValueError`` when the target cannot fit it)."""
+    if to == "twist":
+        from symconv.nn.twist import ConvTwist
+
+        return ConvTwist.from_conv(conv, init_max=init_max, copy_weights=copy_weights)
+    return _to_symmetric(conv, symmetry, share_bias, copy_weights)
+
+
+def _to_symmetric(
+    conv: nn.Module, symmetry: SymmetrySpec, share_bias: bool, copy_weights: bool
+) -> nn.Module:
+    from symconv.nn.symmetric import SymmetricConv1d, SymmetricConv2d, SymmetricConv3d
+
+    cls = (SymmetricConv1d, SymmetricConv2d, SymmetricConv3d)[len(conv.kernel_size) - 1]
+    spec = SymmetricConvSpec.from_torch(
+        len(conv.kernel_size),
+        **geometry_of(conv).torch_kwargs(),
+        symmetry=symmetry,
+        share_bias=share_bias,
+    )
+    if spec.plan.n_symmetric == 0:
         # e.g. '50%' of 6 channels with 'hv' rounds down to no quadruple: nothing would change
         raise ValueError(
-            f"symmetry={plan.spec_dict()!r} gives no symmetric channels for "
+            f"symmetry={spec.plan.spec_dict()!r} gives no symmetric channels for "
             f"out_channels={conv.out_channels} (percentages round down to whole orbits)"
         )
     if copy_weights:
         return cls.from_conv(conv, symmetry, share_bias=share_bias)
-    return cls(
-        conv.in_channels,
-        conv.out_channels,
-        conv.kernel_size,
-        stride=conv.stride,
-        padding=conv.padding,
-        dilation=conv.dilation,
-        groups=conv.groups,
-        bias=conv.bias is not None,
-        padding_mode=conv.padding_mode,
-        device=conv.weight.device,
-        dtype=conv.weight.dtype,
-        symmetry=symmetry,
-        share_bias=share_bias,
-    )
+    return cls.from_spec(spec, device=conv.weight.device, dtype=conv.weight.dtype)

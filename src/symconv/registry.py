@@ -56,18 +56,45 @@ class Family:
 _SYM = "symconv.core.symmetric_conv:SymmetricConvSpec"
 
 FAMILIES: tuple[Family, ...] = (
-    Family("symmetric1d", _SYM, "symconv.nn.symmetric:SymmetricConv1d",
-           "symconv.keras.symmetric:SymmetricConv1D", ndim=1),  # fmt: skip
-    Family("symmetric2d", _SYM, "symconv.nn.symmetric:SymmetricConv2d",
-           "symconv.keras.symmetric:SymmetricConv2D", ndim=2),  # fmt: skip
-    Family("symmetric3d", _SYM, "symconv.nn.symmetric:SymmetricConv3d",
-           "symconv.keras.symmetric:SymmetricConv3D", ndim=3),  # fmt: skip
-    Family("twist", "symconv.core.twist:TwistSpec", "symconv.nn.twist:ConvTwist",
-           "symconv.keras.twist:ConvTwist2D"),  # fmt: skip
-    Family("global_conv", "symconv.core.global_conv:GlobalConvSpec",
-           "symconv.nn.global_conv:GlobalConv1d", "symconv.keras.global_conv:GlobalConv1D"),  # fmt: skip
-    Family("topk", "symconv.core.pooling:TopKPoolSpec", "symconv.nn.pooling:TopKPool",
-           "symconv.keras.pooling:TopKPool"),  # fmt: skip
+    Family(
+        "symmetric1d",
+        _SYM,
+        "symconv.nn.symmetric:SymmetricConv1d",
+        "symconv.keras.symmetric:SymmetricConv1D",
+        ndim=1,
+    ),
+    Family(
+        "symmetric2d",
+        _SYM,
+        "symconv.nn.symmetric:SymmetricConv2d",
+        "symconv.keras.symmetric:SymmetricConv2D",
+        ndim=2,
+    ),
+    Family(
+        "symmetric3d",
+        _SYM,
+        "symconv.nn.symmetric:SymmetricConv3d",
+        "symconv.keras.symmetric:SymmetricConv3D",
+        ndim=3,
+    ),
+    Family(
+        "twist",
+        "symconv.core.twist:TwistSpec",
+        "symconv.nn.twist:ConvTwist",
+        "symconv.keras.twist:ConvTwist2D",
+    ),
+    Family(
+        "global_conv",
+        "symconv.core.global_conv:GlobalConvSpec",
+        "symconv.nn.global_conv:GlobalConv1d",
+        "symconv.keras.global_conv:GlobalConv1D",
+    ),
+    Family(
+        "topk",
+        "symconv.core.pooling:TopKPoolSpec",
+        "symconv.nn.pooling:TopKPool",
+        "symconv.keras.pooling:TopKPool",
+    ),
 )
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from _arrays import np_
 from _numpy_conv import conv_nd
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from symconv import SymmetricConv1d, SymmetricConv2d, SymmetricConv3d
@@ -95,9 +95,23 @@ def _input(layer_kwargs, nd, cin, size, batch=2, seed=0):
     return rng.standard_normal((batch, *size, cin)).astype("float32")
 
 
+def _hits_tensorflow_onednn_bug(cfg: dict) -> bool:
+    """The one tiny convolution TensorFlow 2.21's oneDNN kernels get wrong (docs/keras.md:
+    Keras' own Conv2D gives the same wrong row); the other backends still test it."""
+    kw = cfg["kwargs"]
+    return (
+        keras.backend.backend() == "tensorflow"
+        and cfg["size"] == (2, 3)
+        and tuple(kw["kernel_size"]) == (1, 2)
+        and tuple(kw["strides"]) == (1, 2)
+        and kw["padding"] == "valid"
+    )
+
+
 @settings(max_examples=15)
 @given(cfg=configs())
 def test_matches_reference(cfg):
+    assume(not _hits_tensorflow_onednn_bug(cfg))
     layer = LAYERS[cfg["nd"]](**cfg["kwargs"])
     x = _input(cfg["kwargs"], cfg["nd"], cfg["cin"], cfg["size"])
     out = np_(layer(x))
@@ -318,19 +332,19 @@ def test_invalid_groups_and_type_errors_same_message_as_torch():
 @pytest.mark.parametrize(
     ("kwargs", "exc", "match"),
     [
-        (dict(filters=0, kernel_size=3), ValueError, r"filters=0 must be a positive integer"),
-        (dict(filters=2.5, kernel_size=3), ValueError, r"filters=2.5 must be a positive"),
-        (dict(filters=4, kernel_size=0), ValueError, r"kernel_size=0 must be a positive"),
+        (dict(filters=0, kernel_size=3), ValueError, r"filters=0 is not allowed; it must be an int >= 1"),
+        (dict(filters=2.5, kernel_size=3), TypeError, r"filters=2.5 must be an int >= 1, got float"),
+        (dict(filters=4, kernel_size=0), ValueError, r"kernel_size=0 is not allowed; it must be an int >= 1"),
         (
             dict(filters=4, kernel_size=(3, 3, 3)),
             ValueError,
-            r"kernel_size=\(3, 3, 3\) must be an int or a sequence of 2",
+            r"kernel_size=\(3, 3, 3\) has 3 entries; it must be an int >= 1 or a tuple of 2",
         ),
-        (dict(filters=4, kernel_size=3, strides=0), ValueError, r"strides=0 must be a positive"),
+        (dict(filters=4, kernel_size=3, strides=0), ValueError, r"strides=0 is not allowed"),
         (
             dict(filters=4, kernel_size=3, padding="causal"),
             ValueError,
-            r"padding='causal' is not allowed; use one of \('valid', 'same'\)",
+            r"padding='causal' is not allowed; it must be one of \('valid', 'same'\)",
         ),
         (
             dict(filters=4, kernel_size=3, data_format="NCHW"),

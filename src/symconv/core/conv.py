@@ -33,9 +33,10 @@ def same_padding(
 ) -> tuple[int, ...] | None:
     """The symmetric per-axis padding that equals Keras' ``'same'``, or ``None`` if none does
     (an even dilated extent or a stride: Keras then pads more on one side)."""
-    if any(s != 1 or d * (k - 1) % 2 for k, s, d in zip(kernel_size, stride, dilation)):
+    axes = zip(kernel_size, stride, dilation, strict=True)
+    if any(s != 1 or d * (k - 1) % 2 for k, s, d in axes):
         return None
-    return tuple(d * (k - 1) // 2 for k, d in zip(kernel_size, dilation))
+    return tuple(d * (k - 1) // 2 for k, d in zip(kernel_size, dilation, strict=True))
 
 
 @dataclass(frozen=True)

@@ -76,7 +76,7 @@ def check_sizes(name: str, value: object, ndim: int, minimum: int = 1) -> tuple[
     if isinstance(value, Sequence) and not isinstance(value, str):
         items = tuple(value)
         if len(items) != ndim:
-            raise value_error(name, value, allowed)
+            raise ValueError(f"{name}={value!r} has {len(items)} entries; it must be {allowed}")
     else:
         items = (value,) * ndim
     for item in items:
@@ -132,9 +132,7 @@ def check_real(
     return number
 
 
-def check_choice(
-    name: str, value: object, choices: Sequence[str], *, lower: bool = False
-) -> str:
+def check_choice(name: str, value: object, choices: Sequence[str], *, lower: bool = False) -> str:
     """``value`` once it is one of the strings ``choices`` (case-folded if ``lower``)."""
     allowed = f"one of {tuple(choices)}"
     if not isinstance(value, str):

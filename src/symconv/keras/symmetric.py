@@ -24,17 +24,16 @@ import keras
 import numpy as np
 from keras import ops
 
+from symconv.core.symmetric_conv import SymmetricConvSpec
+from symconv.core.symmetry import SymmetrySpec
 from symconv.keras._common import (
-    bool_arg,
     conv,
     conv_output_length,
     data_format_arg,
     gather,
-    int_tuple,
-    padding_arg,
-    positive_int,
+    set_weight_options,
+    weight_options_config,
 )
-from symconv.symmetry import SymmetrySpec, make_plan
 
 __all__ = ["SymmetricConv1D", "SymmetricConv2D", "SymmetricConv3D"]
 
@@ -70,33 +69,40 @@ class _SymmetricConv(keras.layers.Layer):
         **kwargs: Any,
     ) -> None:
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
-        rank = self.rank
-        self.filters = positive_int("filters", filters)
-        self.kernel_size = int_tuple("kernel_size", kernel_size, rank)
-        self.strides = int_tuple("strides", strides, rank)
-        self.dilation_rate = int_tuple("dilation_rate", dilation_rate, rank)
-        if max(self.strides) > 1 and max(self.dilation_rate) > 1:
-            raise ValueError(
-                f"strides={self.strides} and dilation_rate={self.dilation_rate}: strides > 1 "
-                "together with dilation_rate > 1 is not supported (as in keras.layers.Conv)"
-            )
-        self.padding = padding_arg(padding)
-        self.data_format = data_format_arg(data_format)
-        self.groups = positive_int("groups", groups)
-        if self.filters % self.groups:
-            raise ValueError(f"filters={self.filters} is not divisible by groups={self.groups}")
-        self.use_bias = bool_arg("use_bias", use_bias)
-        # The spec is parsed and validated by the shared plan: same messages as torch.
-        self.plan = make_plan(
-            symmetry, self.filters, rank, groups=self.groups, share_bias=share_bias
+        # The shared spec validates every argument: the same rules and messages as torch.
+        self.spec = SymmetricConvSpec.from_keras(
+            self.rank,
+            filters=filters,
+            kernel_size=kernel_size,
+            strides=strides,
+            padding=padding,
+            dilation_rate=dilation_rate,
+            groups=groups,
+            use_bias=use_bias,
+            symmetry=symmetry,
+            share_bias=share_bias,
         )
-        self.activation = keras.activations.get(activation)
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.bias_initializer = keras.initializers.get(bias_initializer)
-        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
-        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
-        self.kernel_constraint = keras.constraints.get(kernel_constraint)
-        self.bias_constraint = keras.constraints.get(bias_constraint)
+        geometry = self.spec.conv
+        self.filters = geometry.out_channels
+        self.kernel_size = geometry.kernel_size
+        self.strides = geometry.stride
+        self.dilation_rate = geometry.dilation
+        self.padding = geometry.padding
+        self.groups = geometry.groups
+        self.use_bias = geometry.bias
+        self.plan = self.spec.plan
+        self.data_format = data_format_arg(data_format)
+        set_weight_options(
+            self,
+            activation=activation,
+            kernel_initializer=kernel_initializer,
+            bias_initializer=bias_initializer,
+            kernel_regularizer=kernel_regularizer,
+            bias_regularizer=bias_regularizer,
+            kernel_constraint=kernel_constraint,
+            bias_constraint=bias_constraint,
+        )
+        rank = self.rank
         self.input_spec = keras.layers.InputSpec(ndim=rank + 2)
         self._gather_index: np.ndarray | None = None
         self._bias_index = None if not self.plan.share_bias else self.plan.bias_index.copy()
@@ -113,12 +119,8 @@ class _SymmetricConv(keras.layers.Layer):
                 f"{type(self).__name__} needs a known channel dimension; got input shape "
                 f"{tuple(input_shape)} with data_format={self.data_format!r}"
             )
-        if in_channels % self.groups:
-            raise ValueError(
-                f"the input has {in_channels} channels, which is not divisible by "
-                f"groups={self.groups}"
-            )
-        in_per_group = in_channels // self.groups
+        self.spec = self.spec.with_in_channels(in_channels)
+        in_per_group = self.spec.conv.in_per_group
         self.input_spec = keras.layers.InputSpec(
             ndim=self.rank + 2, axes={self._channel_axis: in_channels}
         )
@@ -275,6 +277,22 @@ class _SymmetricConv(keras.layers.Layer):
             layer.bias.assign(layer.plan.project_bias(bias) if layer.plan.share_bias else bias)
         return layer
 
+    @classmethod
+    def from_spec(
+        cls, spec: SymmetricConvSpec, data_format: str = "channels_last", **kwargs: Any
+    ) -> _SymmetricConv:
+        """The layer a :class:`~symconv.core.symmetric_conv.SymmetricConvSpec` describes,
+        built when the spec knows its input channels; ``kwargs`` are further Keras
+        arguments (``activation``, initializers, ``name``, ...)."""
+        if not isinstance(spec, SymmetricConvSpec) or spec.conv.ndim != cls.rank:
+            raise TypeError(
+                f"{cls.__name__}.from_spec needs a {cls.rank}-D SymmetricConvSpec, got {spec!r}"
+            )
+        layer = cls(**spec.keras_kwargs(data_format), **kwargs)
+        if spec.in_channels is not None:
+            layer.build(spec.keras_input_shape(data_format))
+        return layer
+
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config.update(
@@ -286,15 +304,8 @@ class _SymmetricConv(keras.layers.Layer):
                 "data_format": self.data_format,
                 "dilation_rate": self.dilation_rate,
                 "groups": self.groups,
-                "activation": keras.activations.serialize(self.activation),
                 "use_bias": self.use_bias,
-                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
-                "bias_initializer": keras.initializers.serialize(self.bias_initializer),
-                "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
-                "bias_regularizer": keras.regularizers.serialize(self.bias_regularizer),
-                "activity_regularizer": keras.regularizers.serialize(self.activity_regularizer),
-                "kernel_constraint": keras.constraints.serialize(self.kernel_constraint),
-                "bias_constraint": keras.constraints.serialize(self.bias_constraint),
+                **weight_options_config(self),
                 "symmetry": self.plan.spec_dict(),
                 "share_bias": self.plan.share_bias,
             }
@@ -336,55 +347,55 @@ _DOC = """{rank}-D convolution whose output channels share weights across reflec
     """
 
 
+#: Per rank: a doc example, its string form and output, the keys, the spatial axes, the
+#: example input's spatial shape.
+_DOC_ARGS = {
+    1: ("{'h': 8}", "h:50%", "(12, (8, 16))", "'h' (the length axis)", "length", "10"),
+    2: (
+        "{'h': 2, 'v': 4, 'hv': 8}",
+        "hv:50%,h:2",
+        "(7, (8, 16))",
+        "'h' (width), 'v' (height), 'hv'",
+        "height, width",
+        "10, 10",
+    ),
+    3: (
+        "{'hvz': 8, 'hz': 4}",
+        "hvz:50%",
+        "(6, (8, 16))",
+        "'h' (width), 'v' (height), 'z' (depth), 'hv', 'hz', 'vz', 'hvz'",
+        "depth, height, width",
+        "6, 6, 6",
+    ),
+}
+
+
+def _doc(rank: int) -> str:
+    example, string, example_out, keys, spatial, example_in = _DOC_ARGS[rank]
+    return _DOC.format(
+        rank=rank,
+        torch_name=f"SymmetricConv{rank}d",
+        plain=f"Conv{rank}D",
+        example=example,
+        string=string,
+        keys=keys,
+        sp=spatial,
+        name=f"SymmetricConv{rank}D",
+        example_in=example_in,
+        example_out=example_out,
+    )
+
+
 @keras.saving.register_keras_serializable(package="symconv")
 class SymmetricConv1D(_SymmetricConv):
-    rank = 1
-    _plain_name = "Conv1D"
-    __doc__ = _DOC.format(
-        rank=1,
-        torch_name="SymmetricConv1d",
-        plain="Conv1D",
-        example="{'h': 8}",
-        string="h:50%",
-        keys="'h' (the length axis)",
-        sp="length",
-        name="SymmetricConv1D",
-        example_in="10",
-        example_out="(12, (8, 16))",
-    )
+    rank, _plain_name, __doc__ = 1, "Conv1D", _doc(1)
 
 
 @keras.saving.register_keras_serializable(package="symconv")
 class SymmetricConv2D(_SymmetricConv):
-    rank = 2
-    _plain_name = "Conv2D"
-    __doc__ = _DOC.format(
-        rank=2,
-        torch_name="SymmetricConv2d",
-        plain="Conv2D",
-        example="{'h': 2, 'v': 4, 'hv': 8}",
-        string="hv:50%,h:2",
-        keys="'h' (width), 'v' (height), 'hv'",
-        sp="height, width",
-        name="SymmetricConv2D",
-        example_in="10, 10",
-        example_out="(7, (8, 16))",
-    )
+    rank, _plain_name, __doc__ = 2, "Conv2D", _doc(2)
 
 
 @keras.saving.register_keras_serializable(package="symconv")
 class SymmetricConv3D(_SymmetricConv):
-    rank = 3
-    _plain_name = "Conv3D"
-    __doc__ = _DOC.format(
-        rank=3,
-        torch_name="SymmetricConv3d",
-        plain="Conv3D",
-        example="{'hvz': 8, 'hz': 4}",
-        string="hvz:50%",
-        keys="'h' (width), 'v' (height), 'z' (depth), 'hv', 'hz', 'vz', 'hvz'",
-        sp="depth, height, width",
-        name="SymmetricConv3D",
-        example_in="6, 6, 6",
-        example_out="(6, (8, 16))",
-    )
+    rank, _plain_name, __doc__ = 3, "Conv3D", _doc(3)

@@ -30,26 +30,31 @@ recorded as a plain ``index_select`` (so a traced model saves with ``torch.jit.s
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 from torch.nn import init
 
+from symconv.core.symmetric_conv import SymmetricConvSpec
+from symconv.core.symmetry import SymmetryPlan, SymmetrySpec
 from symconv.nn._cache import caching_allowed, not_scriptable, tracing, version_key
 from symconv.nn._gather import gather
-from symconv.symmetry import SymmetryPlan, SymmetrySpec, make_plan
+from symconv.nn.conv_utils import copy_mode, geometry_of
 
-__all__ = ["SymmetricConv1d", "SymmetricConv2d", "SymmetricConv3d"]
+__all__ = ["SymmetricConv1d", "SymmetricConv2d", "SymmetricConv3d", "SymmetricConvNd"]
 
 
-class _SymmetricConvNd:
-    """Shared implementation; concrete classes mix it into ``nn.ConvNd``."""
+class SymmetricConvNd:
+    """The shared implementation; ``SymmetricConv1d/2d/3d`` mix it into ``nn.ConvNd``.
+
+    ``isinstance(layer, SymmetricConvNd)`` tells a symmetric layer of any dimension.
+    """
 
     _ndim: ClassVar[int]
     _plain_cls: ClassVar[type[nn.modules.conv._ConvNd]]
 
+    spec: SymmetricConvSpec
     plan: SymmetryPlan
     weight: nn.Parameter
     bias: nn.Parameter | None
@@ -181,23 +186,6 @@ class _SymmetricConvNd:
         return self._conv_forward(input, weight, bias)  # type: ignore[attr-defined]
 
     # -- conversion ----------------------------------------------------------------------
-    @staticmethod
-    def _conv_kwargs(conv: nn.modules.conv._ConvNd) -> dict[str, Any]:
-        """The constructor arguments that rebuild ``conv`` (plain or symmetric)."""
-        return {
-            "in_channels": conv.in_channels,
-            "out_channels": conv.out_channels,
-            "kernel_size": conv.kernel_size,
-            "stride": conv.stride,
-            "padding": conv.padding,
-            "dilation": conv.dilation,
-            "groups": conv.groups,
-            "bias": conv.bias is not None,
-            "padding_mode": conv.padding_mode,
-            "device": conv.weight.device,
-            "dtype": conv.weight.dtype,
-        }
-
     def __prepare_scriptable__(self) -> nn.Module:
         raise not_scriptable(self)
 
@@ -207,19 +195,21 @@ class _SymmetricConvNd:
         It keeps this layer's training mode and ``requires_grad`` (so, e.g.,
         ``torch.nn.utils.fusion.fuse_conv_bn_eval`` accepts it from a model in eval mode).
         """
-        conv = self._plain_cls(**self._conv_kwargs(self))
+        conv = self._plain_cls(
+            **self.spec.conv.torch_kwargs(), device=self.weight.device, dtype=self.weight.dtype
+        )
         with torch.no_grad():
             weight, bias = self._expand()
             conv.weight.copy_(weight)
             if bias is not None:
                 conv.bias.copy_(bias)
-        _copy_mode(self, conv)  # type: ignore[arg-type]
+        copy_mode(self, conv)  # type: ignore[arg-type]
         return conv
 
     @classmethod
     def from_conv(
         cls, conv: nn.Module, symmetry: SymmetrySpec, share_bias: bool = True
-    ) -> _SymmetricConvNd:
+    ) -> SymmetricConvNd:
         """A symmetric layer with ``conv``'s hyper-parameters and the closest symmetric weights.
 
         Each free filter is the average of its orbit's members with their reflection
@@ -227,14 +217,20 @@ class _SymmetricConvNd:
         symmetry is reproduced exactly. The layer keeps ``conv``'s training mode and
         ``requires_grad``. Raises ``ValueError`` when the spec does not fit.
         """
-        if not isinstance(conv, cls._plain_cls) or isinstance(conv, _SymmetricConvNd):
+        if not isinstance(conv, cls._plain_cls) or isinstance(conv, SymmetricConvNd):
             raise TypeError(
                 f"{cls.__name__}.from_conv needs a plain nn.{cls._plain_cls.__name__}, got "
                 f"{type(conv).__name__}"
             )
         if conv.transposed:  # pragma: no cover - ConvNd classes are never transposed
             raise TypeError("transposed convolutions are not supported")
-        layer = cls(**cls._conv_kwargs(conv), symmetry=symmetry, share_bias=share_bias)
+        spec = SymmetricConvSpec.from_torch(
+            cls._ndim,
+            **geometry_of(conv).torch_kwargs(),
+            symmetry=symmetry,
+            share_bias=share_bias,
+        )
+        layer = cls.from_spec(spec, device=conv.weight.device, dtype=conv.weight.dtype)
         with torch.no_grad():
             layer.weight.copy_(layer._project(conv.weight, layer._gather_index, layer.plan.n_free))
             if conv.bias is not None:
@@ -244,9 +240,25 @@ class _SymmetricConvNd:
                     layer.bias.copy_(
                         layer._project(conv.bias, layer._bias_index, layer.plan.n_bias)
                     )
-        _copy_mode(conv, layer)
+        copy_mode(conv, layer)
         layer.clear_cache()
         return layer
+
+    @classmethod
+    def from_spec(
+        cls,
+        spec: SymmetricConvSpec,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> SymmetricConvNd:
+        """The layer a :class:`~symconv.core.symmetric_conv.SymmetricConvSpec` describes
+        (freshly initialized)."""
+        if not isinstance(spec, SymmetricConvSpec) or spec.conv.ndim != cls._ndim:
+            raise TypeError(
+                f"{cls.__name__}.from_spec needs a {cls._ndim}-D SymmetricConvSpec, got {spec!r}"
+            )
+        return cls(**spec.torch_kwargs(), device=device, dtype=dtype)
 
     @staticmethod
     def _project(full: Tensor, index: Tensor | None, n_rows: int) -> Tensor:
@@ -266,67 +278,9 @@ class _SymmetricConvNd:
         return f"{base}, symmetry={{{spec}}}, share_bias={self.plan.share_bias}"
 
 
-def _copy_mode(source: nn.Module, target: nn.Module) -> None:
-    """Give ``target`` the training mode and (all-or-nothing) ``requires_grad`` of ``source``."""
-    target.train(source.training)
-    if not source.weight.requires_grad:
-        target.requires_grad_(False)
-
-
-def _check_int(name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name}={value!r} must be an int >= {minimum}, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name}={value!r} is not allowed; it must be an int >= {minimum}")
-
-
-def _check_sizes(name: str, value: object, ndim: int, minimum: int) -> None:
-    """``value`` is an int or a tuple of ``ndim`` ints, each ``>= minimum``."""
-    allowed = f"an int >= {minimum} or a tuple of {ndim} such ints"
-    items = tuple(value) if isinstance(value, tuple | list) else (value,)
-    if isinstance(value, tuple | list) and len(items) != ndim:
-        raise ValueError(f"{name}={value!r} has {len(items)} entries; allowed: {allowed}")
-    for v in items:
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-            raise TypeError(f"{name}={value!r} must be {allowed}, got {type(v).__name__}")
-        if v < minimum:
-            what = "negative" if v < 0 else "not allowed"
-            raise ValueError(f"{name}={value!r} is {what}; allowed: {allowed}")
-
-
-def _check_conv_args(
-    ndim: int,
-    in_channels: object,
-    out_channels: object,
-    kernel_size: object,
-    stride: object,
-    padding: object,
-    dilation: object,
-    groups: object,
-    bias: object,
-) -> None:
-    """Reject what ``nn.ConvNd`` would accept and then fail on (or silently mis-handle)."""
-    _check_int("in_channels", in_channels, 1)
-    _check_int("out_channels", out_channels, 1)
-    _check_sizes("kernel_size", kernel_size, ndim, 1)
-    _check_sizes("stride", stride, ndim, 1)
-    if isinstance(padding, str):
-        if padding not in ("same", "valid"):
-            raise ValueError(
-                f"padding={padding!r} is not allowed; use 'same', 'valid', an int >= 0 or a "
-                f"tuple of {ndim} such ints"
-            )
-    else:
-        _check_sizes("padding", padding, ndim, 0)
-    _check_sizes("dilation", dilation, ndim, 1)
-    _check_int("groups", groups, 1)
-    if not isinstance(bias, bool):
-        raise TypeError(f"bias={bias!r} must be a bool")
-
-
 def _make_init(ndim: int):  # type: ignore[no-untyped-def]
     def __init__(  # noqa: N807 - assigned as a method
-        self: _SymmetricConvNd,
+        self: SymmetricConvNd,
         in_channels: int,
         out_channels: int,
         kernel_size: int | tuple[int, ...],
@@ -343,25 +297,23 @@ def _make_init(ndim: int):  # type: ignore[no-untyped-def]
         share_bias: bool = True,
     ) -> None:
         # Validate everything before nn.ConvNd allocates anything.
-        _check_conv_args(
-            ndim, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias
-        )
-        plan = make_plan(symmetry, out_channels, ndim, groups=groups, share_bias=share_bias)
-        self._plain_cls.__init__(
-            self,
-            in_channels,
-            out_channels,
-            kernel_size,
+        spec = SymmetricConvSpec.from_torch(
+            ndim,
+            in_channels=in_channels,
+            out_channels=out_channels,
+            kernel_size=kernel_size,
             stride=stride,
             padding=padding,
             dilation=dilation,
             groups=groups,
             bias=bias,
             padding_mode=padding_mode,
-            device=device,
-            dtype=dtype,
+            symmetry=symmetry,
+            share_bias=share_bias,
         )
-        self._setup_symmetry(plan)
+        self._plain_cls.__init__(self, **spec.conv.torch_kwargs(), device=device, dtype=dtype)
+        self.spec = spec
+        self._setup_symmetry(spec.plan)
 
     return __init__
 
@@ -395,52 +347,48 @@ _DOC = """{dims}-D convolution whose output channels share weights across reflec
     """
 
 
-class SymmetricConv1d(_SymmetricConvNd, nn.Conv1d):
-    _ndim = 1
-    _plain_cls = nn.Conv1d
-    __init__ = _make_init(1)
-    __doc__ = _DOC.format(
-        dims=1,
-        plain="Conv1d",
-        example="{'h': 8}",
-        keys="'h' (the length axis)",
-        sp="L",
-        sp_out="L_out",
-        k="k",
-        name="SymmetricConv1d",
-        example_out="(12, (16, 8))",
+#: Per dimension: the plain class, a doc example and its output, the keys, the shapes.
+_DOC_ARGS = {
+    1: ("{'h': 8}", "(12, (16, 8))", "'h' (the length axis)", "L", "k"),
+    2: (
+        "{'h': 2, 'v': 4, 'hv': 8}",
+        "(7, (16, 8))",
+        "'h' (width), 'v' (height), 'hv'",
+        "H, W",
+        "kH, kW",
+    ),
+    3: (
+        "{'hvz': 8, 'hz': 4}",
+        "(6, (16, 8))",
+        "'h' (width), 'v' (height), 'z' (depth), 'hv', 'hz', 'vz', 'hvz'",
+        "D, H, W",
+        "kD, kH, kW",
+    ),
+}
+
+
+def _doc(ndim: int) -> str:
+    example, example_out, keys, spatial, k = _DOC_ARGS[ndim]
+    return _DOC.format(
+        dims=ndim,
+        plain=f"Conv{ndim}d",
+        example=example,
+        keys=keys,
+        sp=spatial,
+        sp_out=", ".join(f"{axis}_out" for axis in spatial.split(", ")),
+        k=k,
+        name=f"SymmetricConv{ndim}d",
+        example_out=example_out,
     )
 
 
-class SymmetricConv2d(_SymmetricConvNd, nn.Conv2d):
-    _ndim = 2
-    _plain_cls = nn.Conv2d
-    __init__ = _make_init(2)
-    __doc__ = _DOC.format(
-        dims=2,
-        plain="Conv2d",
-        example="{'h': 2, 'v': 4, 'hv': 8}",
-        keys="'h' (width), 'v' (height), 'hv'",
-        sp="H, W",
-        sp_out="H_out, W_out",
-        k="kH, kW",
-        name="SymmetricConv2d",
-        example_out="(7, (16, 8))",
-    )
+class SymmetricConv1d(SymmetricConvNd, nn.Conv1d):
+    _ndim, _plain_cls, __init__, __doc__ = 1, nn.Conv1d, _make_init(1), _doc(1)
 
 
-class SymmetricConv3d(_SymmetricConvNd, nn.Conv3d):
-    _ndim = 3
-    _plain_cls = nn.Conv3d
-    __init__ = _make_init(3)
-    __doc__ = _DOC.format(
-        dims=3,
-        plain="Conv3d",
-        example="{'hvz': 8, 'hz': 4}",
-        keys="'h' (width), 'v' (height), 'z' (depth), 'hv', 'hz', 'vz', 'hvz'",
-        sp="D, H, W",
-        sp_out="D_out, H_out, W_out",
-        k="kD, kH, kW",
-        name="SymmetricConv3d",
-        example_out="(6, (16, 8))",
-    )
+class SymmetricConv2d(SymmetricConvNd, nn.Conv2d):
+    _ndim, _plain_cls, __init__, __doc__ = 2, nn.Conv2d, _make_init(2), _doc(2)
+
+
+class SymmetricConv3d(SymmetricConvNd, nn.Conv3d):
+    _ndim, _plain_cls, __init__, __doc__ = 3, nn.Conv3d, _make_init(3), _doc(3)

@@ -836,9 +836,9 @@ class ConvTwist(_TwistForward, nn.Module):
         ``conv`` must be a plain ``nn.Conv2d`` with an odd square kernel, dilation 1 and
         padding ``k // 2`` (or ``'same'``); any stride, groups, bias and padding mode.
         """
-        from symconv.nn.symmetric import _SymmetricConvNd
+        from symconv.nn.symmetric import SymmetricConvNd
 
-        if not isinstance(conv, nn.Conv2d) or isinstance(conv, _SymmetricConvNd):
+        if not isinstance(conv, nn.Conv2d) or isinstance(conv, SymmetricConvNd):
             raise TypeError(
                 f"ConvTwist.from_conv needs a plain nn.Conv2d, got {type(conv).__name__}"
             )
