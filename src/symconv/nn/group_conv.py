@@ -26,22 +26,20 @@ up to rounding, for every member ``u`` and any padding mode.
 
 from __future__ import annotations
 
-import math
 from typing import Any, ClassVar
 
 import torch
-from torch import Tensor, nn
-from torch.nn import init
+from torch import nn
 
 from symconv.core.group_conv import GroupConvSpec, conversion_reason
-from symconv.nn._cache import caching_allowed, not_scriptable, tracing, version_key
-from symconv.nn._gather import gather
+from symconv.nn.conv_utils import copy_mode
+from symconv.nn.gathered import GatheredConvNd
 
-__all__ = ["GroupConv1d", "GroupConv2d", "GroupConv3d"]
+__all__ = ["GroupConv1d", "GroupConv2d", "GroupConv3d", "GroupConvNd"]
 
 
-class _GroupConvNd:
-    """Shared implementation; concrete classes mix it into ``nn.ConvNd``."""
+class GroupConvNd(GatheredConvNd):
+    """The shared implementation; ``GroupConv1d/2d/3d`` mix it into ``nn.ConvNd``."""
 
     _ndim: ClassVar[int]
     _plain_cls: ClassVar[type[nn.modules.conv._ConvNd]]
@@ -83,7 +81,7 @@ class _GroupConvNd:
     @classmethod
     def from_spec(
         cls, spec: GroupConvSpec, *, device: Any = None, dtype: torch.dtype | None = None
-    ) -> _GroupConvNd:
+    ) -> GroupConvNd:
         """The layer a (validated) spec describes."""
         if not isinstance(spec, GroupConvSpec) or spec.conv.ndim != cls._ndim:
             raise TypeError(f"spec={spec!r} must be a {cls._ndim}-D GroupConvSpec")
@@ -93,103 +91,19 @@ class _GroupConvNd:
 
     def _build(self, spec: GroupConvSpec, device: Any, dtype: torch.dtype | None) -> None:
         """``nn.ConvNd``'s construction, then the free parameters in place of the full ones."""
-        kwargs = spec.conv.torch_kwargs()
-        self._plain_cls.__init__(self, **kwargs, device=device, dtype=dtype)
-        factory = {"device": self.weight.device, "dtype": self.weight.dtype}
+        self._plain_cls.__init__(self, **spec.conv.torch_kwargs(), device=device, dtype=dtype)
         self.spec = spec
-        self.weight = nn.Parameter(torch.empty(spec.free_weight_shape(), **factory))
-        if self.bias is not None:
-            self.bias = nn.Parameter(torch.empty(spec.out_fields, **factory))
-        # Plain tensors, not buffers: derived from the spec, never saved nor broadcast.
-        self._index = torch.from_numpy(spec.gather_index()).to(factory["device"])
-        self._bias_index = torch.from_numpy(spec.bias_index()).to(factory["device"])
-        self._index_cl: Tensor | None = None
-        self._cache: tuple[tuple[object, ...], Tensor, Tensor | None] | None = None
-        self.reset_parameters()
+        self.set_free(
+            spec.free_weight_shape(), spec.out_fields, spec.gather_index(), spec.bias_index()
+        )
 
     @property
     def group(self) -> str:
         """The group key (``'hr'``, ``'r'``, ``'hv'``, ...)."""
         return self.spec.group.key
 
-    def reset_parameters(self) -> None:
-        """``nn.ConvNd``'s initialization on the free parameters: the free kernel has the
-        full one's fan-in, so the full kernel has a plain convolution's distribution."""
-        if getattr(self, "spec", None) is None:
-            return
-        with torch.no_grad():
-            init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-            if self.bias is not None:
-                fan_in = self.weight[0].numel()
-                init.uniform_(self.bias, -1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in))
-        self.clear_cache()
-
-    def clear_cache(self) -> None:
-        """Forget the cached full kernel (needed only after writes through ``.data``)."""
-        self._cache = None
-
-    def _apply(self, fn, recurse: bool = True):  # type: ignore[no-untyped-def]
-        module = super()._apply(fn, recurse)  # type: ignore[misc]
-        # Indices follow the parameters' device but never go through `fn` (`to_empty`).
-        self._index = self._index.to(self.weight.device)
-        self._bias_index = self._bias_index.to(self.weight.device)
-        self._index_cl, self._cache = None, None
-        return module
-
-    def _full(self) -> tuple[Tensor, Tensor | None]:
-        """The full kernel and bias, computed (differentiably) from the free ones."""
-        w = self.weight
-        if not tracing() and w.dim() >= 4 and not w.is_contiguous() and _channels_last(w):
-            if self._index_cl is None:
-                self._index_cl = _storage_order_index(w, self._index)
-            full = gather(w.movedim(1, -1), self._index_cl).movedim(-1, 1)
-        else:
-            full = gather(w, self._index)
-        bias = None if self.bias is None else gather(self.bias, self._bias_index)
-        return full, bias
-
-    def expanded(self) -> tuple[Tensor, Tensor | None]:
-        """``(expanded_weight, expanded_bias)`` as the forward pass uses them."""
-        params = (self.weight, self.bias)
-        if not caching_allowed(params):
-            return self._full()
-        key = version_key(params)
-        if self._cache is None or self._cache[0] != key:
-            with torch.no_grad():
-                self._cache = (key, *self._full())
-        return self._cache[1], self._cache[2]
-
-    @property
-    def expanded_weight(self) -> Tensor:
-        """The full kernel ``(out_channels, in_channels / groups, *kernel_size)``."""
-        return self.expanded()[0]
-
-    @property
-    def expanded_bias(self) -> Tensor | None:
-        """The full bias ``(out_channels,)``, or ``None``."""
-        return self.expanded()[1]
-
-    def forward(self, input: Tensor) -> Tensor:
-        """``(N, in_channels, *spatial)`` -> ``(N, out_channels, *spatial_out)``."""
-        weight, bias = self.expanded()
-        return self._conv_forward(input, weight, bias)  # type: ignore[attr-defined]
-
-    def to_conv(self) -> nn.modules.conv._ConvNd:
-        """A plain ``nn.ConvNd`` holding the full kernel (same outputs, training mode and
-        ``requires_grad``)."""
-        w = self.weight
-        conv = self._plain_cls(**self.spec.conv.torch_kwargs(), device=w.device, dtype=w.dtype)
-        with torch.no_grad():
-            weight, bias = self._full()
-            conv.weight.copy_(weight)
-            if bias is not None:
-                conv.bias.copy_(bias)
-        conv.train(self.training)  # type: ignore[attr-defined]
-        conv.requires_grad_(w.requires_grad)
-        return conv
-
     @classmethod
-    def from_conv(cls, conv: nn.Module, group: str = "hr") -> _GroupConvNd:
+    def from_conv(cls, conv: nn.Module, group: str = "hr") -> GroupConvNd:
         """The group convolution closest to a plain ``nn.ConvNd`` (its settings, training
         mode and ``requires_grad``): each free entry is the mean of its ``|G|`` copies in
         ``conv``'s kernel, each bias the mean over its field. A ``conv`` that already is a
@@ -231,29 +145,12 @@ class _GroupConvNd:
             layer.weight.copy_(flat.reshape(layer.weight.shape) / order)
             if conv.bias is not None:
                 layer.bias.copy_(conv.bias.reshape(-1, order).mean(1))
-        layer.train(conv.training)
-        layer.requires_grad_(conv.weight.requires_grad)
+        copy_mode(conv, layer)
         layer.clear_cache()
         return layer
 
-    def __prepare_scriptable__(self) -> nn.Module:
-        raise not_scriptable(self)
-
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, group={self.group!r}"  # type: ignore[misc]
-
-
-def _channels_last(weight: Tensor) -> bool:
-    fmt = torch.channels_last if weight.dim() == 4 else torch.channels_last_3d
-    return weight.dim() in (4, 5) and weight.is_contiguous(memory_format=fmt)
-
-
-def _storage_order_index(weight: Tensor, index: Tensor) -> Tensor:
-    """``index`` rewritten to read the free kernel's channels_last storage and to yield
-    the full kernel in its own ``(out, *k, in)`` storage order: no layout copies."""
-    offsets = torch.arange(weight.numel(), device=weight.device)
-    offsets = offsets.as_strided(weight.shape, weight.stride())  # logical -> storage
-    return offsets.reshape(-1)[index].movedim(1, -1).contiguous()
 
 
 _DOC = """{dims}-D group convolution: fields of |G| channels in, fields out.
@@ -271,46 +168,34 @@ _DOC = """{dims}-D group convolution: fields of |G| channels in, fields out.
     """
 
 
-class GroupConv1d(_GroupConvNd, nn.Conv1d):
+_EXAMPLES = {  # ndim: (keys, example key, in, out, free shape, full shape)
+    1: ("'h'", "h", 4, 6, (3, 4, 3), (6, 4, 3)),
+    2: ("'h', 'v', 'hv', 'r', 'hr'", "hr", 16, 24, (3, 16, 3, 3), (24, 16, 3, 3)),
+    3: ("'h', 'v', 'hv', 'z', 'hz', 'vz', 'hvz'", "hvz", 8, 16, (2, 8, 3, 3, 3), (16, 8, 3, 3, 3)),
+}
+
+
+def _doc(ndim: int) -> str:
+    keys, key, cin, cout, free, full = _EXAMPLES[ndim]
+    return _DOC.format(
+        dims=ndim, plain=f"Conv{ndim}d", keys=keys, name=f"GroupConv{ndim}d", key=key,
+        order_in=cin, order_out=cout, example_out=(free, full),
+    )  # fmt: skip
+
+
+class GroupConv1d(GroupConvNd, nn.Conv1d):
     _ndim = 1
     _plain_cls = nn.Conv1d
-    __doc__ = _DOC.format(
-        dims=1,
-        plain="Conv1d",
-        keys="'h'",
-        name="GroupConv1d",
-        key="h",
-        order_in=4,
-        order_out=6,
-        example_out="((3, 4, 3), (6, 4, 3))",
-    )
+    __doc__ = _doc(1)
 
 
-class GroupConv2d(_GroupConvNd, nn.Conv2d):
+class GroupConv2d(GroupConvNd, nn.Conv2d):
     _ndim = 2
     _plain_cls = nn.Conv2d
-    __doc__ = _DOC.format(
-        dims=2,
-        plain="Conv2d",
-        keys="'h', 'v', 'hv', 'r', 'hr'",
-        name="GroupConv2d",
-        key="hr",
-        order_in=16,
-        order_out=24,
-        example_out="((3, 16, 3, 3), (24, 16, 3, 3))",
-    )
+    __doc__ = _doc(2)
 
 
-class GroupConv3d(_GroupConvNd, nn.Conv3d):
+class GroupConv3d(GroupConvNd, nn.Conv3d):
     _ndim = 3
     _plain_cls = nn.Conv3d
-    __doc__ = _DOC.format(
-        dims=3,
-        plain="Conv3d",
-        key="hvz",
-        name="GroupConv3d",
-        keys="'h', 'v', 'hv', 'z', 'hz', 'vz', 'hvz'",
-        order_in=8,
-        order_out=16,
-        example_out="((2, 8, 3, 3, 3), (16, 8, 3, 3, 3))",
-    )
+    __doc__ = _doc(3)
