@@ -177,3 +177,19 @@ def test_core_module_imports_no_framework():
         "assert not {'torch', 'keras', 'tensorflow'} & set(sys.modules), 'framework loaded'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_fx_and_jit_trace_record_the_whole_stack():
+    from symconv.nn.group_norm import GroupBatchNorm2d
+    from symconv.nn.group_pool import GroupPool
+
+    model = nn.Sequential(
+        GroupConv2d(8, 16, 3, padding=1, group="hr"), GroupBatchNorm2d(16, "hr"), nn.ReLU(),
+        GroupPool("hr", to="r"),
+    )  # fmt: skip
+    x = torch.randn(2, 8, 6, 6)
+    torch.testing.assert_close(torch.fx.symbolic_trace(model)(x), model(x))
+    model.eval()
+    with pytest.warns(torch.jit.TracerWarning):  # the channel check is recorded as constant
+        traced = torch.jit.trace(model, x)
+    torch.testing.assert_close(traced(x), model(x))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+import torch.fx
 from torch import Tensor, nn
 
 from symconv.core.group_conv import check_fields
@@ -17,6 +18,9 @@ from symconv.core.validate import check_int
 from symconv.nn.group_pool import check_fields_input
 
 __all__ = ["GroupBatchNorm1d", "GroupBatchNorm2d", "GroupBatchNorm3d"]
+
+# FX graphs call the shape check instead of tracing into it.
+torch.fx.wrap("check_fields_input")
 
 
 class _GroupBatchNorm:
@@ -48,9 +52,13 @@ class _GroupBatchNorm:
     def forward(self, input: Tensor) -> Tensor:
         """``(N, channels, *spatial)`` -> the same shape."""
         input = check_fields_input(input, self.order, type(self).__name__, self._ndim + 2)
-        shape = input.shape
-        stacked = input.reshape(shape[0], -1, self.order * shape[2], *shape[3:])
-        return super().forward(stacked).reshape(shape)  # type: ignore[misc]
+        stacked = input.unflatten(1, (-1, self.order)).flatten(2, 3)  # (N, F, |G| * S0, ...)
+        out = super().forward(stacked)  # type: ignore[misc]
+        return out.unflatten(2, (self.order, -1)).flatten(1, 2)
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        """Done by :meth:`forward` before reshaping (``nn.BatchNormNd``'s own check would
+        stop ``torch.fx`` tracing)."""
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, group={self.group!r}, {super().extra_repr()}"  # type: ignore[misc]
