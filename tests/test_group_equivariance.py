@@ -168,3 +168,21 @@ def test_equivariance_error_arguments():
         equivariance_error(model, torch.randn(1, 8, 4), "r")
     with pytest.raises(ValueError, match="needs a model output with 4 dims"):
         equivariance_error(nn.Flatten(), x, "r", output="image")
+
+
+def test_lifting_with_rotation_keys_permutes_as_the_plan_says():
+    """SymmetricConv2d(symmetry={'r': '50%', 'hr': 16}): turning the input permutes the
+    channels of every orbit whose group holds the turn, as member_permutation says."""
+    torch.manual_seed(3)
+    layer = SymmetricConv2d(3, 40, 3, padding=1, symmetry={"r": "50%", "hr": 16}).double()
+    assert [(b.key, b.channels) for b in layer.plan.blocks] == [("r", 20), ("hr", 16)]
+    x = torch.randn(2, 3, 7, 7, dtype=torch.float64)
+    y = layer(x).detach()
+    for word in MEMBERS["hr"]:
+        name = word.replace("rrr", "r3").replace("rr", "r2") or "e"
+        perm, eq = layer.plan.member_permutation(name)
+        expected = apply(word, y)[:, torch.from_numpy(perm)]
+        got = layer(apply(word, x)).detach()
+        eq = torch.from_numpy(eq)
+        torch.testing.assert_close(got[:, eq], expected[:, eq], atol=1e-12, rtol=0)
+        assert eq.sum() == (40 if not word else 16 if "h" in word else 36)
