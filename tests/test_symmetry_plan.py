@@ -264,3 +264,69 @@ def test_flip_permutation_rejects_bad_axes():
     plan = make_plan({"h": 2}, 4, 2)
     with pytest.raises(ValueError, match="axes='z' is not a set of flip axes for a 2-D layer"):
         plan.flip_permutation("z")
+
+
+# -- rotation keys (r = C4, hr = D4) -------------------------------------------------------
+
+# Naive members from np.rot90 (the torch.rot90 convention) and np.flip, in the documented
+# order: r^k for r; r^k, then r^k after a width reflection, for hr.
+ROT_MEMBERS = {
+    "r": [lambda f, k=k: np.rot90(f, k, axes=(-2, -1)) for k in range(4)],
+    "hr": [lambda f, k=k: np.rot90(f, k, axes=(-2, -1)) for k in range(4)]
+    + [lambda f, k=k: np.rot90(np.flip(f, -1), k, axes=(-2, -1)) for k in range(4)],
+}
+
+
+@given(st.integers(0, 3), st.integers(0, 2), st.integers(0, 5), st.integers(1, 4))
+def test_rotation_orbits_expand_like_naive(n_r, n_hr, n_plain, k):
+    spec = {"r": 4 * n_r, "hv": 4, "hr": 8 * n_hr}
+    out = 4 + 4 * n_r + 8 * n_hr + n_plain
+    plan = make_plan(spec, out, 2)
+    assert [b.key for b in plan.blocks] == [key for key in ("hv", "r", "hr") if spec[key]]
+    free = np.random.default_rng(0).standard_normal(plan.free_weight_shape(2, (k, k)))
+    full = plan.expand(free)
+    c = 0
+    for key in ("hv", "r", "hr"):
+        members = ROT_MEMBERS.get(key, [lambda f: f, lambda f: np.flip(f, -1),
+                                        lambda f: np.flip(f, -2), lambda f: np.flip(f, (-2, -1))])  # fmt: skip
+        for _ in range(spec[key] // len(members)):
+            for act in members:
+                np.testing.assert_array_equal(full[c], act(free[plan.free_index[c]]))
+                c += 1
+    np.testing.assert_array_equal(full[c:], free[plan.free_index[c:]])  # plain channels
+    np.testing.assert_allclose(plan.project(full), free, atol=1e-12)
+    free_k = np.moveaxis(free, (0, 1), (-1, -2))
+    full_k = np.moveaxis(plan.expand(free_k, layout="keras"), (-1, -2), (0, 1))
+    np.testing.assert_array_equal(full_k, full)
+
+
+def test_member_permutation_follows_the_multiplication_table():
+    plan = make_plan({"h": 2, "r": 4, "hr": 8}, 16, 2)
+    # r: member m -> r^-1 m within each rotation orbit; h orbits are not r-equivariant
+    perm, eq = plan.member_permutation("r")
+    np.testing.assert_array_equal(perm, [0, 1, 5, 2, 3, 4, 9, 6, 7, 8, 13, 10, 11, 12, 14, 15])
+    np.testing.assert_array_equal(eq, [False] * 2 + [True] * 12 + [False] * 2)
+    # h: h orbits swap, the rotation orbit is not h-equivariant, hr: m -> h m
+    perm, eq = plan.member_permutation(("hr", 4))
+    np.testing.assert_array_equal(perm[:2], [1, 0])
+    np.testing.assert_array_equal(perm[6:14], 6 + np.array([4, 7, 6, 5, 0, 3, 2, 1]))
+    np.testing.assert_array_equal(eq, [True] * 2 + [False] * 4 + [True] * 8 + [False] * 2)
+    # the half turn is the hv flip: flip_permutation agrees with member_permutation
+    for a, b in zip(plan.flip_permutation("hv"), plan.member_permutation("r2"), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_rotation_keys_validation():
+    assert canonical_key("vr", 2) == "hr" and canonical_key("RH", 2) == "hr"
+    assert allowed_keys(2, rotations=True) == ("h", "v", "hv", "r", "hr")
+    assert allowed_keys(3, rotations=True) == allowed_keys(3)
+    with pytest.raises(ValueError, match=r"symmetry key 'r' turns the \(height, width\) plane"):
+        make_plan({"r": 4}, 8, 3)
+    with pytest.raises(ValueError, match=r"unknown symmetry key 'hvr'; allowed keys for a 2-D "
+                       r"layer: 'h', 'v', 'hv', 'r', 'hr'"):  # fmt: skip
+        make_plan({"hvr": 8}, 8, 2)
+    with pytest.raises(ValueError, match=r"symmetry\['hr'\] = 4 is not a multiple of the orbit "
+                       r"size 8"):  # fmt: skip
+        make_plan({"hr": 4}, 8, 2)
+    with pytest.raises(ValueError, match=r"kernel_size=\(3, 5\) is not allowed.*square"):
+        make_plan({"r": 4}, 8, 2).gather_index(2, (3, 5))

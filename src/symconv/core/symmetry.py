@@ -1,33 +1,17 @@
-"""The symmetry plan: a reflection-symmetry spec parsed once, framework-agnostic.
+"""The symmetry plan: a symmetry spec parsed once, framework-agnostic.
 
-A spec such as ``{'h': 2, 'v': '25%', 'hv': 8}`` says how many output channels of a
-convolution come in orbits of reflected copies of one *free* filter.  A key names the
-set of axes whose reflections generate the orbit's group:
-
-==========  ===============================  ==========  ===========
-key         axes flipped by the generators   orbit size  layer dims
-==========  ===============================  ==========  ===========
-``h``       width (left-right)               2           1-D, 2-D, 3-D
-``v``       height (up-down)                 2           2-D, 3-D
-``hv``      width, height                    4           2-D, 3-D
-``z``       depth                            2           3-D
-``hz``      width, depth                     4           3-D
-``vz``      height, depth                    4           3-D
-``hvz``     width, height, depth             8           3-D
-==========  ===============================  ==========  ===========
-
-In a 1-D layer ``h`` flips the length axis.  Letters may be given in any order
-(``'vh'`` is ``'hv'``).
-
-**Values** are integer channel counts, which must be whole numbers of orbits, or
-percentage strings of ``out_channels`` such as ``'50%'`` or ``'12.5%'``.  A percentage is
-rounded *down* to a whole number of orbits: ``'50%'`` of 10 channels with key ``hv``
-gives one quadruple (4 channels), not 5.
+A spec such as ``{'h': 2, 'v': '25%', 'hv': 8, 'r': '50%'}`` says how many output
+channels of a convolution come in orbits of reflected (or turned) copies of one *free*
+filter.  A key names the generators of the orbit's group (``h``, ``v``, ``hv``, ``z``,
+``hz``, ``vz``, ``hvz``, ``r`` = C4, ``hr`` = D4; :mod:`symconv.core.groups`); keys and
+values are spelled as :mod:`symconv.core.symmetry_keys` says.
 
 **Channel layout** (exposed as :class:`SymmetryPlan`): keys in the canonical order
-``h, v, hv, z, hz, vz, hvz``; within a key, orbits one after another with the members
-of an orbit adjacent; within an orbit, the members in binary order of the generators
-(for ``hv``: identity, h, v, hv; for ``hvz``: identity, h, v, hv, z, hz, vz, hvz);
+``h, v, hv, z, hz, vz, hvz, r, hr``; within a key, orbits one after another with the
+members of an orbit adjacent; within an orbit, the members in the group's order
+(:mod:`symconv.core.groups`): binary order of the generators for reflection keys (for
+``hv``: identity, h, v, hv), ``e, r, r2, r3`` for ``r`` and ``e, r, r2, r3, h, rh, r2h,
+r3h`` for ``hr``.  Member ``g`` of an orbit is the free filter acted on by ``g``;
 channels not covered by the spec ("plain" filters) last.  Free filter ``f`` is orbit
 ``f``; the plain channels are orbits of size one, so ``plan.free_index`` is also the
 orbit index of every output channel.
@@ -40,12 +24,22 @@ from __future__ import annotations
 
 import math
 import numbers
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from fractions import Fraction
 
 import numpy as np
+
+from symconv.core.groups import group, word_matrix
+from symconv.core.symmetry_keys import (
+    KEY_ORDER,
+    SymmetrySpec,
+    allowed_keys,
+    canonical_key,
+    count_for,
+    letter_axis,
+    letters_for_ndim,
+    parse_symmetry_string,
+)
 
 __all__ = [
     "KEY_ORDER",
@@ -57,92 +51,9 @@ __all__ = [
     "count_for",
     "letter_axis",
     "make_plan",
+    "member_permutation",
     "parse_symmetry_string",
 ]
-
-#: Letters in generator order; their bit in an orbit member's index follows this order.
-_LETTERS = ("h", "v", "z")
-#: The canonical order of keys in the channel layout.
-KEY_ORDER = ("h", "v", "hv", "z", "hz", "vz", "hvz")
-#: What a user may pass as ``symmetry=``.
-SymmetrySpec = Mapping[str, "int | str"] | str | None
-
-_PERCENT = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*%\s*$")
-_INTEGER = re.compile(r"^[+-]?\d+$")
-
-
-def _letters_for_ndim(ndim: int) -> tuple[str, ...]:
-    return _LETTERS[: min(ndim, 3)]
-
-
-def allowed_keys(ndim: int) -> tuple[str, ...]:
-    """The keys a layer with ``ndim`` spatial dimensions accepts, in canonical order."""
-    letters = set(_letters_for_ndim(ndim))
-    return tuple(k for k in KEY_ORDER if set(k) <= letters)
-
-
-def letter_axis(letter: str, ndim: int) -> int:
-    """Index among the ``ndim`` spatial axes that ``letter`` flips.
-
-    ``h`` is the last spatial axis (width), ``v`` the one before (height), ``z`` the
-    first of three (depth): for a torch ``(N, C, D, H, W)`` tensor, spatial axis ``i``
-    is tensor dim ``2 + i``.
-    """
-    return ndim - 1 - _LETTERS.index(letter)
-
-
-def canonical_key(key: object, ndim: int) -> str:
-    """Normalize a spec key (``'vh'`` -> ``'hv'``), or raise ``ValueError`` naming it."""
-    allowed = allowed_keys(ndim)
-    if not isinstance(key, str):
-        raise ValueError(
-            f"symmetry key {key!r} is not a string; allowed keys for a {ndim}-D layer: "
-            f"{', '.join(map(repr, allowed))}"
-        )
-    letters = key.strip().lower()
-    if (
-        not letters
-        or any(ch not in _LETTERS for ch in letters)
-        or len(set(letters)) != len(letters)
-    ):
-        raise ValueError(
-            f"unknown symmetry key {key!r}; allowed keys for a {ndim}-D layer: "
-            f"{', '.join(map(repr, allowed))}"
-        )
-    canon = "".join(ch for ch in _LETTERS if ch in letters)
-    if canon not in allowed:
-        missing = [ch for ch in canon if ch not in _letters_for_ndim(ndim)]
-        raise ValueError(
-            f"symmetry key {key!r} needs the {'/'.join(missing)} axis, which a {ndim}-D layer "
-            f"lacks; allowed keys for a {ndim}-D layer: {', '.join(map(repr, allowed))}"
-        )
-    return canon
-
-
-def parse_symmetry_string(text: str) -> dict[str, str | int]:
-    """Parse the command-line form ``'hv:50%,h:2'`` into ``{'hv': '50%', 'h': 2}``.
-
-    An empty string or ``'none'`` gives ``{}``.
-    """
-    if not isinstance(text, str):
-        raise TypeError(f"symmetry string must be a str, got {type(text).__name__}")
-    text = text.strip()
-    if text.lower() in ("", "none"):
-        return {}
-    spec: dict[str, str | int] = {}
-    for item in text.split(","):
-        key, sep, value = item.partition(":")
-        key, value = key.strip(), value.strip()
-        if not sep or not key or not value:
-            raise ValueError(
-                f"symmetry item {item.strip()!r} in {text!r} is malformed; expected KEY:COUNT "
-                "or KEY:PERCENT%, e.g. 'hv:50%,h:2'"
-            )
-        if key in spec:
-            raise ValueError(f"symmetry key {key!r} appears twice in {text!r}")
-        # Signed integers are counts, so '-4' gets the dict form's "negative" message.
-        spec[key] = int(value) if _INTEGER.match(value) else value
-    return spec
 
 
 @dataclass(frozen=True)
@@ -150,14 +61,16 @@ class OrbitBlock:
     """The channels of one spec key: ``n_orbits`` orbits of ``orbit_size`` channels."""
 
     key: str
-    axes: tuple[int, ...]  # spatial axes flipped by the generators, in generator order
+    # spatial axes flipped by the reflection generators, in generator order; for the
+    # rotation keys, the (height, width) plane the turns act on
+    axes: tuple[int, ...]
     n_orbits: int
     start: int  # first output channel of the block
     first_orbit: int  # index of the block's first orbit (= free filter)
 
     @property
     def orbit_size(self) -> int:
-        return 2 ** len(self.axes)
+        return group(self.key).order
 
     @property
     def channels(self) -> int:
@@ -168,47 +81,19 @@ class OrbitBlock:
         return self.start + self.channels
 
 
-def count_for(key: str, value: object, orbit_size: int, out_channels: int) -> int:
-    """Channel count of one spec entry ``key: value`` (validated), in whole orbits."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral | str):
-        raise ValueError(
-            f"symmetry[{key!r}] = {value!r} is not allowed: give a non-negative integer count "
-            f"(a multiple of the orbit size {orbit_size}) or a percentage string such as '50%'"
-        )
-    if isinstance(value, str):
-        match = _PERCENT.match(value)
-        if match is None:
-            raise ValueError(
-                f"symmetry[{key!r}] = {value!r} is not a percentage; write it as e.g. '50%' or "
-                f"'12.5%' (0-100), or give an integer count"
-            )
-        pct = Fraction(match.group(1))
-        if pct > 100:
-            raise ValueError(f"symmetry[{key!r}] = {value!r} is outside 0%-100%")
-        # Round down to whole orbits: a percentage never over-commits channels.
-        return math.floor(pct * out_channels / 100 / orbit_size) * orbit_size
-    count = int(value)
-    if count < 0:
-        raise ValueError(f"symmetry[{key!r}] = {count} is negative; counts must be >= 0")
-    if count % orbit_size:
-        raise ValueError(
-            f"symmetry[{key!r}] = {count} is not a multiple of the orbit size {orbit_size} "
-            f"(key {key!r} makes orbits of {orbit_size} channels); use "
-            f"{count // orbit_size * orbit_size} or {(count // orbit_size + 1) * orbit_size}"
-        )
-    return count
-
-
 @dataclass(frozen=True, eq=False)
 class SymmetryPlan:
-    """Which output channel is which reflection of which free filter, and its bias.
+    """Which output channel is which reflection (or turn) of which free filter, and its bias.
 
     Build one with :func:`make_plan`.  Per output channel ``c`` (arrays of length
     ``out_channels``, read-only):
 
     - ``free_index[c]``: the free filter (= orbit) it is made from;
-    - ``member[c]``: its index within the orbit (bit ``i`` set = generator ``i`` applied);
-    - ``flips[c, a]``: whether spatial axis ``a`` of the free filter is reversed;
+    - ``member[c]``: its index within the orbit, i.e. in its key's group (for reflection
+      keys, bit ``i`` set = generator ``i`` applied);
+    - ``axis_perm[c]``, ``flips[c]`` ``(ndim,)``: the free filter's spatial axes are
+      transposed by ``axis_perm[c]``, then axis ``a`` is reversed where ``flips[c, a]``
+      (``axis_perm`` is the identity for reflection keys);
     - ``bias_index[c]``: which free bias it uses.
     """
 
@@ -222,6 +107,7 @@ class SymmetryPlan:
     member: np.ndarray
     flips: np.ndarray
     bias_index: np.ndarray
+    axis_perm: np.ndarray
 
     # -- sizes -------------------------------------------------------------------------
     @property
@@ -281,21 +167,40 @@ class SymmetryPlan:
         identity on channels that are not equivariant.
         """
         letters = "".join(axes) if not isinstance(axes, str) else axes
-        allowed = _letters_for_ndim(self.ndim)
+        allowed = letters_for_ndim(self.ndim)
         if any(ch not in allowed for ch in letters) or len(set(letters)) != len(letters):
             raise ValueError(
                 f"axes={axes!r} is not a set of flip axes for a {self.ndim}-D layer; "
                 f"use letters from {''.join(allowed)!r}"
             )
-        flip_axes = {letter_axis(ch, self.ndim) for ch in letters}
+        return self.member_permutation(letters or "e")
+
+    def member_permutation(self, g: object) -> tuple[np.ndarray, np.ndarray]:
+        """Channel permutation induced by acting on the input with the transform ``g``.
+
+        ``g`` is a member name (a word such as ``'r'``, ``'rh'``, ``'r2'``, ``'hv'``, ``'e'``;
+        see :mod:`symconv.core.groups`) or a ``(key, index)`` pair (member ``index`` of
+        group ``key``). Returns ``(perm, equivariant)`` of shape ``(out_channels,)`` with::
+
+            layer(g x)[:, c] == g(layer(x))[:, perm[c]]   for c where equivariant[c]
+
+        (under the conditions of :meth:`flip_permutation`; ``g`` acts on the spatial axes
+        as :meth:`symconv.core.groups.Group.apply`). A channel is equivariant when its
+        orbit's group contains ``g``; then ``perm`` maps member ``m`` to ``g^-1 m`` of the
+        same orbit. ``perm`` is the identity elsewhere.
+        """
+        matrix = _transform_matrix(g, self.ndim)
         perm = np.arange(self.out_channels)
-        equivariant = np.full(self.out_channels, not flip_axes)
+        equivariant = np.full(self.out_channels, bool((matrix == np.eye(self.ndim)).all()))
         for block in self.blocks:
-            if not flip_axes <= set(block.axes):
+            grp = group(block.key, self.ndim)
+            index = grp.find(matrix)
+            if index is None:
                 continue
-            xor = sum(1 << i for i, ax in enumerate(block.axes) if ax in flip_axes)
             chans = np.arange(block.start, block.stop)
-            perm[chans] = block.start + ((chans - block.start) ^ xor)
+            local = chans - block.start
+            orbit_start = chans - local % grp.order
+            perm[chans] = orbit_start + grp.table[grp.inverse[index], local % grp.order]
             equivariant[chans] = True
         return perm, equivariant
 
@@ -329,13 +234,16 @@ class SymmetryPlan:
         # Work in torch layout (out, in, *k); keras is a transpose of it.
         if layout == "keras":
             flat = np.moveaxis(flat, (-1, -2), (0, 1))
+        for block in self.blocks:
+            group(block.key, self.ndim).check_kernel(kernel_size)
         full = flat[self.free_index].copy()
-        for code in np.unique(self.flips, axis=0):
-            if not code.any():
+        codes = np.concatenate([self.axis_perm, self.flips], axis=1)
+        for code in np.unique(codes, axis=0):
+            perm, flips = code[: self.ndim], code[self.ndim :].astype(bool)
+            if not flips.any() and (perm == np.arange(self.ndim)).all():
                 continue
-            rows = np.flatnonzero((self.flips == code).all(axis=1))
-            dims = tuple(2 + int(a) for a in np.flatnonzero(code))
-            full[rows] = np.flip(full[rows], axis=dims)
+            rows = np.flatnonzero((codes == code).all(axis=1))
+            full[rows] = _act(full[rows], perm, flips)
         if layout == "keras":
             full = np.moveaxis(full, (0, 1), (-1, -2))
         return np.ascontiguousarray(full)
@@ -368,10 +276,11 @@ class SymmetryPlan:
                 f"kernel has {full.shape[0]} output channels, the plan has {self.out_channels}"
             )
         unflipped = full.copy()
-        for c in range(self.out_channels):
-            dims = tuple(2 + int(a) for a in np.flatnonzero(self.flips[c]))
-            if dims:
-                unflipped[c] = np.flip(full[c], axis=tuple(d - 1 for d in dims))
+        for block in self.blocks:
+            grp = group(block.key, self.ndim)
+            for c in range(block.start, block.stop):
+                undo = int(grp.inverse[self.member[c]])
+                unflipped[c] = grp.apply(full[c], undo, first_axis=1)
         free = np.zeros((self.n_free, *full.shape[1:]), dtype=np.result_type(full, np.float32))
         np.add.at(free, self.free_index, unflipped)
         free /= self.orbit_sizes.reshape(-1, *([1] * (full.ndim - 1)))
@@ -421,6 +330,26 @@ class SymmetryPlan:
         )
 
 
+def member_permutation(plan: SymmetryPlan, g: object) -> tuple[np.ndarray, np.ndarray]:
+    """``plan.member_permutation(g)``: the channel permutation ``g`` on the input induces."""
+    return plan.member_permutation(g)
+
+
+def _transform_matrix(g: object, ndim: int) -> np.ndarray:
+    """The matrix of a member given as a word or a ``(key, index)`` pair."""
+    if isinstance(g, tuple) and len(g) == 2:
+        grp = group(g[0], ndim)
+        return grp.matrices[grp.index(g[1])]
+    return word_matrix(g, ndim)
+
+
+def _act(x: np.ndarray, perm: np.ndarray, flips: np.ndarray) -> np.ndarray:
+    """Transpose the spatial axes of ``(n, c, *k)`` by ``perm``, then reverse ``flips``."""
+    out = np.transpose(x, (0, 1, *(2 + int(a) for a in perm)))
+    dims = tuple(2 + int(a) for a in np.flatnonzero(flips))
+    return np.flip(out, axis=dims) if dims else out
+
+
 def _readonly(a: np.ndarray) -> np.ndarray:
     a.setflags(write=False)
     return a
@@ -468,7 +397,7 @@ def make_plan(
         key = canonical_key(raw_key, ndim)
         if key in counts:
             raise ValueError(f"symmetry key {raw_key!r} repeats key {key!r}")
-        orbit_size = 2 ** len(key)
+        orbit_size = group(key, ndim).order
         counts[key] = count_for(raw_key, value, orbit_size, out_channels)
         given[key] = value
     total = sum(counts.values())
@@ -486,8 +415,12 @@ def make_plan(
         n = counts.get(key, 0)
         if not n:
             continue
-        axes = tuple(letter_axis(ch, ndim) for ch in key)
-        block = OrbitBlock(key, axes, n // 2 ** len(key), start, orbit)
+        grp = group(key, ndim)
+        if grp.has_rotations:
+            axes = (ndim - 2, ndim - 1)
+        else:
+            axes = tuple(letter_axis(ch, ndim) for ch in key)
+        block = OrbitBlock(key, axes, n // grp.order, start, orbit)
         if groups > 1:
             size = block.orbit_size
             for s in range(block.start, block.stop, size):
@@ -504,12 +437,14 @@ def make_plan(
     free_index = np.empty(out_channels, dtype=np.int64)
     member = np.zeros(out_channels, dtype=np.int64)
     flips = np.zeros((out_channels, ndim), dtype=bool)
+    axis_perm = np.tile(np.arange(ndim, dtype=np.int64), (out_channels, 1))
     for b in blocks:
         local = np.arange(b.channels)
         free_index[b.start : b.stop] = b.first_orbit + local // b.orbit_size
         member[b.start : b.stop] = local % b.orbit_size
-        for bit, ax in enumerate(b.axes):
-            flips[b.start : b.stop, ax] = (member[b.start : b.stop] >> bit) & 1 == 1
+        grp = group(b.key, ndim)
+        flips[b.start : b.stop] = grp.flips[member[b.start : b.stop]]
+        axis_perm[b.start : b.stop] = grp.axis_perm[member[b.start : b.stop]]
     n_plain = out_channels - start
     free_index[start:] = orbit + np.arange(n_plain)
     bias_index = free_index.copy() if share_bias else np.arange(out_channels, dtype=np.int64)
@@ -525,4 +460,5 @@ def make_plan(
         member=_readonly(member),
         flips=_readonly(flips),
         bias_index=_readonly(bias_index),
+        axis_perm=_readonly(axis_perm),
     )

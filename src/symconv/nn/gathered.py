@@ -1,0 +1,148 @@
+"""The base of convolutions whose kernel is one gather from free parameters.
+
+A subclass (mixed into ``nn.ConvNd``) calls :meth:`GatheredConvNd.set_free` once with the
+free parameter shapes and the gather indices its core spec computed; this base provides
+the rest: the differentiable expansion (:func:`symconv.nn._gather.gather`), a
+channels_last path that gathers storage to storage, the cache used when no gradient can
+reach the parameters (:mod:`symconv.nn._cache`), device moves, ``forward`` and
+``to_conv``.
+
+Shapes: ``expanded_weight`` is ``(out_channels, in_channels / groups, *kernel_size)``,
+``expanded_bias`` ``(out_channels,)``; ``weight`` and ``bias`` are whatever the free
+shapes are.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn import init
+
+from symconv.nn._cache import caching_allowed, not_scriptable, tracing, version_key
+from symconv.nn._gather import gather
+from symconv.nn.conv_utils import copy_mode
+
+__all__ = ["GatheredConvNd"]
+
+
+class GatheredConvNd:
+    """Kernel and bias gathered from free parameters, cached when nothing trains them.
+
+    Writes through ``param.data`` bypass the cache key: call :meth:`clear_cache` after them.
+    """
+
+    _plain_cls: ClassVar[type[nn.modules.conv._ConvNd]]
+
+    weight: nn.Parameter
+    bias: nn.Parameter | None
+
+    def set_free(
+        self, weight_shape: tuple[int, ...], bias_size: int, index: np.ndarray,
+        bias_index: np.ndarray,
+    ) -> None:  # fmt: skip
+        """Replace ``nn.ConvNd``'s full parameters by free ones and initialize them."""
+        factory = {"device": self.weight.device, "dtype": self.weight.dtype}
+        self.weight = nn.Parameter(torch.empty(weight_shape, **factory))
+        if self.bias is not None:
+            self.bias = nn.Parameter(torch.empty(bias_size, **factory))
+        # Plain tensors, not buffers: derived data, never saved nor broadcast by DDP.
+        self._index = torch.from_numpy(index).to(factory["device"])
+        self._bias_index = torch.from_numpy(np.ascontiguousarray(bias_index)).to(factory["device"])
+        self._index_cl: Tensor | None = None
+        self._cache: tuple[tuple[object, ...], Tensor, Tensor | None] | None = None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """``nn.ConvNd``'s initialization, on the free parameters: the free kernel has the
+        full one's fan-in, so the full kernel has a plain convolution's distribution."""
+        if getattr(self, "_bias_index", None) is None:
+            return  # nn.ConvNd.__init__ calls this before the free parameters exist
+        with torch.no_grad():
+            init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+            if self.bias is not None:
+                bound = 1 / math.sqrt(self.weight[0].numel())
+                init.uniform_(self.bias, -bound, bound)
+        self.clear_cache()
+
+    def clear_cache(self) -> None:
+        """Forget the cached full kernel."""
+        self._cache = None
+
+    def _apply(self, fn, recurse: bool = True):  # type: ignore[no-untyped-def]
+        module = super()._apply(fn, recurse)  # type: ignore[misc]
+        # Indices follow the parameters' device but never go through `fn` (`to_empty`).
+        self._index = self._index.to(self.weight.device)
+        self._bias_index = self._bias_index.to(self.weight.device)
+        self._index_cl, self._cache = None, None
+        return module
+
+    def _full(self) -> tuple[Tensor, Tensor | None]:
+        """The full kernel and bias, computed (differentiably) from the free ones."""
+        w = self.weight
+        if not tracing() and w.dim() >= 4 and not w.is_contiguous() and _channels_last(w):
+            if self._index_cl is None:
+                self._index_cl = _storage_order_index(w, self._index)
+            full = gather(w.movedim(1, -1), self._index_cl).movedim(-1, 1)
+        else:
+            full = gather(w, self._index)
+        bias = None if self.bias is None else gather(self.bias, self._bias_index)
+        return full, bias
+
+    def expanded(self) -> tuple[Tensor, Tensor | None]:
+        """``(expanded_weight, expanded_bias)`` as the forward pass uses them."""
+        params = (self.weight, self.bias)
+        if not caching_allowed(params):
+            return self._full()
+        key = version_key(params)
+        if self._cache is None or self._cache[0] != key:
+            with torch.no_grad():
+                self._cache = (key, *self._full())
+        return self._cache[1], self._cache[2]
+
+    @property
+    def expanded_weight(self) -> Tensor:
+        """The full kernel ``(out_channels, in_channels / groups, *kernel_size)``."""
+        return self.expanded()[0]
+
+    @property
+    def expanded_bias(self) -> Tensor | None:
+        """The full bias ``(out_channels,)``, or ``None``."""
+        return self.expanded()[1]
+
+    def forward(self, input: Tensor) -> Tensor:
+        """``(N, in_channels, *spatial)`` -> ``(N, out_channels, *spatial_out)``."""
+        weight, bias = self.expanded()
+        return self._conv_forward(input, weight, bias)  # type: ignore[attr-defined]
+
+    def to_conv(self) -> nn.modules.conv._ConvNd:
+        """A plain ``nn.ConvNd`` holding the full kernel: same outputs, training mode and
+        ``requires_grad``."""
+        w = self.weight
+        conv = self._plain_cls(**self.spec.conv.torch_kwargs(), device=w.device, dtype=w.dtype)  # type: ignore[attr-defined]
+        with torch.no_grad():
+            weight, bias = self._full()
+            conv.weight.copy_(weight)
+            if bias is not None:
+                conv.bias.copy_(bias)
+        copy_mode(self, conv)  # type: ignore[arg-type]
+        return conv
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        raise not_scriptable(self)
+
+
+def _channels_last(weight: Tensor) -> bool:
+    fmt = torch.channels_last if weight.dim() == 4 else torch.channels_last_3d
+    return weight.dim() in (4, 5) and weight.is_contiguous(memory_format=fmt)
+
+
+def _storage_order_index(weight: Tensor, index: Tensor) -> Tensor:
+    """``index`` rewritten to read the free kernel's channels_last storage and to yield
+    the full kernel in its own ``(out, *k, in)`` storage order: no layout copies."""
+    offsets = torch.arange(weight.numel(), device=weight.device)
+    offsets = offsets.as_strided(weight.shape, weight.stride())  # logical -> storage
+    return offsets.reshape(-1)[index].movedim(1, -1).contiguous()

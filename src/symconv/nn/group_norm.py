@@ -1,0 +1,83 @@
+"""Batch normalization of group feature maps: one statistic and affine per field.
+
+The members of a field are one feature seen in ``|G|`` poses, so they share a mean, a
+variance and an affine map; normalizing them together keeps a network exactly
+equivariant in training (batch statistics) and in eval (running statistics).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch.fx
+from torch import Tensor, nn
+
+from symconv.core.group_conv import check_fields
+from symconv.core.groups import group as make_group
+from symconv.core.validate import check_int
+from symconv.nn.group_pool import check_fields_input
+
+__all__ = ["GroupBatchNorm1d", "GroupBatchNorm2d", "GroupBatchNorm3d"]
+
+# FX graphs call the shape check instead of tracing into it.
+torch.fx.wrap("check_fields_input")
+
+
+class _GroupBatchNorm:
+    """``nn.BatchNormNd`` over ``F`` fields: the input ``(N, F * |G|, S0, *rest)`` is
+    normalized as ``(N, F, |G| * S0, *rest)`` (a view for contiguous inputs)."""
+
+    _ndim: ClassVar[int]
+
+    def __init__(
+        self,
+        channels: int,
+        group: str = "hr",
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        device: Any = None,
+        dtype: Any = None,
+    ) -> None:
+        grp = make_group(group, self._ndim)
+        fields = check_fields("channels", check_int("channels", channels, 1), grp)
+        super().__init__(  # type: ignore[call-arg]
+            fields, eps, momentum, affine, track_running_stats, device=device, dtype=dtype
+        )
+        self.group = grp.key
+        self.channels = int(channels)
+        self.order = grp.order
+
+    def forward(self, input: Tensor) -> Tensor:
+        """``(N, channels, *spatial)`` -> the same shape."""
+        input = check_fields_input(input, self.order, type(self).__name__, self._ndim + 2)
+        stacked = input.unflatten(1, (-1, self.order)).flatten(2, 3)  # (N, F, |G| * S0, ...)
+        out = super().forward(stacked)  # type: ignore[misc]
+        return out.unflatten(2, (self.order, -1)).flatten(1, 2)
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        """Done by :meth:`forward` before reshaping (``nn.BatchNormNd``'s own check would
+        stop ``torch.fx`` tracing)."""
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, group={self.group!r}, {super().extra_repr()}"  # type: ignore[misc]
+
+
+class GroupBatchNorm1d(_GroupBatchNorm, nn.BatchNorm1d):
+    """Batch norm of 1-D group feature maps ``(N, F * |G|, L)`` (see the module)."""
+
+    _ndim = 1
+
+
+class GroupBatchNorm2d(_GroupBatchNorm, nn.BatchNorm2d):
+    """Batch norm of 2-D group feature maps ``(N, F * |G|, H, W)``: one mean, variance,
+    weight and bias per field (``num_features = channels / |G|``), shared by its members."""
+
+    _ndim = 2
+
+
+class GroupBatchNorm3d(_GroupBatchNorm, nn.BatchNorm3d):
+    """Batch norm of 3-D group feature maps ``(N, F * |G|, D, H, W)`` (see the module)."""
+
+    _ndim = 3

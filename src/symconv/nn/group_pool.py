@@ -1,0 +1,80 @@
+"""Pooling the member axis of group feature maps away, or down to a subgroup."""
+
+from __future__ import annotations
+
+import torch
+import torch.fx
+from torch import Tensor, nn
+
+from symconv.core.groups import group as make_group
+from symconv.core.validate import check_choice
+from symconv.nn._cache import not_scriptable
+
+__all__ = ["GroupPool", "check_fields_input"]
+
+
+def check_fields_input(input: Tensor, order: int, name: str, dims: int | None = None) -> Tensor:
+    """``input`` itself, once it is ``(N, C, ...)`` (``dims`` dims in all, if given) with
+    ``C`` a multiple of ``order``."""
+    if input.dim() < 2 or input.shape[1] % order or dims not in (None, input.dim()):
+        spatial = {None: "...", 3: "L", 4: "H, W", 5: "D, H, W"}.get(dims, "...")
+        raise ValueError(
+            f"{name} expects input of shape (N, C, {spatial}) with C a multiple of "
+            f"|G|={order} (fields of |G| channels), got {tuple(input.shape)}"
+        )
+    return input
+
+
+# FX graphs call the check instead of tracing into its shape tests.
+torch.fx.wrap("check_fields_input")
+
+
+class GroupPool(nn.Module):
+    """Max or mean over the members of every field, or over the cosets of a subgroup.
+
+    Args:
+        group: the key of the input's group (``'hr'``, ``'r'``, ``'hv'``, ...).
+        mode: ``'max'`` or ``'mean'``.
+        to: ``None`` pools every field to one channel (invariant fields: they transform
+            like images); a subgroup key (``'r'`` for ``'hr'``) keeps that subgroup's
+            members: member ``h_i`` of the output pools ``h_i c`` over coset
+            representatives ``c`` (:meth:`symconv.core.groups.Group.cosets`), so the
+            output is a group feature map of the subgroup.
+
+    Shapes: input ``(N, F * |G|, *spatial)``, output ``(N, F * |H|, *spatial)`` (``|H| = 1``
+    when ``to`` is ``None``).
+    """
+
+    def __init__(self, group: str, mode: str = "max", to: str | None = None) -> None:
+        super().__init__()
+        grp = make_group(group)
+        self.group = grp.key
+        self.mode = check_choice("mode", mode, ("max", "mean"))
+        self.order = grp.order
+        if to is None:
+            self.to, cosets = None, torch.arange(grp.order).reshape(1, -1)
+        else:
+            cosets = torch.from_numpy(grp.cosets(to).copy())
+            self.to = make_group(to, grp.ndim).key
+        self.register_buffer("_cosets", cosets.reshape(-1), persistent=False)
+        self._shape = tuple(cosets.shape)
+
+    @property
+    def out_order(self) -> int:
+        """Channels per output field: ``|H|``, or 1 when ``to`` is ``None``."""
+        return self._shape[0]
+
+    def forward(self, input: Tensor) -> Tensor:
+        input = check_fields_input(input, self.order, "GroupPool")
+        fields = input.unflatten(1, (-1, self.order))
+        if self.to is not None:
+            fields = fields.index_select(2, self._cosets)
+        fields = fields.unflatten(2, self._shape)  # (N, F, |H|, cosets, *spatial)
+        pooled = fields.amax(3) if self.mode == "max" else fields.mean(3)
+        return pooled.flatten(1, 2)
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        raise not_scriptable(self)
+
+    def extra_repr(self) -> str:
+        return f"group={self.group!r}, mode={self.mode!r}, to={self.to!r}"

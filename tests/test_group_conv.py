@@ -1,0 +1,195 @@
+"""GroupConv1d/2d/3d against a naive reference; gradients, conversion, cache, layouts."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
+from torch import nn
+
+from _group_reference import MEMBERS, NDIM, act_group, full_kernel
+from symconv.core.group_conv import GroupConvSpec
+from symconv.nn.group_conv import GroupConv1d, GroupConv2d, GroupConv3d
+
+CLASSES = {1: GroupConv1d, 2: GroupConv2d, 3: GroupConv3d}
+CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+CASES = [(key, NDIM[key]) for key in MEMBERS] + [("h", 1)]
+
+
+def make(key, ndim, fin=2, fout=3, k=3, **kw):
+    n = len(MEMBERS[key])
+    torch.manual_seed(0)
+    return CLASSES[ndim](fin * n, fout * n, k, group=key, dtype=torch.float64, **kw)
+
+
+@pytest.mark.parametrize(("key", "ndim"), CASES)
+def test_kernel_and_output_match_naive_reference(key, ndim):
+    layer = make(key, ndim, padding=1)
+    expected = full_kernel(key, layer.weight.detach())
+    assert torch.equal(layer.expanded_weight.detach(), expected)
+    fields_bias = layer.bias.detach().repeat_interleave(len(MEMBERS[key]))
+    assert torch.equal(layer.expanded_bias.detach(), fields_bias)
+    x = torch.randn(2, layer.in_channels, *(6,) * ndim, dtype=torch.float64)
+    bias = layer.expanded_bias.detach()
+    torch.testing.assert_close(layer(x), CONV[ndim](x, expected, bias, padding=1))
+
+
+@given(
+    key=st.sampled_from(["h", "v", "hv", "r", "hr"]),
+    fin=st.integers(1, 3),
+    fout=st.integers(1, 3),
+    k=st.integers(1, 4),
+    stride=st.integers(1, 3),
+    dilation=st.integers(1, 2),
+    padding_mode=st.sampled_from(["zeros", "circular", "reflect"]),
+    data=st.data(),
+)
+def test_equivariant_for_every_member(key, fin, fout, k, stride, dilation, padding_mode, data):
+    pad = data.draw(st.integers(0, k - 1))
+    layer = make(key, 2, fin, fout, k, stride=stride, dilation=dilation, padding=pad,
+                 padding_mode=padding_mode)  # fmt: skip
+    # Sizes the stride divides after padding (sampling commutes with every member), larger
+    # than the padding (reflect padding needs it).
+    base = dilation * (k - 1) + 1 - 2 * pad
+    size = base + stride * (max(0, -(-(pad + 1 - base) // stride)) + data.draw(st.integers(0, 2)))
+    x = torch.randn(2, layer.in_channels, size, size, dtype=torch.float64)
+    y = layer(x)
+    for g in range(len(MEMBERS[key])):
+        torch.testing.assert_close(
+            layer(act_group(key, g, x)), act_group(key, g, y), atol=1e-10, rtol=0
+        )
+
+
+def test_gradcheck():
+    layer = make("hr", 2, 1, 1, 3, padding=1)
+    x = torch.randn(1, 8, 4, 4, dtype=torch.float64, requires_grad=True)
+
+    def fn(x, w, b):
+        return torch.func.functional_call(layer, {"weight": w, "bias": b}, (x,))
+
+    w = layer.weight.detach().clone().requires_grad_()
+    b = layer.bias.detach().clone().requires_grad_()
+    assert torch.autograd.gradcheck(fn, (x, w, b))
+
+
+def test_to_conv_and_from_conv():
+    layer = make("hr", 2, stride=2, padding=1)
+    x = torch.randn(2, 16, 9, 9, dtype=torch.float64)
+    conv = layer.to_conv()
+    assert type(conv) is nn.Conv2d
+    torch.testing.assert_close(conv(x), layer(x), atol=1e-12, rtol=0)
+    back = GroupConv2d.from_conv(conv, group="hr")
+    torch.testing.assert_close(back.weight, layer.weight, atol=1e-12, rtol=0)
+    torch.testing.assert_close(back.bias, layer.bias, atol=1e-12, rtol=0)
+    # A random conv: the projection's residual is orthogonal to every group kernel.
+    plain = nn.Conv2d(16, 24, 3, dtype=torch.float64)
+    proj = GroupConv2d.from_conv(plain, group="hr")
+    residual = (plain.weight - proj.expanded_weight).detach()
+    other = make("hr", 2).expanded_weight.detach()
+    assert abs(float((residual * other).sum())) < 1e-10
+    torch.testing.assert_close(proj.bias.repeat_interleave(8).sum(), plain.bias.sum())
+
+
+@pytest.mark.parametrize(
+    ("conv", "match"),
+    [
+        (nn.Conv2d(12, 16, 3), r"in_channels=12 is not allowed; it must be a multiple of 8"),
+        (nn.Conv2d(16, 16, (3, 5)), r"kernel_size=\(3, 5\) is not allowed.*square"),
+    ],
+)
+def test_from_conv_says_why_not(conv, match):
+    with pytest.raises(ValueError, match=match):
+        GroupConv2d.from_conv(conv, group="hr")
+    with pytest.raises(TypeError, match="needs a plain nn.Conv2d"):
+        GroupConv2d.from_conv(make("r", 2), group="r")
+
+
+def test_eval_cache_and_invalidation():
+    layer = make("r", 2, padding=1)
+    x = torch.randn(1, 8, 5, 5, dtype=torch.float64)
+    with torch.no_grad():
+        first = layer.expanded_weight
+        assert layer.expanded_weight is first  # cached
+        layer.weight.add_(1.0)  # in place: the version counter moves
+        second = layer.expanded_weight
+        assert second is not first
+        torch.testing.assert_close(second, full_kernel("r", layer.weight))
+        torch.testing.assert_close(layer(x), F.conv2d(x, second, layer.expanded_bias, padding=1))
+    assert layer.expanded_weight.requires_grad  # training: no cache
+
+
+def test_channels_last_matches_contiguous():
+    layer = make("hr", 2, padding=1)
+    x = torch.randn(2, 16, 6, 6, dtype=torch.float64)
+    expected = layer(x)
+    layer = layer.to(memory_format=torch.channels_last)
+    assert layer.weight.is_contiguous(memory_format=torch.channels_last)
+    out = layer(x.to(memory_format=torch.channels_last))
+    torch.testing.assert_close(out, expected, atol=1e-12, rtol=0)
+    assert layer.expanded_weight.is_contiguous(memory_format=torch.channels_last)
+    out.sum().backward()
+    assert layer.weight.grad is not None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"in_channels": 12}, ValueError, r"in_channels=12 is not allowed; it must be a multiple"),
+        ({"out_channels": 4}, ValueError, r"out_channels=4 is not allowed"),
+        ({"kernel_size": (3, 1)}, ValueError, r"kernel_size=\(3, 1\) is not allowed"),
+        ({"group": "hvz"}, ValueError, r"group='hvz' is not allowed"),
+        ({"group": 3}, TypeError, r"group=3 must be a str"),
+        ({"groups": 3}, ValueError, r"in_channels=16 is not divisible by groups=3"),
+        ({"groups": 2, "in_channels": 8}, ValueError, r"in_channels=8 is not allowed.*groups=2"),
+    ],
+)
+def test_validation(kwargs, error, match):
+    args = {"in_channels": 16, "out_channels": 16, "kernel_size": 3, "group": "hr", **kwargs}
+    with pytest.raises(error, match=match):
+        GroupConv2d(**args)
+
+
+def test_spec_params_match_layers_and_keras_layout():
+    for ndim in (1, 2, 3):
+        spec = GroupConvSpec.example(ndim)
+        layer = CLASSES[ndim].from_spec(spec)
+        shapes = {p.torch_name: p.torch_shape for p in spec.params()}
+        assert shapes == {n: tuple(p.shape) for n, p in layer.named_parameters()}
+        x = torch.randn(spec.example_input_shape())
+        assert layer(x).shape[1] == spec.conv.out_channels
+        free = np.random.default_rng(0).standard_normal(spec.free_weight_shape())
+        perm = spec.params()[0].to_keras
+        keras_full = np.transpose(free, perm).reshape(-1)[spec.gather_index("keras")]
+        np.testing.assert_array_equal(keras_full, np.transpose(spec.expand(free), perm))
+    assert GroupConv2d(8, 8, 3, group="hv").groups == 1  # positional order of nn.Conv2d
+    assert GroupConv2d(16, 16, 3, 1, 1, 1, 2, group="r").groups == 2
+
+
+def test_core_module_imports_no_framework():
+    code = (
+        "import sys, symconv.core.group_conv; "
+        "assert not {'torch', 'keras', 'tensorflow'} & set(sys.modules), 'framework loaded'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_fx_and_jit_trace_record_the_whole_stack():
+    from symconv.nn.group_norm import GroupBatchNorm2d
+    from symconv.nn.group_pool import GroupPool
+
+    model = nn.Sequential(
+        GroupConv2d(8, 16, 3, padding=1, group="hr"), GroupBatchNorm2d(16, "hr"), nn.ReLU(),
+        GroupPool("hr", to="r"),
+    )  # fmt: skip
+    x = torch.randn(2, 8, 6, 6)
+    torch.testing.assert_close(torch.fx.symbolic_trace(model)(x), model(x))
+    model.eval()
+    with pytest.warns(torch.jit.TracerWarning):  # the channel check is recorded as constant
+        traced = torch.jit.trace(model, x)
+    torch.testing.assert_close(traced(x), model(x))
