@@ -28,30 +28,23 @@ _EXPORTS = {
     "ConvTwist": "symconv.nn.twist",
     "GlobalConv1d": "symconv.nn.global_conv",
     "TopKPool": "symconv.nn.pooling",
+    "GroupConv1d": "symconv.nn.group_conv",
+    "GroupConv2d": "symconv.nn.group_conv",
+    "GroupConv3d": "symconv.nn.group_conv",
+    "GroupPool": "symconv.nn.group_pool",
+    "GroupBatchNorm1d": "symconv.nn.group_norm",
+    "GroupBatchNorm2d": "symconv.nn.group_norm",
+    "GroupBatchNorm3d": "symconv.nn.group_norm",
+    # checking exactness
+    "equivariance_error": "symconv.equivariance",
+    "member_permutation": "symconv.core.symmetry",
     # model surgery
     "convert": "symconv.conversion",
     "ConversionReport": "symconv.conversion",
     "name_matches": "symconv.conversion",
 }
 
-__all__ = [  # noqa: RUF022 - grouped as in _EXPORTS
-    "ConversionReport",
-    "ConvTwist",
-    "GlobalConv1d",
-    "OrbitConv2d",
-    "OrbitPool",
-    "SymmetricConv1d",
-    "SymmetricConv2d",
-    "SymmetricConv3d",
-    "SymmetryPlan",
-    "TopKPool",
-    "__version__",
-    "convert",
-    "flip_permutation",
-    "make_plan",
-    "name_matches",
-    "parse_symmetry_string",
-]
+__all__ = sorted([*_EXPORTS, "__version__"])
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
@@ -59,6 +52,11 @@ __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from symconv.conversion import ConversionReport, convert, name_matches
+    from symconv.core.symmetry import member_permutation
+    from symconv.equivariance import equivariance_error
+    from symconv.nn.group_conv import GroupConv1d, GroupConv2d, GroupConv3d
+    from symconv.nn.group_norm import GroupBatchNorm1d, GroupBatchNorm2d, GroupBatchNorm3d
+    from symconv.nn.group_pool import GroupPool
     from symconv.nn.global_conv import GlobalConv1d
     from symconv.nn.orbit import OrbitConv2d, OrbitPool, flip_permutation
     from symconv.nn.pooling import TopKPool

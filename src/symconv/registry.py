@@ -55,6 +55,8 @@ class Family:
 
 _SYM = "symconv.core.symmetric_conv:SymmetricConvSpec"
 
+_GROUP = "symconv.core.group_conv:GroupConvSpec"
+
 FAMILIES: tuple[Family, ...] = (
     Family(
         "symmetric1d",
@@ -96,6 +98,9 @@ FAMILIES: tuple[Family, ...] = (
         "symconv.nn.pooling:TopKPool",
         "symconv.keras.pooling:TopKPool",
     ),
+    Family("group_conv1d", _GROUP, "symconv.nn.group_conv:GroupConv1d", None, ndim=1),
+    Family("group_conv2d", _GROUP, "symconv.nn.group_conv:GroupConv2d", None, ndim=2),
+    Family("group_conv3d", _GROUP, "symconv.nn.group_conv:GroupConv3d", None, ndim=3),
 )
 
 

@@ -10,6 +10,7 @@ from symconv.core.symmetry import (
     count_for,
     letter_axis,
     make_plan,
+    member_permutation,
     parse_symmetry_string,
 )
 
@@ -23,5 +24,6 @@ __all__ = [
     "count_for",
     "letter_axis",
     "make_plan",
+    "member_permutation",
     "parse_symmetry_string",
 ]

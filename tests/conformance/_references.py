@@ -117,6 +117,20 @@ def orbit_pool(spec, params: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray
     return np.stack(pooled, axis=1)
 
 
+def group_conv(spec, params: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
+    """A plain convolution with the kernel of turned copies (``_group_reference``, torch ops
+    only) and one bias per output field."""
+    import torch
+    from _group_reference import full_kernel
+
+    full = full_kernel(spec.group.key, torch.from_numpy(params["weight"])).numpy()
+    out = _conv(x, full, spec.conv, spec.conv.padding_mode)
+    if "bias" in params:
+        bias = np.repeat(params["bias"], spec.group.order)
+        out = out + bias.reshape(1, -1, *([1] * spec.conv.ndim))
+    return out
+
+
 #: ``symconv.registry.Family.name`` -> reference.
 REFERENCES: dict[str, Callable[..., np.ndarray]] = {
     "symmetric1d": symmetric,
@@ -126,4 +140,7 @@ REFERENCES: dict[str, Callable[..., np.ndarray]] = {
     "global_conv": global_conv,
     "topk": topk,
     "orbit_pool": orbit_pool,
+    "group_conv1d": group_conv,
+    "group_conv2d": group_conv,
+    "group_conv3d": group_conv,
 }

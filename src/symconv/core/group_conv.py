@@ -134,7 +134,7 @@ class GroupConvSpec(LayerSpec):
         return (self.out_fields, self.conv.in_per_group, *self.conv.kernel_size)
 
     def example_input_shape(self) -> tuple[int, ...]:
-        return (2, self.conv.in_channels or self.group.order, *(7,) * self.conv.ndim)
+        return (2, self.conv.in_channels or self.group.order, *(5,) * self.conv.ndim)
 
     def with_in_channels(self, in_channels: int) -> GroupConvSpec:
         return replace(self, conv=self.conv.with_in_channels(in_channels))

@@ -14,6 +14,13 @@ _EXPORTS = {
     "ConvTwist": "symconv.nn.twist",
     "GlobalConv1d": "symconv.nn.global_conv",
     "TopKPool": "symconv.nn.pooling",
+    "GroupConv1d": "symconv.nn.group_conv",
+    "GroupConv2d": "symconv.nn.group_conv",
+    "GroupConv3d": "symconv.nn.group_conv",
+    "GroupPool": "symconv.nn.group_pool",
+    "GroupBatchNorm1d": "symconv.nn.group_norm",
+    "GroupBatchNorm2d": "symconv.nn.group_norm",
+    "GroupBatchNorm3d": "symconv.nn.group_norm",
 }
 
 __all__ = sorted(_EXPORTS)
