@@ -44,7 +44,33 @@ _EXPORTS = {
     "name_matches": "symconv.conversion",
 }
 
-__all__ = sorted([*_EXPORTS, "__version__"])
+__all__ = [  # noqa: RUF022 - every name of _EXPORTS
+    "ConvTwist",
+    "ConversionReport",
+    "GlobalConv1d",
+    "GroupBatchNorm1d",
+    "GroupBatchNorm2d",
+    "GroupBatchNorm3d",
+    "GroupConv1d",
+    "GroupConv2d",
+    "GroupConv3d",
+    "GroupPool",
+    "OrbitConv2d",
+    "OrbitPool",
+    "SymmetricConv1d",
+    "SymmetricConv2d",
+    "SymmetricConv3d",
+    "SymmetryPlan",
+    "TopKPool",
+    "__version__",
+    "convert",
+    "equivariance_error",
+    "flip_permutation",
+    "make_plan",
+    "member_permutation",
+    "name_matches",
+    "parse_symmetry_string",
+]
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
@@ -54,10 +80,10 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from symconv.conversion import ConversionReport, convert, name_matches
     from symconv.core.symmetry import member_permutation
     from symconv.equivariance import equivariance_error
+    from symconv.nn.global_conv import GlobalConv1d
     from symconv.nn.group_conv import GroupConv1d, GroupConv2d, GroupConv3d
     from symconv.nn.group_norm import GroupBatchNorm1d, GroupBatchNorm2d, GroupBatchNorm3d
     from symconv.nn.group_pool import GroupPool
-    from symconv.nn.global_conv import GlobalConv1d
     from symconv.nn.orbit import OrbitConv2d, OrbitPool, flip_permutation
     from symconv.nn.pooling import TopKPool
     from symconv.nn.symmetric import SymmetricConv1d, SymmetricConv2d, SymmetricConv3d

@@ -121,6 +121,7 @@ def group_conv(spec, params: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray
     """A plain convolution with the kernel of turned copies (``_group_reference``, torch ops
     only) and one bias per output field."""
     import torch
+
     from _group_reference import full_kernel
 
     full = full_kernel(spec.group.key, torch.from_numpy(params["weight"])).numpy()
