@@ -289,7 +289,7 @@ def test_cache_in_no_grad_and_invalidation():
     with torch.no_grad():
         w2 = layer.expanded_weight
     assert w2 is not w1
-    torch.testing.assert_close(w2, layer._expand()[0].detach())
+    torch.testing.assert_close(w2, layer.expanded()[0].detach())  # computed afresh
     # load_state_dict
     other = SymmetricConv2d(2, 8, 3, symmetry={"hv": 8})
     layer.load_state_dict(other.state_dict())
@@ -482,7 +482,7 @@ def test_index_tensors_start_on_the_parameters_device(share_bias):
     layer = SymmetricConv2d(
         4, 8, 3, symmetry={"hv": 4, "h": 2}, share_bias=share_bias, device="meta"
     )
-    derived = [t for t in (layer._gather_index, layer._bias_index) if t is not None]
+    derived = [t for t in (layer._index, layer._bias_index) if t is not None]
     assert derived and all(t.device == layer.weight.device for t in derived)
 
 

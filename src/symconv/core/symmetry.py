@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -67,10 +67,12 @@ class OrbitBlock:
     n_orbits: int
     start: int  # first output channel of the block
     first_orbit: int  # index of the block's first orbit (= free filter)
+    # Stored, not a property over `group(key)`: forward passes read it (OrbitPool), and
+    # torch.compile should see a constant, not trace the group's construction.
+    orbit_size: int = field(init=False, repr=False, compare=False)
 
-    @property
-    def orbit_size(self) -> int:
-        return group(self.key).order
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "orbit_size", group(self.key).order)
 
     @property
     def channels(self) -> int:

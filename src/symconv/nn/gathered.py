@@ -41,25 +41,30 @@ class GatheredConvNd:
     bias: nn.Parameter | None
 
     def set_free(
-        self, weight_shape: tuple[int, ...], bias_size: int, index: np.ndarray,
-        bias_index: np.ndarray,
+        self, weight_shape: tuple[int, ...], bias_size: int, index: np.ndarray | None,
+        bias_index: np.ndarray | None,
     ) -> None:  # fmt: skip
-        """Replace ``nn.ConvNd``'s full parameters by free ones and initialize them."""
+        """Replace ``nn.ConvNd``'s full parameters by free ones and initialize them.
+
+        ``index``/``bias_index`` ``None``: the free parameter already is the full one (no
+        gather, e.g. a symmetric layer without symmetric channels, or unshared biases).
+        """
         factory = {"device": self.weight.device, "dtype": self.weight.dtype}
         self.weight = nn.Parameter(torch.empty(weight_shape, **factory))
         if self.bias is not None:
             self.bias = nn.Parameter(torch.empty(bias_size, **factory))
         # Plain tensors, not buffers: derived data, never saved nor broadcast by DDP.
-        self._index = torch.from_numpy(index).to(factory["device"])
-        self._bias_index = torch.from_numpy(np.ascontiguousarray(bias_index)).to(factory["device"])
+        self._index = _as_tensor(index, factory["device"])
+        self._bias_index = _as_tensor(bias_index, factory["device"])
         self._index_cl: Tensor | None = None
         self._cache: tuple[tuple[object, ...], Tensor, Tensor | None] | None = None
+        self._free_ready = True
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """``nn.ConvNd``'s initialization, on the free parameters: the free kernel has the
         full one's fan-in, so the full kernel has a plain convolution's distribution."""
-        if getattr(self, "_bias_index", None) is None:
+        if not getattr(self, "_free_ready", False):
             return  # nn.ConvNd.__init__ calls this before the free parameters exist
         with torch.no_grad():
             init.kaiming_uniform_(self.weight, a=math.sqrt(5))
@@ -75,26 +80,32 @@ class GatheredConvNd:
     def _apply(self, fn, recurse: bool = True):  # type: ignore[no-untyped-def]
         module = super()._apply(fn, recurse)  # type: ignore[misc]
         # Indices follow the parameters' device but never go through `fn` (`to_empty`).
-        self._index = self._index.to(self.weight.device)
-        self._bias_index = self._bias_index.to(self.weight.device)
+        device = self.weight.device
+        self._index = None if self._index is None else self._index.to(device)
+        self._bias_index = None if self._bias_index is None else self._bias_index.to(device)
         self._index_cl, self._cache = None, None
         return module
 
     def _full(self) -> tuple[Tensor, Tensor | None]:
         """The full kernel and bias, computed (differentiably) from the free ones."""
-        w = self.weight
-        if not tracing() and w.dim() >= 4 and not w.is_contiguous() and _channels_last(w):
+        w, bias = self.weight, self.bias
+        if self._index is None:
+            full = w
+        elif not tracing() and w.dim() >= 4 and not w.is_contiguous() and _channels_last(w):
             if self._index_cl is None:
                 self._index_cl = _storage_order_index(w, self._index)
             full = gather(w.movedim(1, -1), self._index_cl).movedim(-1, 1)
         else:
             full = gather(w, self._index)
-        bias = None if self.bias is None else gather(self.bias, self._bias_index)
+        if bias is not None and self._bias_index is not None:
+            bias = gather(bias, self._bias_index)
         return full, bias
 
     def expanded(self) -> tuple[Tensor, Tensor | None]:
         """``(expanded_weight, expanded_bias)`` as the forward pass uses them."""
         params = (self.weight, self.bias)
+        if self._index is None and self._bias_index is None:
+            return params
         if not caching_allowed(params):
             return self._full()
         key = version_key(params)
@@ -133,6 +144,12 @@ class GatheredConvNd:
 
     def __prepare_scriptable__(self) -> nn.Module:
         raise not_scriptable(self)
+
+
+def _as_tensor(index: np.ndarray | None, device: torch.device) -> Tensor | None:
+    if index is None:
+        return None
+    return torch.from_numpy(np.ascontiguousarray(index)).to(device)
 
 
 def _channels_last(weight: Tensor) -> bool:

@@ -29,26 +29,25 @@ recorded as a plain ``index_select`` (so a traced model saves with ``torch.jit.s
 
 from __future__ import annotations
 
-import math
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
-from torch.nn import init
 
 from symconv.core.symmetric_conv import SymmetricConvSpec
 from symconv.core.symmetry import SymmetryPlan, SymmetrySpec
-from symconv.nn._cache import caching_allowed, not_scriptable, tracing, version_key
-from symconv.nn._gather import gather
 from symconv.nn.conv_utils import copy_mode, geometry_of
+from symconv.nn.gathered import GatheredConvNd
 
 __all__ = ["SymmetricConv1d", "SymmetricConv2d", "SymmetricConv3d", "SymmetricConvNd"]
 
 
-class SymmetricConvNd:
+class SymmetricConvNd(GatheredConvNd):
     """The shared implementation; ``SymmetricConv1d/2d/3d`` mix it into ``nn.ConvNd``.
 
-    ``isinstance(layer, SymmetricConvNd)`` tells a symmetric layer of any dimension.
+    ``isinstance(layer, SymmetricConvNd)`` tells a symmetric layer of any dimension. The
+    gather, its cache, channels_last, ``forward`` and ``to_conv`` come from
+    :class:`~symconv.nn.gathered.GatheredConvNd`.
     """
 
     _ndim: ClassVar[int]
@@ -61,150 +60,15 @@ class SymmetricConvNd:
 
     def _setup_symmetry(self, plan: SymmetryPlan) -> None:
         """Swap the full parameters ``nn.ConvNd`` made for the free ones."""
-        factory = {"device": self.weight.device, "dtype": self.weight.dtype}
         self.plan = plan
         in_per_group = self.in_channels // self.groups
-        self.weight = nn.Parameter(
-            torch.empty(plan.free_weight_shape(in_per_group, self.kernel_size), **factory)
+        index = None if plan.is_trivial else plan.gather_index(in_per_group, self.kernel_size)
+        self.set_free(
+            plan.free_weight_shape(in_per_group, self.kernel_size),
+            plan.n_bias,
+            index,
+            plan.bias_index if plan.share_bias else None,
         )
-        if self.bias is not None:
-            self.bias = nn.Parameter(torch.empty(plan.n_bias, **factory))
-        # Plain tensors, not buffers: buffers would be broadcast by DDP on every forward
-        # and saved in state_dict; these are derived from the plan, moved in `_apply`.
-        # On the parameters' device from the start: `_apply` only runs on a later `.to()`.
-        device = factory["device"]
-        self._gather_index = (
-            None
-            if plan.is_trivial
-            else torch.from_numpy(plan.gather_index(in_per_group, self.kernel_size)).to(device)
-        )
-        self._bias_index = (
-            torch.from_numpy(plan.bias_index.copy()).to(device) if plan.share_bias else None
-        )
-        self._gather_index_cl: Tensor | None = None  # built on first channels_last use
-        self._cache: tuple[tuple[Any, ...], Tensor, Tensor | None] | None = None
-        self.reset_parameters()
-
-    # -- parameters ----------------------------------------------------------------------
-    def reset_parameters(self) -> None:
-        """Initialise the free parameters exactly as ``nn.ConvNd`` does its full ones.
-
-        The free kernel has the full kernel's fan-in, so the expanded kernel has the
-        same per-entry distribution as a plain convolution's.
-        """
-        if getattr(self, "plan", None) is None:
-            return  # called by nn.ConvNd.__init__ before the free parameters exist
-        with torch.no_grad():
-            init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-            if self.bias is not None:
-                fan_in, _ = init._calculate_fan_in_and_fan_out(self.weight)
-                bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
-                init.uniform_(self.bias, -bound, bound)
-        self.clear_cache()
-
-    def clear_cache(self) -> None:
-        """Drop the cached expanded kernel (needed only after writes through ``.data``)."""
-        self._cache = None
-
-    def _apply(self, fn, recurse: bool = True):  # type: ignore[no-untyped-def]
-        module = super()._apply(fn, recurse)  # type: ignore[misc]
-        # Follow the parameters to their device; never pass integer indices through `fn`
-        # (``to_empty`` would fill them with garbage).
-        device = self.weight.device
-        if self._gather_index is not None:
-            self._gather_index = self._gather_index.to(device)
-        if self._bias_index is not None:
-            self._bias_index = self._bias_index.to(device)
-        self._gather_index_cl = None
-        self._cache = None
-        return module
-
-    # -- expansion -----------------------------------------------------------------------
-    def _expand(self) -> tuple[Tensor, Tensor | None]:
-        weight, bias = self.weight, self.bias
-        if self._gather_index is None:
-            full_w = weight
-        elif self._is_channels_last(weight):
-            full_w = self._expand_channels_last(weight)
-        else:
-            full_w = gather(weight, self._gather_index)
-        if bias is None or self._bias_index is None:
-            return full_w, bias
-        return full_w, gather(bias, self._bias_index)
-
-    @staticmethod
-    def _is_channels_last(weight: Tensor) -> bool:
-        # Traced graphs take the layout-agnostic gather (FX proxies have no layout at all).
-        if tracing() or weight.dim() not in (4, 5) or weight.is_contiguous():
-            return False
-        fmt = torch.channels_last if weight.dim() == 4 else torch.channels_last_3d
-        return weight.is_contiguous(memory_format=fmt)
-
-    def _expand_channels_last(self, weight: Tensor) -> Tensor:
-        """Gather straight from and into channels_last storage: no layout copies.
-
-        cuDNN and oneDNN would otherwise copy a contiguous kernel to the input's
-        channels_last layout on every call (and ``reshape(-1)`` would copy the free one).
-        """
-        if self._gather_index_cl is None:
-            # Storage position of every logical element of the free kernel, then the
-            # full kernel's indices in the (out, *k, in) order of its own storage.
-            n, cin, *k = weight.shape
-            pos = torch.arange(weight.numel(), device=weight.device).reshape(n, *k, cin)
-            pos = pos.movedim(-1, 1).reshape(-1)
-            self._gather_index_cl = pos[self._gather_index].movedim(1, -1).contiguous()
-        storage_order = weight.movedim(1, -1).reshape(-1)  # a view for channels_last
-        return gather(storage_order, self._gather_index_cl).movedim(-1, 1)
-
-    def expanded(self) -> tuple[Tensor, Tensor | None]:
-        """``(expanded_weight, expanded_bias)`` as the forward pass uses them."""
-        if self._gather_index is None and (self.bias is None or self._bias_index is None):
-            return self.weight, self.bias
-        params = (self.weight, self.bias)
-        if not caching_allowed(params):
-            return self._expand()
-        key = version_key(params)
-        if self._cache is None or self._cache[0] != key:
-            with torch.no_grad():
-                w, b = self._expand()
-            self._cache = (key, w, b)
-        return self._cache[1], self._cache[2]
-
-    @property
-    def expanded_weight(self) -> Tensor:
-        """The full kernel ``(out_channels, in_channels / groups, *kernel_size)``."""
-        return self.expanded()[0]
-
-    @property
-    def expanded_bias(self) -> Tensor | None:
-        """The full bias ``(out_channels,)``, or ``None`` without bias."""
-        return self.expanded()[1]
-
-    def forward(self, input: Tensor) -> Tensor:
-        """``(N, in_channels, *spatial)`` -> ``(N, out_channels, *spatial_out)``."""
-        weight, bias = self.expanded()
-        return self._conv_forward(input, weight, bias)  # type: ignore[attr-defined]
-
-    # -- conversion ----------------------------------------------------------------------
-    def __prepare_scriptable__(self) -> nn.Module:
-        raise not_scriptable(self)
-
-    def to_conv(self) -> nn.modules.conv._ConvNd:
-        """A plain ``nn.ConvNd`` with the expanded kernel: same outputs, for deployment.
-
-        It keeps this layer's training mode and ``requires_grad`` (so, e.g.,
-        ``torch.nn.utils.fusion.fuse_conv_bn_eval`` accepts it from a model in eval mode).
-        """
-        conv = self._plain_cls(
-            **self.spec.conv.torch_kwargs(), device=self.weight.device, dtype=self.weight.dtype
-        )
-        with torch.no_grad():
-            weight, bias = self._expand()
-            conv.weight.copy_(weight)
-            if bias is not None:
-                conv.bias.copy_(bias)
-        copy_mode(self, conv)  # type: ignore[arg-type]
-        return conv
 
     @classmethod
     def from_conv(
@@ -232,7 +96,7 @@ class SymmetricConvNd:
         )
         layer = cls.from_spec(spec, device=conv.weight.device, dtype=conv.weight.dtype)
         with torch.no_grad():
-            layer.weight.copy_(layer._project(conv.weight, layer._gather_index, layer.plan.n_free))
+            layer.weight.copy_(layer._project(conv.weight, layer._index, layer.plan.n_free))
             if conv.bias is not None:
                 if layer._bias_index is None:
                     layer.bias.copy_(conv.bias)
