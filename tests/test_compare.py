@@ -362,8 +362,8 @@ def test_progress_bar_or_plain_lines(
     if not tqdm_installed:
         monkeypatch.setitem(sys.modules, "tqdm", None)
         monkeypatch.setitem(sys.modules, "tqdm.auto", None)
-    elif not _importable("tqdm"):
-        pytest.skip("tqdm is not installed")
+    else:
+        pytest.importorskip("tqdm")
     config = CompareConfig(
         variants=("plain",),
         limit=60,

@@ -863,9 +863,8 @@ def test_flow_module_imports_no_plotting_libraries() -> None:
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
 
 
+@pytest.mark.requires_cuda
 def test_flow_on_cuda_matches_cpu() -> None:
-    if not torch.cuda.is_available():
-        pytest.skip("no CUDA device")
     x = images.default_image(32)
     cpu = flow_frames(x, "rotate", 20, 10)
     gpu = flow_frames(x, "rotate", 20, 10, device="cuda")

@@ -329,10 +329,15 @@ def test_eval_mode_with_grad_still_trains():
     assert layer.weight.grad is not None
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(
+    ("device", "dtype"),
+    [
+        ("cpu", torch.bfloat16),
+        pytest.param("cuda", torch.bfloat16, marks=pytest.mark.requires_cuda),
+        pytest.param("cuda", torch.float16, marks=pytest.mark.requires_cuda),
+    ],
+)
 def test_autocast_and_channels_last(device, dtype):
-    if device == "cpu" and dtype == torch.float16:
-        pytest.skip("float16 autocast is a CUDA feature")
     torch.manual_seed(8)
     layer = SymmetricConv2d(4, 8, 3, padding=1, symmetry={"hv": 4, "h": 2}, device=device)
     x = torch.randn(2, 4, 6, 10, device=device)

@@ -157,7 +157,7 @@ def test_cpu_autocast_bfloat16(family):
     assert ((got.float() - want).abs().max() / scale) < 0.05
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.requires_cuda
 @pytest.mark.parametrize("family", PARAMS)
 def test_cuda_matches_cpu(family):
     layer = _torch_layer(family)
@@ -182,13 +182,11 @@ def _ddp_worker(rank: int, world: int, init_file: str, name: str, out_file: str)
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.requires_gloo
 @pytest.mark.parametrize("family", [f for f in PARAMS if f.values[0].example().params()])
 def test_ddp_gradients_equal_one_process(family, tmp_path):
-    import torch.distributed as dist
     import torch.multiprocessing as mp
 
-    if not dist.is_available() or not dist.is_gloo_available():
-        pytest.skip("torch.distributed with gloo is not available")
     out_file = str(tmp_path / "grads.pt")
     args = (2, str(tmp_path / "init"), family.name, out_file)
     mp.spawn(_ddp_worker, args=args, nprocs=2, join=True)
