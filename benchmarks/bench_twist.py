@@ -6,7 +6,7 @@ HxW spatial, 3x3, stride 1):
 * ``conv2d``     -- ``nn.Conv2d(C, C, 3, padding=1, bias=False)``, the baseline (ratio 1);
 * ``twist``      -- :class:`symconv.ConvTwist` as shipped (``impl='auto'``);
 * ``stacked``    -- ``ConvTwist(impl='stacked')``: one convolution with the three kernels
-  stacked along the output axis, centres folded into ``W``, constant-grid tail;
+  stacked along the output axis, centers folded into ``W``, constant-grid tail;
 * ``split``      -- ``ConvTwist(impl='split')``: the same three kernels as three calls;
 * ``taps``       -- ``ConvTwist(impl='taps')``: the odd kernels through their
   ``(k*k-1)/2`` free taps: input differences and one GEMM per cache-sized chunk of images,
@@ -74,7 +74,7 @@ class NaiveTwist(nn.Module):
 
 
 class OneConvUnfolded(nn.Module):
-    """One stacked convolution, centres applied in the tail: ``a + (X-cx) b + (Y-cy) c``."""
+    """One stacked convolution, centers applied in the tail: ``a + (X-cx) b + (Y-cy) c``."""
 
     def __init__(self, twist: ConvTwist) -> None:
         super().__init__()

@@ -9,7 +9,7 @@
 # hang cannot eat the rest:
 #
 #   env            versions, GPU name, nvidia-smi
-#   tests          the CUDA tests: every test parametrised over devices, run for 'cuda'
+#   tests          the CUDA tests: every test parametrized over devices, run for 'cuda'
 #   bench_symmetric, bench_twist, bench_group (when present): batch 64, against nn.Conv2d
 #   compare        `symconv compare` (the default job) and `--model resnet` on the GPU
 #

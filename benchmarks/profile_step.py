@@ -4,7 +4,7 @@
     python benchmarks/profile_step.py sym --shape 256/14 --device cpu
 
 Profiles ``--steps`` steps after a warm-up with ``torch.profiler`` and prints the operators
-sorted by device time (self time on the CPU). A tool for deciding what to optimise; the
+sorted by device time (self time on the CPU). A tool for deciding what to optimize; the
 ratios that count are measured by ``bench_twist.py`` and ``bench_symmetric.py``.
 """
 

@@ -519,7 +519,7 @@ def test_symmetric_degenerate_1d_and_3d() -> None:
 
 # -- subclasses and conv-like modules: never silently change what a module computes -----------
 class StdConv2d(nn.Conv2d):
-    """Stand-in for timm's StdConv2d: weight standardisation in forward."""
+    """Stand-in for timm's StdConv2d: weight standardization in forward."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight
@@ -608,7 +608,7 @@ def test_allow_subclasses_converts_them_knowingly() -> None:
     assert "padding=(0, 0)" in dict(report.skipped)["1"]
     assert dict(report.skipped)["2"].startswith("not convertible: CondConv2d")
     x = torch.randn(2, 3, 9, 9)
-    # the weight standardisation is gone: the model now computes something else
+    # the weight standardization is gone: the model now computes something else
     assert not torch.allclose(model[0](x), ref[0](x), atol=1e-3)
 
 

@@ -417,7 +417,7 @@ def test_matches_the_posts_layer(stride: int) -> None:
     torch.testing.assert_close(layer(x), post(x), rtol=1e-12, atol=1e-12)
 
 
-# -- parametrisation ---------------------------------------------------------------------------
+# -- parametrization ---------------------------------------------------------------------------
 def _assert_odd(k: torch.Tensor) -> None:
     c = k.shape[-1] // 2
     assert torch.equal(k, -k.flip(-1, -2))
@@ -474,10 +474,10 @@ def test_set_twist_kernels() -> None:
     assert layer.twist_x.requires_grad  # still a trainable Parameter
     with pytest.raises(ValueError, match="weight_x is not odd"):
         layer.set_twist_kernels(torch.ones(3, 3), SOBEL_B)
-    centre = torch.zeros(3, 3)
-    centre[1, 1] = 1.0
+    center = torch.zeros(3, 3)
+    center[1, 1] = 1.0
     with pytest.raises(ValueError, match="weight_y is not odd"):
-        layer.set_twist_kernels(SOBEL_A, centre)
+        layer.set_twist_kernels(SOBEL_A, center)
     with pytest.raises(ValueError, match="does not broadcast"):
         layer.set_twist_kernels(torch.zeros(5, 5), SOBEL_B)
     with pytest.raises(TypeError, match="weight_x must be a torch.Tensor"):
@@ -778,7 +778,7 @@ def test_from_conv_rejects() -> None:
         ConvTwist.from_conv(nn.ConvTranspose2d(2, 2, 3, padding=1))
 
 
-# -- precision, compile, serialisation ----------------------------------------------------------
+# -- precision, compile, serialization ----------------------------------------------------------
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_autocast(device: str, dtype: torch.dtype, impl: str) -> None:
@@ -1054,7 +1054,7 @@ def test_torch_export(impl: str) -> None:
 
 # -- the post's demonstration ---------------------------------------------------------------
 def _blob_stats(img: torch.Tensor) -> tuple[float, float]:
-    """Distance and angle (atan2(row, col) about the image centre) of the intensity centroid."""
+    """Distance and angle (atan2(row, col) about the image center) of the intensity centroid."""
     h, w = img.shape
     rows = torch.arange(h, dtype=img.dtype).view(-1, 1) - (h - 1) / 2
     cols = torch.arange(w, dtype=img.dtype).view(1, -1) - (w - 1) / 2
@@ -1064,12 +1064,12 @@ def _blob_stats(img: torch.Tensor) -> tuple[float, float]:
 
 
 def _flow(weight_x: torch.Tensor, weight_y: torch.Tensor, steps: int, size: int = 48):
-    """Apply the post's near-identity twist ``steps`` times to an off-centre Gaussian blob."""
+    """Apply the post's near-identity twist ``steps`` times to an off-center Gaussian blob."""
     layer = ConvTwist(1, 1, bias=False, dtype=torch.float64)
     with torch.no_grad():
         layer.weight.zero_()
         layer.weight[0, 0, 1, 1] = 1.0  # W = identity
-        # The image centre, pixel (size - 1) / 2, in grid units 2 j / size.
+        # The image center, pixel (size - 1) / 2, in grid units 2 j / size.
         layer.center_x.fill_((size - 1) / size)
         layer.center_y.fill_((size - 1) / size)
     layer.set_twist_kernels(weight_x.double(), weight_y.double())
@@ -1090,9 +1090,9 @@ RATE = EPS * 16 / SIZE  # per-step rate of the generated flow, in radians (or lo
 
 def test_post_demo_rotation() -> None:
     """Wx = eps B ~ -d/dY and Wy = eps A ~ d/dX generate (Y - cy) d/dX - (X - cx) d/dY: a
-    rotation about the centre by +RATE per step in atan2(row, col)."""
+    rotation about the center by +RATE per step in atan2(row, col)."""
     (r0, a0), (r1, a1) = _flow(EPS * SOBEL_B, EPS * SOBEL_A, STEPS, SIZE)
-    assert abs(r1 - r0) < 0.02 * r0  # keeps its distance from the centre
+    assert abs(r1 - r0) < 0.02 * r0  # keeps its distance from the center
     assert a1 - a0 == pytest.approx(STEPS * RATE, rel=0.03)  # 0.5 rad, counter to the rows
     (_, b0), (_, b1) = _flow(-EPS * SOBEL_B, -EPS * SOBEL_A, STEPS, SIZE)
     assert b1 - b0 == pytest.approx(-STEPS * RATE, rel=0.03)  # the other direction
@@ -1100,7 +1100,7 @@ def test_post_demo_rotation() -> None:
 
 def test_post_demo_scaling() -> None:
     """Wx = eps A ~ d/dX and Wy = -eps B ~ d/dY generate (X - cx) d/dX + (Y - cy) d/dY: a
-    contraction towards the centre by (1 + RATE) per step, the angle unchanged."""
+    contraction towards the center by (1 + RATE) per step, the angle unchanged."""
     (r0, a0), (r1, a1) = _flow(EPS * SOBEL_A, -EPS * SOBEL_B, STEPS, SIZE)
     assert abs(a1 - a0) < 0.01
     assert r1 / r0 == pytest.approx((1 + RATE) ** -STEPS, rel=0.03)

@@ -22,7 +22,7 @@ its orbits with identical copies, so it is not applied to that layer unless
 ``convert`` never changes what a kept module computes, and never silently drops one:
 only exact ``nn.Conv1d/2d/3d`` instances are candidates by default; a ``predicate(name,
 module) -> bool`` narrows the choice or opts in subclasses that keep ``nn.ConvNd``'s
-forward, while subclasses with their own ``forward`` (weight standardisation, dynamic
+forward, while subclasses with their own ``forward`` (weight standardization, dynamic
 "same" padding) are refused unless ``allow_subclasses=True``. Layers with forward hooks or
 parametrizations (which the replacement would not carry over), transposed convolutions,
 layers that are already ``SymmetricConv``/``ConvTwist`` and conv-like modules that are not
@@ -242,15 +242,15 @@ def convert(
             unless ``allow_subclasses``). Chosen layers the target cannot represent are
             skipped with the reason.
         copy_weights: start from the original weights (``True``) or from a fresh
-            initialisation.
-        init_max: ``to='twist'``: range of the initial centres.
+            initialization.
+        init_max: ``to='twist'``: range of the initial centers.
         include_degenerate: ``to='symmetric'``: also apply keys that flip an axis along
             which the kernel has extent 1 (1x1 convolutions, 1xk ones for ``'v'``): their
             orbits hold identical copies, so by default such keys are left out for that
             layer (listed in ``notes``, or the layer in ``skipped`` if no key is left).
         allow_subclasses: also convert subclasses of ``nn.ConvNd`` that compute
             differently (their own ``forward``, ``_conv_forward`` or ``__call__``, e.g.
-            weight standardisation or dynamic "same" padding); the replacement computes a
+            weight standardization or dynamic "same" padding); the replacement computes a
             plain convolution instead, so only do this knowingly.
 
     A module shared under several names is converted once and replaced everywhere.

@@ -90,7 +90,7 @@ def test_symmetric_parity_both_ways(cfg, seed):
     assert_close_to_scale(run_torch(back, x), y_torch)
 
 
-def test_symmetric_into_existing_layers_and_keras_initialised_weights():
+def test_symmetric_into_existing_layers_and_keras_initialized_weights():
     k = SymmetricConv3D(8, 3, padding="same", symmetry={"hvz": 8}, bias_initializer="random_normal")
     x = np.random.default_rng(0).standard_normal((2, 2, 4, 5, 6)).astype("float32")
     y_keras = np.moveaxis(np_(k(np.moveaxis(x, 1, -1))), -1, 1)
@@ -162,7 +162,7 @@ def test_wide_twist_parity_is_relative_to_the_output_scale():
     y_torch = run_torch(t, x)
     assert np.abs(y_torch).max() > 40
     assert_close_to_scale(np.moveaxis(np_(k(np.moveaxis(x, 1, -1))), -1, 1), y_torch)
-    # ... and a real difference (one centre moved by 1e-3) is still caught.
+    # ... and a real difference (one center moved by 1e-3) is still caught.
     with torch.no_grad():
         t.center_x[0] += 1e-3
     with pytest.raises(AssertionError):

@@ -80,7 +80,7 @@ def test_matches_reference(k, groups, strides, size, use_bias, padding_mode, dat
     np.testing.assert_allclose(out, reference(layer, x), atol=1e-4, rtol=1e-5)
 
 
-def test_twist_kernels_are_odd_and_initialised_as_torch():
+def test_twist_kernels_are_odd_and_initialized_as_torch():
     layer = ConvTwist2D(4, 3)
     layer.build((None, 6, 6, 3))
     wx, wy = np_(layer.kernel_x), np_(layer.kernel_y)

@@ -330,7 +330,7 @@ _DOC = """{rank}-D convolution whose output channels share weights across reflec
     Weights: ``kernel`` is the free kernel ``(*kernel_size, in_channels / groups,
     plan.n_free)`` and ``bias`` the free bias ``(plan.n_bias,)``: regularizers and
     constraints act on them. ``expanded_kernel`` and ``expanded_bias`` are the full ones,
-    one gather away. Initialisation: a full kernel is drawn with ``kernel_initializer``
+    one gather away. Initialization: a full kernel is drawn with ``kernel_initializer``
     (fans of the full kernel, as ``keras.layers.{plain}``) and each orbit keeps its
     un-flipped member.
 

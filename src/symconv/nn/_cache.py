@@ -4,7 +4,7 @@ what tracers, exporters and TorchScript get from the layers.
 Layers that build their convolution kernels from free parameters (symmetric expansion,
 ConvTwist's odd kernels) rebuild them every training step, but when no gradient can reach
 the parameters they serve a cached copy. The key holds each parameter's identity, storage
-and autograd version counter, so in-place optimiser steps, ``load_state_dict``, ``.to()``
+and autograd version counter, so in-place optimizer steps, ``load_state_dict``, ``.to()``
 and ``torch.nn.init`` all make it stale; writes through ``param.data`` bypass the version
 counter (the layers' ``clear_cache()`` covers those).
 """

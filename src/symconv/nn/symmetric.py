@@ -14,11 +14,11 @@ Shapes (``k`` the kernel size, ``g`` the groups)::
     output           (N, out_channels, *spatial_out)
 
 The expanded kernel is one gather from the free one (an index computed once per layer),
-differentiable, so every optimiser step, DDP gradient sync and ``torch.nn.init`` call acts
+differentiable, so every optimizer step, DDP gradient sync and ``torch.nn.init`` call acts
 on the free parameters. When no gradient can reach the parameters (``torch.no_grad``,
 ``torch.inference_mode``, or frozen parameters) the expanded kernel is cached, so inference
 costs what a plain convolution costs; the cache is keyed on the parameters' identity,
-storage and version counter, so in-place optimiser steps, ``load_state_dict``, ``.to()``
+storage and version counter, so in-place optimizer steps, ``load_state_dict``, ``.to()``
 and ``torch.nn.init`` invalidate it. Writes through ``param.data`` bypass the version
 counter: call :meth:`clear_cache` after those.
 
