@@ -224,7 +224,7 @@ def test_invalid_layer_arguments():
         make_plan({}, 4, 2, share_bias=1)
     with pytest.raises(ValueError, match="ndim=4; allowed: 1, 2, 3"):
         make_plan({}, 4, 4)
-    with pytest.raises(ValueError, match="out_channels=0 must be a positive integer"):
+    with pytest.raises(ValueError, match="out_channels=0 is not allowed; it must be an int >= 1"):
         make_plan({}, 0, 2)
     with pytest.raises(ValueError, match="not divisible by groups=3"):
         make_plan({}, 4, 2, groups=3)

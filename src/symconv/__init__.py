@@ -10,38 +10,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from symconv._lazy import lazy_exports
+from symconv.nn import LAYER_MODULES
 
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    # the framework-agnostic plan
-    "SymmetryPlan": "symconv.symmetry",
-    "make_plan": "symconv.symmetry",
-    "parse_symmetry_string": "symconv.symmetry",
-    # torch layers
-    "SymmetricConv1d": "symconv.nn.symmetric",
-    "SymmetricConv2d": "symconv.nn.symmetric",
-    "SymmetricConv3d": "symconv.nn.symmetric",
-    "OrbitConv2d": "symconv.nn.orbit",
-    "OrbitPool": "symconv.nn.orbit",
-    "flip_permutation": "symconv.nn.orbit",
-    "ConvTwist": "symconv.nn.twist",
-    "GlobalConv1d": "symconv.nn.global_conv",
-    "TopKPool": "symconv.nn.pooling",
-    "GroupConv1d": "symconv.nn.group_conv",
-    "GroupConv2d": "symconv.nn.group_conv",
-    "GroupConv3d": "symconv.nn.group_conv",
-    "GroupPool": "symconv.nn.group_pool",
-    "GroupBatchNorm1d": "symconv.nn.group_norm",
-    "GroupBatchNorm2d": "symconv.nn.group_norm",
-    "GroupBatchNorm3d": "symconv.nn.group_norm",
-    # checking exactness
-    "equivariance_error": "symconv.equivariance",
-    "member_permutation": "symconv.core.symmetry",
-    # model surgery
-    "convert": "symconv.conversion",
-    "ConversionReport": "symconv.conversion",
-    "name_matches": "symconv.conversion",
+    "symconv.symmetry": ("SymmetryPlan", "make_plan", "parse_symmetry_string"),
+    **LAYER_MODULES,
+    "symconv.equivariance": ("equivariance_error",),
+    "symconv.core.symmetry": ("member_permutation",),
+    "symconv.conversion": ("convert", "ConversionReport", "name_matches"),
 }
 
 __all__ = [  # noqa: RUF022 - every name of _EXPORTS

@@ -9,10 +9,12 @@ from typing import Any
 
 
 def lazy_exports(
-    package: str, exports: Mapping[str, str]
+    package: str, modules: Mapping[str, tuple[str, ...]]
 ) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
-    """``(__getattr__, __dir__)`` for ``package``: each name in ``exports`` is imported from
-    the module it maps to on first access, then kept in the package's namespace."""
+    """``(__getattr__, __dir__)`` for ``package``: ``modules`` maps a module to the names it
+    exports; each name is imported from its module on first access, then kept in the
+    package's namespace."""
+    exports = {name: module for module, names in modules.items() for name in names}
 
     def __getattr__(name: str) -> Any:  # noqa: N807 - the module-level hook
         module = exports.get(name)

@@ -1,29 +1,6 @@
-"""The reflection-symmetry plan (public name of :mod:`symconv.core.symmetry`)."""
+"""The symmetry plan, under its public name: everything of :mod:`symconv.core.symmetry`."""
 
-from symconv.core.symmetry import (
-    KEY_ORDER,
-    OrbitBlock,
-    SymmetryPlan,
-    SymmetrySpec,
-    allowed_keys,
-    canonical_key,
-    count_for,
-    letter_axis,
-    make_plan,
-    member_permutation,
-    parse_symmetry_string,
-)
+from symconv.core import symmetry as _core
+from symconv.core.symmetry import *  # noqa: F403 - this module is that one's public name
 
-__all__ = [
-    "KEY_ORDER",
-    "OrbitBlock",
-    "SymmetryPlan",
-    "SymmetrySpec",
-    "allowed_keys",
-    "canonical_key",
-    "count_for",
-    "letter_axis",
-    "make_plan",
-    "member_permutation",
-    "parse_symmetry_string",
-]
+__all__ = list(_core.__all__)

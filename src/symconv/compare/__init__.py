@@ -25,17 +25,15 @@ from __future__ import annotations
 from symconv._lazy import lazy_exports
 
 _EXPORTS = {
-    "CompareConfig": "symconv.compare.config",
-    "run_compare": "symconv.compare.runner",
-    "TrainSettings": "symconv.compare.config",
-    "load_data": "symconv.compare.data",
-    "ImageData": "symconv.compare.data",
-    "build_variant": "symconv.compare.variants",
-    "OrbitConv2d": "symconv.nn.orbit",
-    "TRANSFORMS": "symconv.compare.transforms",
+    "symconv.compare.config": ("CompareConfig", "TrainSettings"),
+    "symconv.compare.runner": ("run_compare",),
+    "symconv.compare.data": ("load_data", "ImageData"),
+    "symconv.compare.variants": ("build_variant",),
+    "symconv.nn.orbit": ("OrbitConv2d",),
+    "symconv.compare.transforms": ("TRANSFORMS",),
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted(name for names in _EXPORTS.values() for name in names)
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -4,26 +4,19 @@ from __future__ import annotations
 
 from symconv._lazy import lazy_exports
 
-_EXPORTS = {
-    "SymmetricConv1d": "symconv.nn.symmetric",
-    "SymmetricConv2d": "symconv.nn.symmetric",
-    "SymmetricConv3d": "symconv.nn.symmetric",
-    "OrbitConv2d": "symconv.nn.orbit",
-    "OrbitPool": "symconv.nn.orbit",
-    "flip_permutation": "symconv.nn.orbit",
-    "ConvTwist": "symconv.nn.twist",
-    "GlobalConv1d": "symconv.nn.global_conv",
-    "TopKPool": "symconv.nn.pooling",
-    "GroupConv1d": "symconv.nn.group_conv",
-    "GroupConv2d": "symconv.nn.group_conv",
-    "GroupConv3d": "symconv.nn.group_conv",
-    "GroupPool": "symconv.nn.group_pool",
-    "GroupBatchNorm1d": "symconv.nn.group_norm",
-    "GroupBatchNorm2d": "symconv.nn.group_norm",
-    "GroupBatchNorm3d": "symconv.nn.group_norm",
+#: Module -> the layers it defines; the top-level package exports these too.
+LAYER_MODULES = {
+    "symconv.nn.symmetric": ("SymmetricConv1d", "SymmetricConv2d", "SymmetricConv3d"),
+    "symconv.nn.orbit": ("OrbitConv2d", "OrbitPool", "flip_permutation"),
+    "symconv.nn.twist": ("ConvTwist",),
+    "symconv.nn.global_conv": ("GlobalConv1d",),
+    "symconv.nn.pooling": ("TopKPool",),
+    "symconv.nn.group_conv": ("GroupConv1d", "GroupConv2d", "GroupConv3d"),
+    "symconv.nn.group_pool": ("GroupPool",),
+    "symconv.nn.group_norm": ("GroupBatchNorm1d", "GroupBatchNorm2d", "GroupBatchNorm3d"),
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted(name for names in LAYER_MODULES.values() for name in names)
 
 
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, LAYER_MODULES)

@@ -8,25 +8,20 @@ function used, Pillow when a file is read or written.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from symconv._lazy import lazy_exports
 
 _EXPORTS = {
-    "FilterFigure": "symconv.viz.filters",
-    "load_checkpoint": "symconv.viz.filters",
-    "plot_filters": "symconv.viz.filters",
-    "PRESETS": "symconv.viz.flow",
-    "flow_frames": "symconv.viz.flow",
-    "flow_operator": "symconv.viz.flow",
-    "frame_steps": "symconv.viz.flow",
-    "load_kernel": "symconv.viz.flow",
-    "save_gif": "symconv.viz.flow",
-    "save_strip": "symconv.viz.flow",
-    "default_image": "symconv.viz.images",
-    "load_image": "symconv.viz.images",
-    "mnist_digit": "symconv.viz.images",
-    "resize_image": "symconv.viz.images",
+    "symconv.viz.filters": ("FilterFigure", "load_checkpoint", "plot_filters"),
+    "symconv.viz.flow": (
+        "PRESETS",
+        "flow_frames",
+        "flow_operator",
+        "frame_steps",
+        "load_kernel",
+        "save_gif",
+        "save_strip",
+    ),
+    "symconv.viz.images": ("default_image", "load_image", "mnist_digit", "resize_image"),
 }
 
 __all__ = [
@@ -47,16 +42,3 @@ __all__ = [
 ]
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
-
-if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from symconv.viz.filters import FilterFigure, load_checkpoint, plot_filters
-    from symconv.viz.flow import (
-        PRESETS,
-        flow_frames,
-        flow_operator,
-        frame_steps,
-        load_kernel,
-        save_gif,
-        save_strip,
-    )
-    from symconv.viz.images import default_image, load_image, mnist_digit, resize_image
