@@ -765,3 +765,20 @@ def test_atomic_write_syncs_before_renaming(
         report.write_json(path, {"a": 2})
     assert info.value.filename == str(path) and info.value.errno == errno.ENOSPC
     assert json.loads(path.read_text()) == {"a": 1} and len(list(tmp_path.iterdir())) == 1
+
+
+def test_group_variants_are_exactly_invariant(tmp_path: Path) -> None:
+    """p4 scores the same on quarter-turned digits as on the originals; p4m also on
+    flipped ones (exact invariance shows in the table); both cost a plain network's
+    parameters / |G| with --group-width channels."""
+    out = tmp_path / "run"
+    args = ["--epochs", "1", "--limit", "100", "--variants", "plain,p4,p4m"]
+    assert _compare(*args, "--transforms", "hflip,vflip,rot90", "--out", str(out)) == 0
+    res = _load(out)
+    assert res["config"]["settings"]["group_width"] == "channels"
+    variants = res["variants"]
+    for name, same in (("p4", ["rot90"]), ("p4m", ["rot90", "hflip", "vflip"])):
+        (run,) = variants[name]["runs"]
+        assert all(run["accuracy"][t] == run["accuracy"]["clean"] for t in same), run["accuracy"]
+        assert "group=" in run["description"] and run["converted"]
+    assert variants["p4m"]["params"] < variants["p4"]["params"] < variants["plain"]["params"]

@@ -729,3 +729,25 @@ def test_readme_convert_example_runs_and_prints_its_report(capsys) -> None:
     code, shown = re.findall(r"```(?:python|text)\n(.*?)```", section, re.S)[:2]
     exec(compile(code, "README.md", "exec"), {})
     assert capsys.readouterr().out.strip() == shown.strip()
+
+
+def test_symmetric_rotation_keys() -> None:
+    """Rotation keys convert 2-D layers with square kernels; a 1x1 kernel is degenerate
+    (every turn leaves it unchanged), a non-square one is skipped naming kernel_size."""
+    from symconv.core.symmetric_conv import degenerate_keys
+
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, (1, 3)), nn.Conv2d(8, 8, 1)
+    )
+    report = convert(model, "symmetric", symmetry={"r": "50%"})
+    assert [n for n, _, _ in report.converted] == ["0"]
+    assert model[0].plan.spec_dict() == {"r": "50%"} and model[0].plan.n_symmetric == 4
+    skipped = dict(report.skipped)
+    assert "square for group 'r'" in skipped["1"] and "1x1 kernel" in skipped["2"]
+    report = convert(nn.Sequential(nn.Conv2d(3, 16, 3)), "symmetric", symmetry="hr:50%,h:4")
+    assert len(report) == 1
+    kept, dropped = degenerate_keys({"r": 4, "hr": 8, "h": 2}, (1, 1))
+    assert kept == {} and len(dropped) == 3 and "1x1 in the turned" in dropped[0]
+    assert degenerate_keys({"r": 4, "hr": 8}, (3, 3)) == ({"r": 4, "hr": 8}, [])
+    assert degenerate_keys({"r": 4}, (1, 3)) == ({"r": 4}, [])  # the layer names the shape
+    assert degenerate_keys({"r": 4}, (1, 3, 3)) == ({"r": 4}, [])  # 3-D: make_plan names it

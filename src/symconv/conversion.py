@@ -2,6 +2,7 @@
 
     report = convert(model, "twist")                     # 3x3 convs -> ConvTwist
     report = convert(model, "symmetric", symmetry={"hv": "50%"})
+    report = convert(model, "group", group="hr")         # a p4m network, invariant logits
     print(report)
 
 ``to="twist"`` replaces every ``nn.Conv2d`` with an odd square kernel of size 3 or more,
@@ -19,6 +20,9 @@ axis along which the layer's kernel has extent 1 (any key on a 1x1 convolution) 
 its orbits with identical copies, so it is not applied to that layer unless
 ``include_degenerate=True``.
 
+``to="group"`` makes a group-equivariant network with invariant logits: see
+:mod:`symconv.conversion_group`.
+
 ``convert`` never changes what a kept module computes, and never silently drops one:
 only exact ``nn.Conv1d/2d/3d`` instances are candidates by default; a ``predicate(name,
 module) -> bool`` narrows the choice or opts in subclasses that keep ``nn.ConvNd``'s
@@ -33,10 +37,13 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 
 from torch import nn
 
+from symconv.conversion_common import candidate, count_parameters, summary, swap_modules
+from symconv.conversion_report import ConversionReport
+from symconv.core.groups import canonical_group_key
+from symconv.core.groups import group as make_group
 from symconv.core.symmetric_conv import SymmetricConvSpec, degenerate_keys
 from symconv.core.symmetry import (
     SymmetrySpec,
@@ -51,58 +58,8 @@ from symconv.nn.conv_utils import copy_mode, geometry_of
 __all__ = ["ConversionReport", "convert", "name_matches"]
 
 Predicate = Callable[[str, nn.Module], bool]
-_TARGETS = ("twist", "symmetric")
-
-
-@dataclass
-class ConversionReport:
-    """What :func:`convert` did.
-
-    Attributes:
-        to: ``'twist'`` or ``'symmetric'``.
-        converted: ``(qualified name, old layer, new layer)`` for every replaced layer.
-        skipped: ``(qualified name, reason)`` for every convolution (or conv-like module)
-            left alone.
-        notes: ``(qualified name, note)`` for converted layers that did not take the whole
-            spec (a key left out because it would only make identical copies).
-        params_before, params_after: trainable-or-not parameter counts of the model.
-    """
-
-    to: str
-    converted: list[tuple[str, str, str]] = field(default_factory=list)
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    notes: list[tuple[str, str]] = field(default_factory=list)
-    params_before: int = 0
-    params_after: int = 0
-
-    def __len__(self) -> int:
-        return len(self.converted)
-
-    def __bool__(self) -> bool:
-        return bool(self.converted)
-
-    def __str__(self) -> str:
-        lines = [
-            f"convert(to={self.to!r}): {len(self.converted)} converted, "
-            f"{len(self.skipped)} skipped; parameters {self.params_before:,} -> "
-            f"{self.params_after:,} ({self.params_after - self.params_before:+,})"
-        ]
-        if self.converted:
-            w = max(len("layer"), *(len(n) for n, _, _ in self.converted))
-            lines += ["", f"{'layer':<{w}}  before -> after", f"{'-' * w}  {'-' * 15}"]
-            lines += [
-                f"{n or '<root>':<{w}}  {old}\n{'':<{w}}  -> {new}"
-                for n, old, new in self.converted
-            ]
-        if self.skipped:
-            w = max(len("skipped"), *(len(n) for n, _ in self.skipped))
-            lines += ["", f"{'skipped':<{w}}  reason", f"{'-' * w}  {'-' * 6}"]
-            lines += [f"{n or '<root>':<{w}}  {why}" for n, why in self.skipped]
-        if self.notes:
-            w = max(len("note on"), *(len(n) for n, _ in self.notes))
-            lines += ["", f"{'note on':<{w}}  note", f"{'-' * w}  {'-' * 4}"]
-            lines += [f"{n or '<root>':<{w}}  {note}" for n, note in self.notes]
-        return "\n".join(lines)
+_TARGETS = ("twist", "symmetric", "group")
+WIDTHS = ("channels", "params")
 
 
 def name_matches(*patterns: str) -> Predicate:
@@ -117,86 +74,42 @@ def name_matches(*patterns: str) -> Predicate:
     return predicate
 
 
-def _summary(module: nn.Module) -> str:
-    n = sum(p.numel() for p in module.parameters())
-    return f"{type(module).__name__}({module.extra_repr()}) [{n:,} params]"
-
-
 def _twist_reason(conv: nn.Conv2d) -> str | None:
     """Why the default rule leaves ``conv`` alone, or ``None`` if it converts it."""
     return twist_conversion_reason(conv.kernel_size, conv.dilation, conv.padding)
 
 
-def _own_computation(module: nn.Module, base: type[nn.Module]) -> str | None:
-    """The method by which a subclass of ``base`` computes differently, or ``None``."""
-    for method in ("forward", "_conv_forward", "__call__"):
-        if getattr(type(module), method) is not getattr(base, method):
-            return method
-    return None
+def _only_for(target: str, to: object, **given: object) -> None:
+    """Reject options given (not ``None``/``False``) that only ``to=target`` uses."""
+    for name, value in given.items():
+        if to != target and value not in (None, False):
+            raise ValueError(f"{name}={value!r} is only used with to={target!r}")
 
 
-def _hooks_reason(module: nn.Module) -> str | None:
-    """Why replacing ``module`` would drop part of its computation, or ``None``."""
-    from torch.nn.utils import parametrize
-
-    if parametrize.is_parametrized(module):
-        names = ", ".join(module.parametrizations.keys())  # type: ignore[union-attr]
-        return (
-            f"parametrized ({names}): the replacement would not carry the parametrization "
-            "over; remove it (torch.nn.utils.parametrize.remove_parametrizations) to convert"
-        )
-    hooks = [
-        kind
-        for kind, registry in (
-            ("forward hooks", module._forward_hooks),
-            ("forward pre-hooks", module._forward_pre_hooks),
-        )
-        if registry
-    ]
-    if hooks:
-        return (
-            f"has {' and '.join(hooks)}, which the replacement would not carry over; "
-            "remove them to convert it"
-        )
-    return None
-
-
-def _is_conv_like(module: nn.Module) -> bool:
-    """A module with its own parameters that describes itself as a convolution."""
-    attrs = ("in_channels", "out_channels", "kernel_size")
-    own_params = any(p is not None for p in module._parameters.values())
-    return own_params and all(hasattr(module, a) for a in attrs)
-
-
-def _check_args(
-    model: object,
-    to: object,
-    symmetry: object,
-    share_bias: object,
-    predicate: object,
-    copy_weights: object,
-    init_max: object,
-    include_degenerate: object,
-    allow_subclasses: object,
-) -> None:
+def _check_args(model: object, to: object, options: Mapping[str, object]) -> None:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     check_choice("to", to, _TARGETS)
+    symmetry = options["symmetry"]
     if to == "symmetric" and symmetry is None:
         raise ValueError("to='symmetric' needs a symmetry spec, e.g. symmetry={'hv': '50%'}")
-    if to == "twist" and symmetry is not None:
-        raise ValueError(f"symmetry={symmetry!r} is only used with to='symmetric'")
-    check_bool("share_bias", share_bias)
-    check_bool("copy_weights", copy_weights)
-    check_bool("include_degenerate", include_degenerate)
-    check_bool("allow_subclasses", allow_subclasses)
-    if to == "twist" and include_degenerate:
-        raise ValueError("include_degenerate=True is only used with to='symmetric'")
-    if predicate is not None and not callable(predicate):
-        raise TypeError(f"predicate={predicate!r} must be a callable (name, module) -> bool")
+    if to == "group" and options["group"] is None:
+        raise ValueError("to='group' needs a group key, e.g. group='hr' (p4m) or 'r' (p4)")
+    for name in ("share_bias", "copy_weights", "include_degenerate", "allow_subclasses"):
+        check_bool(name, options[name])
+    if options["predicate"] is not None and not callable(options["predicate"]):
+        raise TypeError(
+            f"predicate={options['predicate']!r} must be a callable (name, module) -> bool"
+        )
+    _only_for("symmetric", to, symmetry=symmetry, include_degenerate=options["include_degenerate"])
+    _only_for("group", to, group=options["group"], width=options["width"])
     if to == "symmetric":
         _check_spec(symmetry)
-    check_real("init_max", init_max, 0)
+    if to == "group":
+        canonical_group_key(options["group"], 2)
+        if options["width"] is not None:
+            check_choice("width", options["width"], WIDTHS)
+    check_real("init_max", options["init_max"], 0)
 
 
 def _check_spec(symmetry: object) -> None:
@@ -210,8 +123,10 @@ def _check_spec(symmetry: object) -> None:
     if not spec:
         raise ValueError(f"symmetry={symmetry!r} selects no channels; nothing to convert")
     for key, value in spec.items():
-        canon = canonical_key(key, 3)  # every key some layer could take
-        count_for(key, value, 2 ** len(canon), 1)
+        # every key some layer could take: rotation keys live in the 2-D plane
+        ndim = 2 if isinstance(key, str) and "r" in key.lower() else 3
+        canon = canonical_key(key, ndim)
+        count_for(key, value, make_group(canon, ndim).order, 1)
 
 
 def convert(
@@ -219,6 +134,8 @@ def convert(
     to: str,
     *,
     symmetry: SymmetrySpec = None,
+    group: str | None = None,
+    width: str | None = None,
     share_bias: bool = True,
     predicate: Predicate | None = None,
     copy_weights: bool = True,
@@ -226,14 +143,19 @@ def convert(
     include_degenerate: bool = False,
     allow_subclasses: bool = False,
 ) -> ConversionReport:
-    """Replace convolutions of ``model`` in place; return a :class:`ConversionReport`.
+    """Replace layers of ``model`` in place; return a :class:`ConversionReport`.
 
     Args:
         model: any ``nn.Module``; its submodules are swapped, the object stays the same.
-        to: ``'twist'`` (``nn.Conv2d`` -> ``ConvTwist``) or ``'symmetric'``
-            (``nn.Conv1d/2d/3d`` -> ``SymmetricConv1d/2d/3d``).
+        to: ``'twist'`` (``nn.Conv2d`` -> ``ConvTwist``), ``'symmetric'``
+            (``nn.Conv1d/2d/3d`` -> ``SymmetricConv1d/2d/3d``) or ``'group'`` (a 2-D CNN
+            -> a group-equivariant one with invariant logits, :mod:`symconv.conversion_group`).
         symmetry: the spec for ``to='symmetric'`` (see :mod:`symconv.symmetry`), applied to
             every layer separately.
+        group: ``to='group'``: a 2-D group key (``'hr'`` p4m, ``'r'`` p4, ``'hv'``, ...).
+        width: ``to='group'``: ``'channels'`` (default: keep channel counts, about
+            ``1/|G|`` of the parameters) or ``'params'`` (widen by about ``sqrt(|G|)`` to
+            keep the parameter count).
         share_bias: ``to='symmetric'``: one bias per orbit.
         predicate: ``predicate(qualified_name, module) -> bool`` picks which convolutions
             to convert, instead of the default rule; it is asked about every
@@ -241,8 +163,8 @@ def convert(
             parametrizations (subclasses included, except those with their own ``forward``
             unless ``allow_subclasses``). Chosen layers the target cannot represent are
             skipped with the reason.
-        copy_weights: start from the original weights (``True``) or from a fresh
-            initialization.
+        copy_weights: start from the original weights (``True``; for ``'group'`` only
+            layers whose shapes stay) or from a fresh initialization.
         init_max: ``to='twist'``: range of the initial centers.
         include_degenerate: ``to='symmetric'``: also apply keys that flip an axis along
             which the kernel has extent 1 (1x1 convolutions, 1xk ones for ``'v'``): their
@@ -255,103 +177,70 @@ def convert(
 
     A module shared under several names is converted once and replaced everywhere.
     """
-    _check_args(
-        model,
-        to,
-        symmetry,
-        share_bias,
-        predicate,
-        copy_weights,
-        init_max,
-        include_degenerate,
-        allow_subclasses,
-    )
-    report = ConversionReport(to=to, params_before=sum(p.numel() for p in model.parameters()))
+    options = dict(
+        symmetry=symmetry, group=group, width=width, share_bias=share_bias,
+        predicate=predicate, copy_weights=copy_weights, init_max=init_max,
+        include_degenerate=include_degenerate, allow_subclasses=allow_subclasses,
+    )  # fmt: skip
+    _check_args(model, to, options)
+    if to == "group":
+        from symconv.conversion_group import convert_group
+
+        return convert_group(
+            model, group, width or "channels", predicate=predicate,
+            copy_weights=copy_weights, allow_subclasses=allow_subclasses,
+        )  # fmt: skip
+    return _convert_each(model, to, options)
+
+
+def _convert_each(model: nn.Module, to: str, options: Mapping[str, object]) -> ConversionReport:
+    """``to='twist'`` or ``'symmetric'``: each convolution on its own."""
+    predicate = options["predicate"]
+    report = ConversionReport(to=to, params_before=count_parameters(model))
     replacements: dict[int, nn.Module] = {}
+    plain = (nn.Conv2d,) if to == "twist" else (nn.Conv1d, nn.Conv2d, nn.Conv3d)
     for name, module in model.named_modules():
-        base, why = _candidate(module, to, predicate is not None, allow_subclasses)
+        base, why = candidate(
+            module, plain, "ConvTwist is 2-D only", predicate is not None,
+            bool(options["allow_subclasses"]),
+        )  # fmt: skip
         if base is None:
             if why is not None:
                 report.skipped.append((name, why))
             continue
-        if predicate is not None and not predicate(name, module):
+        if predicate is not None and not predicate(name, module):  # type: ignore[operator]
             report.skipped.append((name, "not selected by predicate"))
             continue
         if predicate is None and to == "twist" and (why := _twist_reason(module)) is not None:
             report.skipped.append((name, why))
             continue
-        layer_spec, notes = symmetry, []
+        layer_spec, notes = options["symmetry"], []
         if to == "symmetric":
-            layer_spec, notes = _layer_symmetry(module, symmetry, include_degenerate)
+            layer_spec, notes = _layer_symmetry(module, layer_spec, options["include_degenerate"])
             if not layer_spec:
                 report.skipped.append((name, _degenerate_reason(module, notes)))
                 continue
         if name == "":
-            report.skipped.append(
-                (
-                    name,
-                    "the model itself is a convolution and cannot be replaced in place; "
-                    "use ConvTwist.from_conv / SymmetricConvNd.from_conv",
-                )
-            )
+            report.skipped.append((name, ROOT_REASON))
             continue
         try:
-            new = _replacement(module, to, layer_spec, share_bias, copy_weights, init_max)
+            new = _replacement(module, to, layer_spec, options)
         except ValueError as exc:
             report.skipped.append((name, str(exc)))
             continue
         copy_mode(module, new)
         replacements[id(module)] = new
-        report.converted.append((name, _summary(module), _summary(new)))
+        report.converted.append((name, summary(module), summary(new)))
         report.notes += [(name, note) for note in notes]
-
-    # Swap every reference (a module registered under several names is replaced everywhere).
-    for parent in model.modules():
-        for child_name, child in parent._modules.items():
-            if child is not None and id(child) in replacements:
-                parent._modules[child_name] = replacements[id(child)]
-    report.params_after = sum(p.numel() for p in model.parameters())
+    swap_modules(model, replacements)
+    report.params_after = count_parameters(model)
     return report
 
 
-def _candidate(
-    module: nn.Module, to: str, has_predicate: bool, allow_subclasses: bool
-) -> tuple[type[nn.Module] | None, str | None]:
-    """``(base, None)`` when ``module`` may be converted (``base`` its ``nn.ConvNd``
-    class), else ``(None, why)``; ``why`` is ``None`` for modules not worth reporting."""
-    from symconv.nn.symmetric import SymmetricConvNd
-    from symconv.nn.twist import ConvTwist
-
-    if isinstance(module, ConvTwist | SymmetricConvNd):
-        return None, f"already a {type(module).__name__}"
-    if not isinstance(module, nn.modules.conv._ConvNd):
-        if not _is_conv_like(module):
-            return None, None
-        return None, (
-            f"not convertible: {type(module).__name__} looks like a convolution "
-            "(in_channels, out_channels, kernel_size) but is not an nn.Conv1d/2d/3d"
-        )
-    if module.transposed:
-        return None, f"transposed convolution ({type(module).__name__})"
-    plain = (nn.Conv2d,) if to == "twist" else (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-    base = next((c for c in plain if isinstance(module, c)), None)
-    if base is None:
-        return None, f"{type(module).__name__}: ConvTwist is 2-D only"
-    if (why := _hooks_reason(module)) is not None:
-        return None, why
-    if type(module) is base or allow_subclasses:
-        return base, None
-    if (method := _own_computation(module, base)) is not None:
-        return None, (
-            f"{type(module).__name__} subclasses nn.{base.__name__} with its own {method}, "
-            "which the replacement would drop; pass allow_subclasses=True to convert it anyway"
-        )
-    if not has_predicate:
-        return None, (
-            f"{type(module).__name__} subclasses nn.{base.__name__}; select it with "
-            "predicate (or allow_subclasses=True) to convert it"
-        )
-    return base, None
+ROOT_REASON = (
+    "the model itself is a convolution and cannot be replaced in place; "
+    "use ConvTwist.from_conv / SymmetricConvNd.from_conv"
+)
 
 
 def _layer_symmetry(
@@ -377,19 +266,16 @@ def _degenerate_reason(conv: nn.Module, notes: list[str]) -> str:
 
 
 def _replacement(
-    conv: nn.Module,
-    to: str,
-    symmetry: SymmetrySpec,
-    share_bias: bool,
-    copy_weights: bool,
-    init_max: float,
+    conv: nn.Module, to: str, symmetry: SymmetrySpec, options: Mapping[str, object]
 ) -> nn.Module:
     """The layer that replaces ``conv`` (``ValueError`` when the target cannot fit it)."""
+    copy_weights = bool(options["copy_weights"])
     if to == "twist":
         from symconv.nn.twist import ConvTwist
 
+        init_max = float(options["init_max"])  # type: ignore[arg-type]
         return ConvTwist.from_conv(conv, init_max=init_max, copy_weights=copy_weights)
-    return _to_symmetric(conv, symmetry, share_bias, copy_weights)
+    return _to_symmetric(conv, symmetry, bool(options["share_bias"]), copy_weights)
 
 
 def _to_symmetric(

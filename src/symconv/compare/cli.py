@@ -17,6 +17,7 @@ from symconv.compare.config import (
     COLORS,
     DEFAULT_WIDTH,
     DEVICES,
+    GROUP_WIDTHS,
     INVARIANT_KEYS,
     MODELS,
     TRANSFORM_NAMES,
@@ -40,7 +41,10 @@ examples:
 
 variants: plain (as built); sym (convert(model, 'symmetric', symmetry=--symmetry));
 sym-inv (every conv symmetric with orbit pooling: exactly invariant to the
---invariant-to flips); twist (3x3 convs converted to ConvTwist).
+--invariant-to flips); twist (3x3 convs converted to ConvTwist); p4, p4m
+(convert(model, 'group', group='r'/'hr'): group convolutions, exactly invariant to
+quarter turns, and for p4m to flips; not in the default list:
+--variants plain,sym,sym-inv,twist,p4,p4m).
 transforms: {transforms}.
 """.format(transforms=", ".join(TRANSFORM_NAMES))
 
@@ -113,6 +117,9 @@ def _option_group_models(p: argparse.ArgumentParser) -> None:
          "(default %(default)s)")  # fmt: skip
     _add(g, "--invariant-to", t, "flips the sym-inv variant is invariant to (default "
          "%(default)s)", dest="invariant_key", choices=INVARIANT_KEYS)  # fmt: skip
+    _add(g, "--group-width", t, "p4/p4m: 'channels' keeps the channel counts (a plain net's "
+         "cost, about 1/|G| of its parameters), 'params' widens to its parameter count (about "
+         "|G| times the cost) (default %(default)s)", choices=GROUP_WIDTHS)  # fmt: skip
 
 
 def _option_group_training(p: argparse.ArgumentParser) -> None:

@@ -17,7 +17,10 @@ __all__ = [
     "BUILTIN_DATA",
     "COLORS",
     "DEFAULT_WIDTH",
+    "DEFAULT_VARIANTS",
     "DEVICES",
+    "GROUP_VARIANTS",
+    "GROUP_WIDTHS",
     "INVARIANT_KEYS",
     "MODELS",
     "RESUMABLE",
@@ -35,7 +38,14 @@ __all__ = [
 #: The datasets ``--data`` names besides a folder path (see :mod:`symconv.compare.data`).
 BUILTIN_DATA = ("mnist", "digits", "animals")
 #: The layer variants, in table order (see :mod:`symconv.compare.variants`).
-VARIANTS = ("plain", "sym", "sym-inv", "twist")
+VARIANTS = ("plain", "sym", "sym-inv", "twist", "p4", "p4m")
+#: The variants a plain ``symconv compare`` trains: the group networks double the default
+#: job's run time on a 2-core CPU, so they are asked for by name (``--variants``).
+DEFAULT_VARIANTS = ("plain", "sym", "sym-inv", "twist")
+#: The group-equivariant variants and their groups (``convert(model, 'group', group=...)``).
+GROUP_VARIANTS = {"p4": "r", "p4m": "hr"}
+#: How the group variants size their layers (``convert``'s ``width``).
+GROUP_WIDTHS = ("channels", "params")
 #: The base networks (see :mod:`symconv.compare.models`).
 MODELS = ("cnn", "resnet")
 #: Channels of the first stage when none is given. The small CNN's is sized for the default
@@ -112,6 +122,7 @@ class TrainSettings:
     width: int | None = None
     symmetry: str = "hv:50%"
     invariant_key: str = "hv"
+    group_width: str = "channels"
     epochs: int = 3
     batch_size: int = 64
     lr: float = 4e-3
@@ -132,6 +143,10 @@ class TrainSettings:
             raise ValueError(f"weight_decay={self.weight_decay!r} must be >= 0")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label_smoothing={self.label_smoothing!r} must be in [0, 1)")
+        if self.group_width not in GROUP_WIDTHS:
+            raise ValueError(
+                f"group_width={self.group_width!r} is not allowed; it must be one of {GROUP_WIDTHS}"
+            )
         for t in self.transforms:
             if t not in TRANSFORM_NAMES:
                 raise ValueError(f"unknown transform {t!r}; allowed: {', '.join(TRANSFORM_NAMES)}")
@@ -152,7 +167,7 @@ class CompareConfig:
     """What ``symconv compare`` was asked to do (its command-line options)."""
 
     data: str = "mnist"
-    variants: tuple[str, ...] = VARIANTS
+    variants: tuple[str, ...] = DEFAULT_VARIANTS
     runs: int = 1
     seed: int = 0
     size: int | None = None

@@ -189,6 +189,7 @@ def _load_checked_data(config: CompareConfig) -> ImageData:
                 width=s.width,
                 symmetry=s.symmetry,
                 invariant_key=s.invariant_key,
+                group_width=s.group_width,
             )
         except ValueError as err:
             raise CompareError(str(err)) from err

@@ -295,6 +295,7 @@ def build_args(settings: TrainSettings, data: ImageData) -> dict[str, Any]:
         "width": settings.width or DEFAULT_WIDTH[settings.model],
         "symmetry": settings.symmetry,
         "invariant_key": settings.invariant_key,
+        "group_width": settings.group_width,
     }
 
 

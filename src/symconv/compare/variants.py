@@ -20,6 +20,12 @@
 ``twist``
     Its 3x3 convolutions converted by ``symconv.convert(model, 'twist')`` to
     :class:`~symconv.ConvTwist` (position-dependent kernels that can rotate and scale).
+``p4``, ``p4m``
+    ``symconv.convert(model, 'group', group='r' | 'hr', width=group_width)``: the first
+    convolution lifts, the others are group convolutions with group batch norm, and the
+    members are max-pooled before the head, so the logits are exactly invariant to quarter
+    turns (``p4``) and also to flips (``p4m``), at every input size the base networks
+    take (stride-1 convolutions, :class:`HalvingPool2d`).
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from symconv.compare.config import INVARIANT_KEYS, VARIANTS, parse_variants
+from symconv.compare.config import GROUP_VARIANTS, INVARIANT_KEYS, VARIANTS, parse_variants
 from symconv.compare.models import ConvFactory, build_model, plain_conv
 from symconv.nn.orbit import OrbitConv2d
 
@@ -78,6 +84,7 @@ def build_variant(
     width: int | None = None,
     symmetry: str = "hv:50%",
     invariant_key: str = "hv",
+    group_width: str = "channels",
 ) -> BuiltVariant:
     """Build ``variant`` of network ``model`` (uses the global torch RNG for the weights).
 
@@ -110,6 +117,13 @@ def build_variant(
     if variant == "sym":
         report = convert(net, "symmetric", symmetry=symmetry, predicate=_is_spatial_conv)
         what = f"convert(model, 'symmetric', symmetry={symmetry!r}) on every k x k conv, k > 1"
+    elif variant in GROUP_VARIANTS:
+        key = GROUP_VARIANTS[variant]
+        report = convert(net, "group", group=key, width=group_width)
+        if not report.invariant:
+            raise ValueError(f"variant {variant!r} is not invariant: {report.breaks}")
+        what = (f"convert(model, 'group', group={key!r}, width={group_width!r}): invariant "
+                "logits")  # fmt: skip
     else:
         report = convert(net, "twist")
         what = "convert(model, 'twist'): 3x3 convs to ConvTwist"

@@ -138,9 +138,11 @@ def degenerate_keys(
     """Split ``symmetry`` into the keys worth applying to a kernel and why others are not.
 
     A reflection along an axis where the kernel has extent 1 maps the kernel to itself, so
-    a key flipping such an axis would make orbits of identical copies. Returns the kept
-    part of the spec and one reason per dropped key. Keys that are not valid for the
-    kernel's dimensions are kept, for :func:`make_plan` to name the problem.
+    a key flipping such an axis would make orbits of identical copies; a rotation key
+    (``r``, ``hr``) is degenerate only for a kernel that is 1x1 in the (height, width)
+    plane. Returns the kept part of the spec and one reason per dropped key. Keys that are
+    not valid for the kernel's dimensions are kept, for :func:`make_plan` to name the
+    problem.
     """
     ndim = len(kernel_size)
     spec = parse_symmetry_string(symmetry) if isinstance(symmetry, str) else dict(symmetry or {})
@@ -151,6 +153,18 @@ def degenerate_keys(
             canon = canonical_key(key, ndim)
         except ValueError:
             kept[key] = value
+            continue
+        if "r" in canon:
+            # Turns move a kernel only when it has extent in the plane; a non-square kernel
+            # is kept for the layer to name (rotation keys need square kernels).
+            if tuple(kernel_size[-2:]) == (1, 1):
+                dropped.append(
+                    f"key {key!r} not applied: kernel_size={kernel_size} is 1x1 in the turned "
+                    "(height, width) plane, which every turn and reflection leaves unchanged, so "
+                    "its orbits would hold identical copies (include_degenerate=True applies it)"
+                )
+            else:
+                kept[key] = value
             continue
         flat = [ch for ch in canon if kernel_size[letter_axis(ch, ndim)] == 1]
         if not flat:
