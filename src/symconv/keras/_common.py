@@ -152,6 +152,16 @@ _WEIGHT_OPTIONS = {
     "kernel_constraint": keras.constraints,
     "bias_constraint": keras.constraints,
 }
+#: Their defaults, as in ``keras.layers.Conv2D``.
+WEIGHT_OPTION_DEFAULTS = {
+    "activation": None,
+    "kernel_initializer": "glorot_uniform",
+    "bias_initializer": "zeros",
+    "kernel_regularizer": None,
+    "bias_regularizer": None,
+    "kernel_constraint": None,
+    "bias_constraint": None,
+}
 
 
 def set_weight_options(layer: keras.layers.Layer, **options: Any) -> None:
@@ -172,3 +182,35 @@ def weight_options_config(layer: keras.layers.Layer) -> dict[str, Any]:
     }
     config["activity_regularizer"] = keras.regularizers.serialize(layer.activity_regularizer)
     return config
+
+
+class SymconvLayer(keras.layers.Layer):
+    """Base of the symconv Keras layers.
+
+    Takes ``keras.layers.Conv2D``'s weight options as keyword arguments (``activation``,
+    ``kernel_initializer``, ``bias_initializer``, ``kernel_regularizer``,
+    ``bias_regularizer``, ``kernel_constraint``, ``bias_constraint``, with Conv2D's
+    defaults; ``activity_regularizer``, ``name``, ``dtype``, ... go to
+    ``keras.layers.Layer``), and reads the channel axis from ``data_format``.
+    """
+
+    data_format: str
+
+    def __init__(self, **kwargs: Any) -> None:
+        options = {name: kwargs.pop(name, d) for name, d in WEIGHT_OPTION_DEFAULTS.items()}
+        super().__init__(**kwargs)
+        set_weight_options(self, **options)
+
+    @property
+    def _channel_axis(self) -> int:
+        return -1 if self.data_format == "channels_last" else 1
+
+    def _input_channels(self, input_shape: Sequence[int | None]) -> int:
+        """The input's channel count, which must be known to build the weights."""
+        channels = input_shape[self._channel_axis]
+        if channels is None:
+            raise ValueError(
+                f"{type(self).__name__} needs a known channel dimension; got input shape "
+                f"{tuple(input_shape)} with data_format={self.data_format!r}"
+            )
+        return int(channels)

@@ -18,8 +18,8 @@ from keras import ops
 from symconv.core.global_conv import GlobalConvSpec
 from symconv.core.validate import check_choice, type_error
 from symconv.keras._common import (
+    SymconvLayer,
     independent_initializer,
-    set_weight_options,
     weight_options_config,
 )
 
@@ -27,7 +27,7 @@ __all__ = ["GlobalConv1D"]
 
 
 @keras.saving.register_keras_serializable(package="symconv")
-class GlobalConv1D(keras.layers.Layer):
+class GlobalConv1D(SymconvLayer):
     r"""Permutation-equivariant set layer: each position against the sum of all others.
 
     .. math::
@@ -60,32 +60,14 @@ class GlobalConv1D(keras.layers.Layer):
         self,
         filters: int,
         reduction: str = "sum",
-        activation: Any = None,
         use_bias: bool = True,
-        kernel_initializer: Any = "glorot_uniform",
-        bias_initializer: Any = "zeros",
-        kernel_regularizer: Any = None,
-        bias_regularizer: Any = None,
-        activity_regularizer: Any = None,
-        kernel_constraint: Any = None,
-        bias_constraint: Any = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(activity_regularizer=activity_regularizer, **kwargs)
+        super().__init__(**kwargs)
         self.spec = GlobalConvSpec.from_keras(filters, reduction, use_bias)
         self.filters = self.spec.out_channels
         self.reduction = self.spec.reduction
         self.use_bias = self.spec.bias
-        set_weight_options(
-            self,
-            activation=activation,
-            kernel_initializer=kernel_initializer,
-            bias_initializer=bias_initializer,
-            kernel_regularizer=kernel_regularizer,
-            bias_regularizer=bias_regularizer,
-            kernel_constraint=kernel_constraint,
-            bias_constraint=bias_constraint,
-        )
         self.supports_masking = True
         self.input_spec = keras.layers.InputSpec(min_ndim=2, max_ndim=3)
 

@@ -27,18 +27,18 @@ from keras import ops
 from symconv.core.symmetric_conv import SymmetricConvSpec
 from symconv.core.symmetry import SymmetrySpec
 from symconv.keras._common import (
+    SymconvLayer,
     conv,
     conv_output_length,
     data_format_arg,
     gather,
-    set_weight_options,
     weight_options_config,
 )
 
 __all__ = ["SymmetricConv1D", "SymmetricConv2D", "SymmetricConv3D"]
 
 
-class _SymmetricConv(keras.layers.Layer):
+class _SymmetricConv(SymconvLayer):
     """Shared implementation of ``SymmetricConv1D/2D/3D`` (a standalone ``keras.layers.Layer``
     calling ``keras.ops.conv`` on the kernel expanded from the free one)."""
 
@@ -54,21 +54,13 @@ class _SymmetricConv(keras.layers.Layer):
         data_format: str | None = None,
         dilation_rate: int | tuple[int, ...] = 1,
         groups: int = 1,
-        activation: Any = None,
         use_bias: bool = True,
-        kernel_initializer: Any = "glorot_uniform",
-        bias_initializer: Any = "zeros",
-        kernel_regularizer: Any = None,
-        bias_regularizer: Any = None,
-        activity_regularizer: Any = None,
-        kernel_constraint: Any = None,
-        bias_constraint: Any = None,
         *,
         symmetry: SymmetrySpec = None,
         share_bias: bool = True,
         **kwargs: Any,
     ) -> None:
-        super().__init__(activity_regularizer=activity_regularizer, **kwargs)
+        super().__init__(**kwargs)
         # The shared spec validates every argument: the same rules and messages as torch.
         self.spec = SymmetricConvSpec.from_keras(
             self.rank,
@@ -92,33 +84,14 @@ class _SymmetricConv(keras.layers.Layer):
         self.use_bias = geometry.bias
         self.plan = self.spec.plan
         self.data_format = data_format_arg(data_format)
-        set_weight_options(
-            self,
-            activation=activation,
-            kernel_initializer=kernel_initializer,
-            bias_initializer=bias_initializer,
-            kernel_regularizer=kernel_regularizer,
-            bias_regularizer=bias_regularizer,
-            kernel_constraint=kernel_constraint,
-            bias_constraint=bias_constraint,
-        )
         rank = self.rank
         self.input_spec = keras.layers.InputSpec(ndim=rank + 2)
         self._gather_index: np.ndarray | None = None
         self._bias_index = None if not self.plan.share_bias else self.plan.bias_index.copy()
 
-    @property
-    def _channel_axis(self) -> int:
-        return -1 if self.data_format == "channels_last" else 1
-
     # -- weights -------------------------------------------------------------------------
     def build(self, input_shape: tuple[int | None, ...]) -> None:
-        in_channels = input_shape[self._channel_axis]
-        if in_channels is None:
-            raise ValueError(
-                f"{type(self).__name__} needs a known channel dimension; got input shape "
-                f"{tuple(input_shape)} with data_format={self.data_format!r}"
-            )
+        in_channels = self._input_channels(input_shape)
         self.spec = self.spec.with_in_channels(in_channels)
         in_per_group = self.spec.conv.in_per_group
         self.input_spec = keras.layers.InputSpec(

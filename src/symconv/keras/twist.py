@@ -19,10 +19,10 @@ from keras import ops
 
 from symconv.core.twist import KERAS_PADDING_MODES, TwistSpec
 from symconv.keras._common import (
+    SymconvLayer,
     conv,
     data_format_arg,
     independent_initializer,
-    set_weight_options,
     weight_options_config,
 )
 
@@ -43,7 +43,7 @@ def odd_kernel(free: Any, kernel_size: int) -> Any:
 
 
 @keras.saving.register_keras_serializable(package="symconv")
-class ConvTwist2D(keras.layers.Layer):
+class ConvTwist2D(SymconvLayer):
     r"""A 2-D convolution plus position-weighted odd convolutions that generate rotations
     and dilations about learnable centers (Keras 3; TensorFlow, PyTorch and JAX backends).
 
@@ -86,17 +86,9 @@ class ConvTwist2D(keras.layers.Layer):
         init_max: float = 1.5,
         padding_mode: str = "zeros",
         data_format: str | None = None,
-        activation: Any = None,
-        kernel_initializer: Any = "glorot_uniform",
-        bias_initializer: Any = "zeros",
-        kernel_regularizer: Any = None,
-        bias_regularizer: Any = None,
-        activity_regularizer: Any = None,
-        kernel_constraint: Any = None,
-        bias_constraint: Any = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(activity_regularizer=activity_regularizer, **kwargs)
+        super().__init__(**kwargs)
         self.spec = TwistSpec.from_keras(
             filters, kernel_size, strides, groups, use_bias, init_max, padding_mode
         )
@@ -108,16 +100,6 @@ class ConvTwist2D(keras.layers.Layer):
         self.init_max = self.spec.init_max
         self.padding_mode = self.spec.padding_mode
         self.data_format = data_format_arg(data_format)
-        set_weight_options(
-            self,
-            activation=activation,
-            kernel_initializer=kernel_initializer,
-            bias_initializer=bias_initializer,
-            kernel_regularizer=kernel_regularizer,
-            bias_regularizer=bias_regularizer,
-            kernel_constraint=kernel_constraint,
-            bias_constraint=bias_constraint,
-        )
         self.input_spec = keras.layers.InputSpec(ndim=4)
 
     @classmethod
@@ -133,18 +115,9 @@ class ConvTwist2D(keras.layers.Layer):
             layer.build(spec.keras_input_shape(data_format))
         return layer
 
-    @property
-    def _channel_axis(self) -> int:
-        return -1 if self.data_format == "channels_last" else 1
-
     # -- weights -------------------------------------------------------------------------
     def build(self, input_shape: tuple[int | None, ...]) -> None:
-        in_channels = input_shape[self._channel_axis]
-        if in_channels is None:
-            raise ValueError(
-                f"ConvTwist2D needs a known channel dimension; got input shape "
-                f"{tuple(input_shape)} with data_format={self.data_format!r}"
-            )
+        in_channels = self._input_channels(input_shape)
         self.spec = self.spec.with_in_channels(in_channels)
         self.input_spec = keras.layers.InputSpec(ndim=4, axes={self._channel_axis: in_channels})
         shapes = {p.keras_name: p.keras_shape for p in self.spec.params()}

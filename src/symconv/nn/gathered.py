@@ -15,7 +15,7 @@ shapes are.
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -35,10 +35,59 @@ class GatheredConvNd:
     Writes through ``param.data`` bypass the cache key: call :meth:`clear_cache` after them.
     """
 
+    _ndim: ClassVar[int]
     _plain_cls: ClassVar[type[nn.modules.conv._ConvNd]]
 
     weight: nn.Parameter
     bias: nn.Parameter | None
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, ...],
+        stride: int | tuple[int, ...] = 1,
+        padding: str | int | tuple[int, ...] = 0,
+        dilation: int | tuple[int, ...] = 1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        **options: Any,
+    ) -> None:
+        """``nn.ConvNd``'s arguments plus the family's keyword-only ``options`` (e.g.
+        ``symmetry``/``share_bias`` or ``group``), all validated by the family's spec
+        before ``nn.ConvNd`` allocates anything."""
+        conv = {
+            "in_channels": in_channels,
+            "out_channels": out_channels,
+            "kernel_size": kernel_size,
+            "stride": stride,
+            "padding": padding,
+            "dilation": dilation,
+            "groups": groups,
+            "bias": bias,
+            "padding_mode": padding_mode,
+        }
+        self._build(self._spec_from_torch(conv, **options), device, dtype)
+
+    @classmethod
+    def _spec_from_torch(cls, conv: dict[str, Any], **options: Any) -> Any:
+        """The family's spec from ``nn.ConvNd``'s arguments and the family's options."""
+        raise NotImplementedError
+
+    def _install(self, spec: Any) -> None:
+        """Put the family's free parameters in place (a call to :meth:`set_free`)."""
+        raise NotImplementedError
+
+    def _build(
+        self, spec: Any, device: torch.device | str | None, dtype: torch.dtype | None
+    ) -> None:
+        """``nn.ConvNd``'s construction from a validated spec, then the free parameters."""
+        self._plain_cls.__init__(self, **spec.conv.torch_kwargs(), device=device, dtype=dtype)  # type: ignore[misc]
+        self.spec = spec
+        self._install(spec)
 
     def set_free(
         self, weight_shape: tuple[int, ...], bias_size: int, index: np.ndarray | None,

@@ -48,35 +48,14 @@ class GroupConvNd(GatheredConvNd):
     weight: nn.Parameter
     bias: nn.Parameter | None
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int | tuple[int, ...],
-        stride: int | tuple[int, ...] = 1,
-        padding: str | int | tuple[int, ...] = 0,
-        dilation: int | tuple[int, ...] = 1,
-        groups: int = 1,
-        bias: bool = True,
-        padding_mode: str = "zeros",
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-        *,
-        group: str = "hr",
-    ) -> None:
-        conv = {
-            "in_channels": in_channels,
-            "out_channels": out_channels,
-            "kernel_size": kernel_size,
-            "stride": stride,
-            "padding": padding,
-            "dilation": dilation,
-            "groups": groups,
-            "bias": bias,
-            "padding_mode": padding_mode,
-        }
-        spec = GroupConvSpec.from_torch(self._ndim, group=group, **conv)
-        self._build(spec, device, dtype)
+    def __init__(self, *args: Any, group: str = "hr", **kwargs: Any) -> None:
+        """``nn.ConvNd``'s arguments (``in_channels, out_channels, kernel_size, stride,
+        padding, dilation, groups, bias, padding_mode, device, dtype``) plus ``group``."""
+        super().__init__(*args, group=group, **kwargs)
+
+    @classmethod
+    def _spec_from_torch(cls, conv: dict[str, Any], *, group: str = "hr") -> GroupConvSpec:
+        return GroupConvSpec.from_torch(cls._ndim, group=group, **conv)
 
     @classmethod
     def from_spec(
@@ -89,10 +68,7 @@ class GroupConvNd(GatheredConvNd):
         layer._build(spec, device, dtype)
         return layer
 
-    def _build(self, spec: GroupConvSpec, device: Any, dtype: torch.dtype | None) -> None:
-        """``nn.ConvNd``'s construction, then the free parameters in place of the full ones."""
-        self._plain_cls.__init__(self, **spec.conv.torch_kwargs(), device=device, dtype=dtype)
-        self.spec = spec
+    def _install(self, spec: GroupConvSpec) -> None:
         self.set_free(
             spec.free_weight_shape(), spec.out_fields, spec.gather_index(), spec.bias_index()
         )

@@ -29,7 +29,7 @@ recorded as a plain ``index_select`` (so a traced model saves with ``torch.jit.s
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -58,8 +58,25 @@ class SymmetricConvNd(GatheredConvNd):
     weight: nn.Parameter
     bias: nn.Parameter | None
 
-    def _setup_symmetry(self, plan: SymmetryPlan) -> None:
+    def __init__(
+        self, *args: Any, symmetry: SymmetrySpec = None, share_bias: bool = True, **kwargs: Any
+    ) -> None:
+        """``nn.ConvNd``'s arguments (``in_channels, out_channels, kernel_size, stride,
+        padding, dilation, groups, bias, padding_mode, device, dtype``) plus ``symmetry``
+        and ``share_bias``."""
+        super().__init__(*args, symmetry=symmetry, share_bias=share_bias, **kwargs)
+
+    @classmethod
+    def _spec_from_torch(
+        cls, conv: dict[str, Any], *, symmetry: SymmetrySpec = None, share_bias: bool = True
+    ) -> SymmetricConvSpec:
+        return SymmetricConvSpec.from_torch(
+            cls._ndim, **conv, symmetry=symmetry, share_bias=share_bias
+        )
+
+    def _install(self, spec: SymmetricConvSpec) -> None:
         """Swap the full parameters ``nn.ConvNd`` made for the free ones."""
+        plan = spec.plan
         self.plan = plan
         in_per_group = self.in_channels // self.groups
         index = None if plan.is_trivial else plan.gather_index(in_per_group, self.kernel_size)
@@ -142,46 +159,6 @@ class SymmetricConvNd(GatheredConvNd):
         return f"{base}, symmetry={{{spec}}}, share_bias={self.plan.share_bias}"
 
 
-def _make_init(ndim: int):  # type: ignore[no-untyped-def]
-    def __init__(  # noqa: N807 - assigned as a method
-        self: SymmetricConvNd,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int | tuple[int, ...],
-        stride: int | tuple[int, ...] = 1,
-        padding: str | int | tuple[int, ...] = 0,
-        dilation: int | tuple[int, ...] = 1,
-        groups: int = 1,
-        bias: bool = True,
-        padding_mode: str = "zeros",
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-        *,
-        symmetry: SymmetrySpec = None,
-        share_bias: bool = True,
-    ) -> None:
-        # Validate everything before nn.ConvNd allocates anything.
-        spec = SymmetricConvSpec.from_torch(
-            ndim,
-            in_channels=in_channels,
-            out_channels=out_channels,
-            kernel_size=kernel_size,
-            stride=stride,
-            padding=padding,
-            dilation=dilation,
-            groups=groups,
-            bias=bias,
-            padding_mode=padding_mode,
-            symmetry=symmetry,
-            share_bias=share_bias,
-        )
-        self._plain_cls.__init__(self, **spec.conv.torch_kwargs(), device=device, dtype=dtype)
-        self.spec = spec
-        self._setup_symmetry(spec.plan)
-
-    return __init__
-
-
 _DOC = """{dims}-D convolution whose output channels share weights across reflections.
 
     A drop-in replacement for ``nn.{plain}``: every argument of ``nn.{plain}`` plus
@@ -247,12 +224,12 @@ def _doc(ndim: int) -> str:
 
 
 class SymmetricConv1d(SymmetricConvNd, nn.Conv1d):
-    _ndim, _plain_cls, __init__, __doc__ = 1, nn.Conv1d, _make_init(1), _doc(1)
+    _ndim, _plain_cls, __doc__ = 1, nn.Conv1d, _doc(1)
 
 
 class SymmetricConv2d(SymmetricConvNd, nn.Conv2d):
-    _ndim, _plain_cls, __init__, __doc__ = 2, nn.Conv2d, _make_init(2), _doc(2)
+    _ndim, _plain_cls, __doc__ = 2, nn.Conv2d, _doc(2)
 
 
 class SymmetricConv3d(SymmetricConvNd, nn.Conv3d):
-    _ndim, _plain_cls, __init__, __doc__ = 3, nn.Conv3d, _make_init(3), _doc(3)
+    _ndim, _plain_cls, __doc__ = 3, nn.Conv3d, _doc(3)
