@@ -146,15 +146,18 @@ class GroupBatchNormalization(keras.layers.Layer):
         the law of total variance over each field's equally sized member channels."""
         mean, variance = ops.moments(inputs, axes=self._reduction_axes)
         by_field = (-1, self.order)
-        field_mean = ops.mean(ops.reshape(mean, by_field), axis=1)
+        # Sums, not keras.ops.mean: on the torch backend that averages float64 in float32.
+        field_mean = ops.sum(ops.reshape(mean, by_field), axis=1) / self.order
         spread = ops.reshape(mean, by_field) - ops.expand_dims(field_mean, 1)
-        field_variance = ops.mean(ops.reshape(variance, by_field) + ops.square(spread), axis=1)
-        return field_mean, field_variance
+        total = ops.reshape(variance, by_field) + ops.square(spread)
+        return field_mean, ops.sum(total, axis=1) / self.order
 
     def call(self, inputs: Any, training: bool | None = None) -> Any:
-        compute_dtype = keras.backend.result_type(inputs.dtype, "float32")
-        # As keras.layers.BatchNormalization: float16/bfloat16 inputs are normalized in
-        # float32, where their statistics do not overflow.
+        # float16/bfloat16 inputs are normalized in float32, where their statistics do not
+        # overflow (as in keras.layers.BatchNormalization), float64 ones in float64
+        # (keras.backend.result_type(float64, "float32") is float32 on the torch backend).
+        wide = keras.backend.standardize_dtype(inputs.dtype) == "float64"
+        compute_dtype = "float64" if wide else "float32"
         inputs = ops.cast(inputs, compute_dtype)
         moving_mean = ops.cast(self.moving_mean, compute_dtype)
         moving_variance = ops.cast(self.moving_variance, compute_dtype)

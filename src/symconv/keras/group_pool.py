@@ -85,7 +85,10 @@ class GroupPool(keras.layers.Layer):
         # (batch, *spatial, F*|H|, cosets) or (batch, F*|H|, cosets, *spatial)
         picked = ops.take(inputs, self._index, axis=self._channel_axis % len(inputs.shape))
         axis = -1 if self.data_format == "channels_last" else 2
-        return ops.max(picked, axis=axis) if self.mode == "max" else ops.mean(picked, axis=axis)
+        if self.mode == "max":
+            return ops.max(picked, axis=axis)
+        # A sum, not keras.ops.mean: on the torch backend that averages float64 in float32.
+        return ops.sum(picked, axis=axis) / self._index.shape[1]
 
     def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
         shape = list(input_shape)
