@@ -7,18 +7,9 @@ import functools
 
 import numpy as np
 
-# The documented member orders, as words read right to left (rightmost acts first).
-MEMBERS = {
-    "h": ["", "h"],
-    "v": ["", "v"],
-    "hv": ["", "h", "v", "hv"],
-    "z": ["", "z"],
-    "hz": ["", "h", "z", "hz"],
-    "vz": ["", "v", "z", "vz"],
-    "hvz": ["", "h", "v", "hv", "z", "hz", "vz", "hvz"],
-    "r": ["", "r", "rr", "rrr"],
-    "hr": ["", "r", "rr", "rrr", "h", "rh", "rrh", "rrrh"],
-}
+from _group_reference import MEMBERS  # the documented member orders, as words
+
+__all__ = ["MEMBERS", "act", "apply", "full_kernel", "table"]
 
 
 def apply(word: str, x: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
