@@ -98,9 +98,27 @@ FAMILIES: tuple[Family, ...] = (
         "symconv.nn.pooling:TopKPool",
         "symconv.keras.pooling:TopKPool",
     ),
-    Family("group_conv1d", _GROUP, "symconv.nn.group_conv:GroupConv1d", None, ndim=1),
-    Family("group_conv2d", _GROUP, "symconv.nn.group_conv:GroupConv2d", None, ndim=2),
-    Family("group_conv3d", _GROUP, "symconv.nn.group_conv:GroupConv3d", None, ndim=3),
+    Family(
+        "group_conv1d",
+        _GROUP,
+        "symconv.nn.group_conv:GroupConv1d",
+        "symconv.keras.group_conv:GroupConv1D",
+        ndim=1,
+    ),
+    Family(
+        "group_conv2d",
+        _GROUP,
+        "symconv.nn.group_conv:GroupConv2d",
+        "symconv.keras.group_conv:GroupConv2D",
+        ndim=2,
+    ),
+    Family(
+        "group_conv3d",
+        _GROUP,
+        "symconv.nn.group_conv:GroupConv3d",
+        "symconv.keras.group_conv:GroupConv3D",
+        ndim=3,
+    ),
 )
 
 

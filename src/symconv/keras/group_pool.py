@@ -1,0 +1,105 @@
+"""Keras 3 ``GroupPool``: pool the member axis of group feature maps away, or down to a
+subgroup. The twin of :class:`symconv.nn.group_pool.GroupPool` (same groups, member
+order, cosets and channel layout; rules from :mod:`symconv.core.groups`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import numpy as np
+from keras import ops
+
+from symconv.core.group_conv import check_fields
+from symconv.core.groups import group as make_group
+from symconv.core.validate import check_choice
+from symconv.keras._common import data_format_arg
+
+__all__ = ["GroupPool"]
+
+
+@keras.saving.register_keras_serializable(package="symconv")
+class GroupPool(keras.layers.Layer):
+    """Max or mean over the members of every field, or over the cosets of a subgroup.
+
+    Args:
+        group: the key of the input's group (``'hr'``, ``'r'``, ``'hv'``, ...).
+        mode: ``'max'`` or ``'mean'``.
+        to: ``None`` pools every field to one channel (invariant fields: they transform
+            like images); a subgroup key (``'r'`` for ``'hr'``) keeps that subgroup's
+            members: member ``h_i`` of the output pools ``h_i c`` over coset
+            representatives ``c`` (:meth:`symconv.core.groups.Group.cosets`), so the
+            output is a group feature map of the subgroup.
+        data_format: ``'channels_last'`` (default: ``keras.config.image_data_format()``)
+            or ``'channels_first'``: where the channel axis is.
+
+    Shapes: input ``(batch, *spatial, F * |G|)`` (``channels_last``) or
+    ``(batch, F * |G|, *spatial)``; output the same with ``F * |H|`` channels (``|H| = 1``
+    when ``to`` is ``None``). Any number of spatial axes; the channels must be known.
+    """
+
+    def __init__(
+        self,
+        group: str,
+        mode: str = "max",
+        to: str | None = None,
+        data_format: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        grp = make_group(group)
+        self.group = grp.key
+        self.mode = check_choice("mode", mode, ("max", "mean"))
+        if to is None:
+            self.to, self._cosets = None, np.arange(grp.order, dtype=np.int64).reshape(1, -1)
+        else:
+            self._cosets = grp.cosets(to)
+            self.to = make_group(to, grp.ndim).key
+        self.order = grp.order
+        self.data_format = data_format_arg(data_format)
+        self._index: np.ndarray | None = None
+
+    @property
+    def out_order(self) -> int:
+        """Channels per output field: ``|H|``, or 1 when ``to`` is ``None``."""
+        return int(self._cosets.shape[0])
+
+    @property
+    def _channel_axis(self) -> int:
+        return -1 if self.data_format == "channels_last" else 1
+
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
+        channels = input_shape[self._channel_axis]
+        if channels is None:
+            raise ValueError(
+                f"GroupPool needs a known channel dimension; got input shape "
+                f"{tuple(input_shape)} with data_format={self.data_format!r}"
+            )
+        fields = check_fields("channels", int(channels), make_group(self.group))
+        # index[f * |H| + i, j]: input channel of field f, coset row i, representative j.
+        offsets = np.arange(fields, dtype=np.int64)[:, None, None] * self.order
+        self._index = (offsets + self._cosets[None]).reshape(fields * self.out_order, -1)
+        self._index = self._index.astype(np.int32)
+
+    def call(self, inputs: Any) -> Any:
+        # (batch, *spatial, F*|H|, cosets) or (batch, F*|H|, cosets, *spatial)
+        picked = ops.take(inputs, self._index, axis=self._channel_axis % len(inputs.shape))
+        axis = -1 if self.data_format == "channels_last" else 2
+        if self.mode == "max":
+            return ops.max(picked, axis=axis)
+        # A sum, not keras.ops.mean: on the torch backend that averages float64 in float32.
+        return ops.sum(picked, axis=axis) / self._index.shape[1]
+
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
+        shape = list(input_shape)
+        channels = shape[self._channel_axis]
+        if channels is not None:
+            shape[self._channel_axis] = channels // self.order * self.out_order
+        return tuple(shape)
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(
+            {"group": self.group, "mode": self.mode, "to": self.to, "data_format": self.data_format}
+        )
+        return config
