@@ -170,6 +170,7 @@ def test_compare_cli_defaults_are_the_dataclass_defaults() -> None:
         "model": cfg.MODELS,
         "invariant_key": cfg.INVARIANT_KEYS,
         "device": cfg.DEVICES,
+        "group_width": cfg.GROUP_WIDTHS,
     }
 
 

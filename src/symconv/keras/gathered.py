@@ -256,18 +256,6 @@ class GatheredConv(SymconvLayer):
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
-        config.update(
-            {
-                "filters": self.filters,
-                "kernel_size": self.kernel_size,
-                "strides": self.strides,
-                "padding": self.padding,
-                "data_format": self.data_format,
-                "dilation_rate": self.dilation_rate,
-                "groups": self.groups,
-                "use_bias": self.use_bias,
-                **weight_options_config(self),
-                **self._family_config(),
-            }
-        )
+        config.update(self.spec.keras_kwargs(self.data_format))  # the family options too
+        config.update(weight_options_config(self))
         return config

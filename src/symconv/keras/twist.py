@@ -266,17 +266,6 @@ class ConvTwist2D(SymconvLayer):
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
-        config.update(
-            {
-                "filters": self.filters,
-                "kernel_size": self.kernel_size,
-                "strides": self.strides,
-                "groups": self.groups,
-                "use_bias": self.use_bias,
-                "init_max": self.init_max,
-                "padding_mode": self.padding_mode,
-                "data_format": self.data_format,
-                **weight_options_config(self),
-            }
-        )
+        config.update(self.spec.keras_kwargs(self.data_format))
+        config.update(weight_options_config(self))
         return config

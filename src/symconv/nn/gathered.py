@@ -198,7 +198,7 @@ class GatheredConvNd:
 def _as_tensor(index: np.ndarray | None, device: torch.device) -> Tensor | None:
     if index is None:
         return None
-    return torch.from_numpy(np.ascontiguousarray(index)).to(device)
+    return torch.from_numpy(np.array(index, dtype=np.int64)).to(device)  # a writable copy
 
 
 def _channels_last(weight: Tensor) -> bool:

@@ -15,9 +15,11 @@ The presets, kernels and drawing functions are importable from here too.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -231,15 +233,12 @@ def plan_flow(
 def flow_frames(
     image: np.ndarray | Tensor,
     preset_or_kernel: str | np.ndarray | Tensor | Sequence[Sequence[float]],
-    steps: int | None = None,
-    every: int | None = None,
-    padding: str = "replicate",
-    eps: float | None = None,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype = torch.float64,
-    max_frames: int | None = MAX_FRAMES,
+    *args: Any,
+    **kwargs: Any,
 ) -> np.ndarray:
     """Apply a flow ``steps`` times; the picture after each step in :func:`frame_steps`.
+
+    Takes :func:`plan_flow`'s arguments (the same signature) and runs the plan.
 
     Args:
         image: gray picture ``(H, W)``; values are used as given (the pictures of
@@ -264,6 +263,9 @@ def flow_frames(
         TypeError, ValueError: for a bad argument, before anything is computed
             (see :func:`plan_flow`).
     """
-    return plan_flow(
-        image, preset_or_kernel, steps, every, padding, eps, device, dtype, max_frames
-    ).run()
+    return plan_flow(image, preset_or_kernel, *args, **kwargs).run()
+
+
+flow_frames.__signature__ = inspect.signature(plan_flow).replace(  # type: ignore[attr-defined]
+    return_annotation=np.ndarray
+)
