@@ -44,6 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from symconv import GroupConv2d
+from symconv.compare.memory import keep_freed_memory
 
 SHAPES = ((64, 56), (128, 28), (256, 14), (512, 7))
 GROUPS = ("r", "hr", "hv")
@@ -299,6 +300,7 @@ def report_memory(
 
             return fwd
 
+        step(x)()  # builds what the layer builds once (a channels_last index)
         owned = owned_storages(m)
         one = saved_bytes(step(x), owned)
         act = saved_bytes(step(x2), owned) - one
@@ -341,6 +343,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--channels-last", action="store_true", help="channels_last for fp32 too")
     parser.add_argument("--no-memory", dest="memory", action="store_false")
     parser.add_argument("--escnn", action="store_true", help="add escnn's (or e2cnn's) R2Conv")
+    parser.add_argument(
+        "--malloc-default",
+        action="store_true",
+        help="leave glibc's malloc as it is (default on the CPU: keep freed blocks for reuse)",
+    )
     parser.add_argument("--markdown", default=None, help="write the table to this file")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument(
@@ -373,6 +380,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--clock cpu measures host CPU time; use it with --device cpu")
     if args.threads:
         torch.set_num_threads(args.threads)
+    # Without it, whether a step's activation buffers are page-faulted in afresh depends on
+    # the process's allocation history, i.e. on which layer ran before: not on the layer.
+    tuned = args.device == "cpu" and not args.malloc_default and keep_freed_memory()
     args.batch = args.batch or (64 if args.device == "cuda" else 8)
     lib = load_escnn() if args.escnn else None
     if args.escnn and lib is None:
@@ -382,7 +392,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{lib[0]} {getattr(mod, '__version__', '?')}: R2Conv on the regular representation")
     print(
         f"torch {torch.__version__}, device {args.device}, batch {args.batch}, "
-        f"{torch.get_num_threads()} threads, {args.clock} clock, median of {args.rounds} rounds"
+        f"{torch.get_num_threads()} threads, {args.clock} clock, median of {args.rounds} rounds, "
+        f"malloc {'keeps freed blocks' if tuned else 'default'}"
     )
     rows: list[Row] = []
     for c, hw in shapes:

@@ -11,6 +11,7 @@ import torch
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_group.py"
 SMALLEST = ["--shapes", "8/4", "--rounds", "1", "--min-time", "0", "--batch", "1", "--threads", "1"]
+SMALLEST += ["--malloc-default"]  # malloc tuning is process-wide: not in the test process
 
 
 @pytest.fixture(scope="module")
