@@ -212,13 +212,17 @@ def kernel_step(layer: nn.Module, bf16: bool, device: str) -> Callable[[], None]
     """Build the full kernel from the free parameters and back-propagate into them: the
     whole of what a training step costs beyond a plain convolution's (batch-independent)."""
     amp = torch.autocast(device_type=device, dtype=torch.bfloat16) if bf16 else nullcontext()
+    with torch.no_grad(), amp:
+        # A dense gradient in the kernel's own layout, as a convolution's backward gives it
+        # (``sum().backward()`` would hand the gather's backward a stride-0 tensor).
+        grad = torch.randn_like(layer.expanded()[0])
 
     def step() -> None:
         for p in layer.parameters():
             p.grad = None
         with amp:
             weight = layer.expanded()[0]
-        weight.sum().backward()
+        weight.backward(grad)
 
     return step
 
