@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every CUDA check of symconv in one call, for a machine with one CUDA GPU.
 #
-#   bash benchmarks/gpu_check.sh OUT_DIR            # the real check (under 8 min in all)
+#   bash benchmarks/gpu_check.sh OUT_DIR            # the real check (about 10 min in all)
 #   bash benchmarks/gpu_check.sh OUT_DIR --dry-run  # the same parts, tiny, on the CPU
 #
 # Installs what is missing (torch with CUDA, the project, the test extras; offline it uses
@@ -10,7 +10,9 @@
 #
 #   env            versions, GPU name, nvidia-smi
 #   tests          the CUDA tests: every test parametrized over devices, run for 'cuda'
-#   bench_symmetric, bench_twist, bench_group (when present): batch 64, against nn.Conv2d
+#   bench_symmetric, bench_twist, bench_group: batch 64, against nn.Conv2d
+#   bench_escnn    bench_group.py --escnn: escnn's (else e2cnn's) R2Conv beside GroupConv2d,
+#                  installed into a throwaway venv over this Python's packages
 #   compare        `symconv compare` (the default job) and `--model resnet` on the GPU
 #
 # Everything lands in OUT_DIR: one log per part, the benchmark tables as Markdown, the
@@ -92,10 +94,15 @@ if [[ $dry -eq 1 ]]; then
     device=cpu batch=2 tests_k="cpu and (reference or autocast)" twist_shapes=16/8
     sym_args=(--shapes 16/8 --no-3d --rounds 1 --min-time 0.01)
     cmp_args=(--limit 64 --epochs 1 --width 8)
+    grp_args=(--shapes 16/8 --rounds 1 --min-time 0.01)
+    # One thread: tiny steps on a shared CPU otherwise spend their time waiting for threads.
+    twist_args=(--repeats 3 --threads 1)
 else
     device=cuda batch=64 tests_k=cuda twist_shapes=64/56,128/28,256/14,512/7
     sym_args=(--rounds 5 --min-time 0.08)
     cmp_args=()
+    grp_args=(--rounds 5 --min-time 0.05)
+    twist_args=(--repeats 10)
 fi
 
 # -- the parts ----------------------------------------------------------------------------
@@ -119,16 +126,43 @@ part tests 120 "$PY" -m pytest -q -p no:cacheprovider -o addopts="" -k "$tests_k
 part bench_symmetric 100 "$PY" benchmarks/bench_symmetric.py --device "$device" \
     --batch "$batch" "${sym_args[@]}" --markdown "$out/bench_symmetric.md"
 part bench_twist 80 "$PY" benchmarks/bench_twist.py --device "$device" --batch "$batch" \
-    --repeats 10 --shapes "$twist_shapes"
-if [[ -f benchmarks/bench_group.py ]]; then
-    part bench_group 60 "$PY" benchmarks/bench_group.py --device "$device" --batch "$batch"
-fi
+    "${twist_args[@]}" --shapes "$twist_shapes"
+part bench_group 120 "$PY" benchmarks/bench_group.py --device "$device" --batch "$batch" \
+    "${grp_args[@]}" --markdown "$out/bench_group.md"
 part compare 60 "$PY" -m symconv compare --device "$device" --no-progress \
     --out "$out/compare-cnn" "${cmp_args[@]}"
 part compare_resnet 90 "$PY" -m symconv compare --device "$device" --no-progress \
     --model resnet --out "$out/compare-resnet" "${cmp_args[@]}"
 # Checkpoints are large and not results.
 rm -rf "$out"/compare-*/checkpoints
+# Last, so that a caller's time limit costs only this part: escnn's R2Conv beside
+# GroupConv2d. escnn needs py3nj, which builds only with a Fortran compiler; e2cnn 0.2.3 has
+# the same layers but wants numpy < 2. Both go into a throwaway venv that sees this Python's
+# packages (the CUDA torch) through a .pth file, behind its own, so the main environment is
+# never touched. The dry run installs nothing: it runs the --escnn path with this Python.
+escnn_bench() {
+    local venv site
+    venv=$(mktemp -d)/venv
+    "$PY" -m venv "$venv" || return 1
+    site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+    "$PY" -c 'import sysconfig as s; print(s.get_paths()["purelib"]); print(s.get_paths()["platlib"])' \
+        >"$site/gpu_check_parent.pth"
+    "$venv/bin/python" -m pip install -q escnn || {
+        echo "escnn did not install (py3nj needs gfortran); trying e2cnn 0.2.3"
+        "$venv/bin/python" -m pip install -q e2cnn==0.2.3 "numpy<2"
+    } || echo "neither escnn nor e2cnn installed: the benchmark says it skips"
+    PYTHONPATH="$repo/src" "$venv/bin/python" benchmarks/bench_group.py --device "$device" \
+        --batch "$batch" --groups hr,r --rounds 3 --min-time 0.05 --escnn \
+        --markdown "$out/bench_escnn.md"
+}
+if [[ $dry -eq 1 ]]; then
+    part bench_escnn 120 "$PY" benchmarks/bench_group.py --device "$device" --batch "$batch" \
+        "${grp_args[@]}" --groups hr --escnn --markdown "$out/bench_escnn.md"
+else
+    export -f escnn_bench
+    export PY repo device batch out
+    part bench_escnn 300 bash -c escnn_bench
+fi
 
 printf '%-16s %-26s %4ds\n' total "$failed failed part(s)" $((SECONDS - t_start)) | tee -a "$summary"
 exit "$failed"

@@ -31,10 +31,12 @@ def test_dry_run_runs_every_part(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = (out / "summary.txt").read_text().splitlines()
     parts = {line.split()[0]: line for line in summary}
-    expected = ["env", "tests", "bench_symmetric", "bench_twist", "compare", "compare_resnet"]
+    expected = ["env", "tests", "bench_symmetric", "bench_twist", "bench_group", "compare"]
+    expected += ["compare_resnet", "bench_escnn"]
     assert all(" ok " in parts[name] for name in expected), summary
     assert parts["total"].split()[1] == "0"
-    assert "|" in (out / "bench_symmetric.md").read_text()
+    for table in ("bench_symmetric.md", "bench_group.md", "bench_escnn.md"):
+        assert "|" in (out / table).read_text(), table
     for run in ("compare-cnn", "compare-resnet"):
         assert (out / run / "results.json").is_file()
         assert not (out / run / "checkpoints").exists()
