@@ -151,9 +151,9 @@ def test_models_shapes(name: str, batch: int) -> None:
 def test_model_arguments() -> None:
     with pytest.raises(ValueError, match="model='vgg' is not allowed"):
         build_model("vgg", 1, 10)
-    with pytest.raises(ValueError, match="width=0 must be an integer >= 1"):
+    with pytest.raises(ValueError, match="width=0 is not allowed; it must be an int >= 1"):
         SmallCNN(1, 10, width=0)
-    with pytest.raises(ValueError, match="num_classes=1 must be an integer >= 2"):
+    with pytest.raises(ValueError, match="num_classes=1 is not allowed; it must be an int >= 2"):
         SmallCNN(1, 1)
     with pytest.raises(ValueError, match="layers=.* positive integers"):
         ResNet(1, 10, layers=(2, 0))
@@ -386,11 +386,11 @@ def test_image_folder_errors(tmp_path) -> None:
 
 
 def test_data_arguments() -> None:
-    with pytest.raises(ValueError, match="size=2 must be an integer >= 4"):
+    with pytest.raises(ValueError, match="size=2 is not allowed; it must be an int >= 4"):
         load_data("mnist", size=2)
     with pytest.raises(ValueError, match="color='cmyk' is not allowed"):
         load_data("mnist", color="cmyk")
-    with pytest.raises(ValueError, match="limit=1 must be an integer >= 2"):
+    with pytest.raises(ValueError, match="limit=1 is not allowed; it must be an int >= 2"):
         load_data("mnist", limit=1)
     with pytest.raises(ValueError, match="workers=-1"):
         load_data("mnist", workers=-1)

@@ -13,6 +13,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from symconv.core.validate import check_int
+
 __all__ = [
     "BUILTIN_DATA",
     "COLORS",
@@ -28,7 +30,6 @@ __all__ = [
     "VARIANTS",
     "CompareConfig",
     "TrainSettings",
-    "check_int",
     "field_default",
     "fingerprint",
     "parse_transforms",
@@ -72,13 +73,6 @@ RESUMABLE = (
     "variants",
     "runs",
 )
-
-
-def check_int(name: str, value: object, minimum: int = 1) -> int:
-    """``value`` if it is an integer (not a bool) >= ``minimum``, else a ValueError naming it."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name}={value!r} must be an integer >= {minimum}")
-    return value
 
 
 def parse_variants(text: str) -> list[str]:
@@ -188,12 +182,11 @@ class CompareConfig:
             self.variants = tuple(parse_variants(self.variants))
         else:
             self.variants = tuple(parse_variants(",".join(self.variants)))
-        check_int("runs", self.runs)
+        check_int("runs", self.runs, 1)
         check_int("seed", self.seed, 0)
-        if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 0:
-            raise ValueError(f"threads={self.threads!r} must be an integer >= 0 (0: automatic)")
-        if self.max_epochs_this_run is not None and self.max_epochs_this_run < 1:
-            raise ValueError(f"max_epochs_this_run={self.max_epochs_this_run!r} must be >= 1")
+        check_int("threads", self.threads, 0)  # 0: automatic
+        if self.max_epochs_this_run is not None:
+            check_int("max_epochs_this_run", self.max_epochs_this_run, 1)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from symconv.compare.config import BUILTIN_DATA, COLORS
+from symconv.core.validate import check_choice, check_int
 
 __all__ = ["BUILTIN", "IMAGE_SUFFIXES", "ImageData", "load_data"]
 
@@ -142,14 +143,12 @@ def load_data(
     """
     if not isinstance(data, str) or not data:
         raise ValueError(f"data={data!r} must be one of {BUILTIN} or a folder path")
-    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 4):
-        raise ValueError(f"size={size!r} must be an integer >= 4 (pixels)")
-    if color not in COLORS:
-        raise ValueError(f"color={color!r} is not allowed; use one of {COLORS}")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 2):
-        raise ValueError(f"limit={limit!r} must be an integer >= 2 (images per split)")
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-        raise ValueError(f"workers={workers!r} must be a non-negative integer")
+    if size is not None:
+        check_int("size", size, 4)  # pixels
+    check_choice("color", color, COLORS)
+    if limit is not None:
+        check_int("limit", limit, 2)  # images per split
+    check_int("workers", workers, 0)
 
     key = data.lower()
     if key == "mnist":

@@ -20,7 +20,8 @@ from collections.abc import Callable
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from symconv.compare.config import DEFAULT_WIDTH, MODELS, check_int
+from symconv.compare.config import DEFAULT_WIDTH, MODELS
+from symconv.core.validate import check_int
 
 __all__ = [
     "MODELS",
@@ -85,9 +86,9 @@ class SmallCNN(nn.Module):
         self, in_channels: int, num_classes: int, width: int = 16, conv: ConvFactory = plain_conv
     ) -> None:
         super().__init__()
-        check_int("in_channels", in_channels)
+        check_int("in_channels", in_channels, 1)
         check_int("num_classes", num_classes, 2)
-        check_int("width", width)
+        check_int("width", width, 1)
         w = width
         self.features = nn.Sequential(
             conv(in_channels, w, 3),
@@ -157,9 +158,9 @@ class ResNet(nn.Module):
         stem_pool: bool = False,
     ) -> None:
         super().__init__()
-        check_int("in_channels", in_channels)
+        check_int("in_channels", in_channels, 1)
         check_int("num_classes", num_classes, 2)
-        check_int("width", width)
+        check_int("width", width, 1)
         if not layers or any(
             isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in layers
         ):

@@ -1,9 +1,9 @@
-"""Argument checks, shape arithmetic and the two backend-sensitive ops (convolution and
-gather) shared by the Keras layers (no keras.src imports)."""
+"""What the Keras layers share (no keras.src imports): ``data_format``, shape arithmetic,
+the two backend-sensitive ops (convolution and gather), the Conv2D-style weight options
+and the :class:`SymconvLayer` base."""
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,45 +11,16 @@ import keras
 import numpy as np
 from keras import ops
 
+from symconv.core.validate import check_choice
+
 _DATA_FORMATS = ("channels_last", "channels_first")
-_PADDINGS = ("valid", "same")
-
-
-def positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name}={value!r} must be a positive integer")
-    return int(value)
-
-
-def int_tuple(name: str, value: object, rank: int) -> tuple[int, ...]:
-    """An int or a sequence of ``rank`` positive ints -> a tuple of ``rank`` ints."""
-    if isinstance(value, Sequence) and not isinstance(value, str):
-        if len(value) != rank:
-            raise ValueError(f"{name}={value!r} must be an int or a sequence of {rank} ints")
-        return tuple(positive_int(name, v) for v in value)
-    return (positive_int(name, value),) * rank
-
-
-def padding_arg(padding: object) -> str:
-    text = padding.lower() if isinstance(padding, str) else padding
-    if text not in _PADDINGS:
-        raise ValueError(f"padding={padding!r} is not allowed; use one of {_PADDINGS}")
-    return str(text)
 
 
 def data_format_arg(data_format: object) -> str:
+    """``data_format`` checked, lower-cased; ``None``: Keras' configured default."""
     if data_format is None:
         return keras.config.image_data_format()
-    text = data_format.lower() if isinstance(data_format, str) else data_format
-    if text not in _DATA_FORMATS:
-        raise ValueError(f"data_format={data_format!r} is not allowed; use one of {_DATA_FORMATS}")
-    return str(text)
-
-
-def bool_arg(name: str, value: object) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name}={value!r} must be a bool")
-    return value
+    return check_choice("data_format", data_format, _DATA_FORMATS, lower=True)
 
 
 def conv_output_length(

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from symconv.core.validate import check_int
 from symconv.viz.limits import DEFAULT_SIZE, MAX_SIZE, MIN_SIZE
 
 __all__ = ["MAX_SIZE", "MIN_SIZE", "default_image", "load_image", "mnist_digit", "resize_image"]
@@ -31,13 +32,7 @@ _BAND_ROWS = 32
 
 
 def _check_size(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if not MIN_SIZE <= value <= MAX_SIZE:
-        raise ValueError(
-            f"{name}={value!r} is not allowed; give an integer from {MIN_SIZE} to {MAX_SIZE}"
-        )
-    return int(value)
+    return check_int(name, value, MIN_SIZE, MAX_SIZE)
 
 
 def _value_noise(u: np.ndarray, v: np.ndarray, cells: int, seed: int) -> np.ndarray:
