@@ -13,3 +13,34 @@ def np_(t) -> np.ndarray:
 def backend() -> str:
     """The active Keras backend: ``'tensorflow'``, ``'torch'`` or ``'jax'``."""
     return keras.backend.backend()
+
+
+def assert_fit_step_matches_torch(layer, x, y, lr: float = 0.1) -> None:
+    """One full-batch SGD step of a compiled Keras ``fit`` on ``layer`` (MSE on its output)
+    moves every weight as the torch twin's step does: Keras' gradients through the layer
+    equal torch's, an independent implementation. ``x``/``y``: channels_last arrays."""
+    import torch
+    import torch.nn.functional as F
+
+    from symconv.keras import keras_to_torch
+
+    model = keras.Sequential([keras.Input(x.shape[1:]), layer])
+    twin = keras_to_torch(layer)  # the same weights, before the step
+    names = [w.path.split("/")[-1] for w in layer.weights]
+    before = [np_(w) for w in layer.weights]
+    model.compile(optimizer=keras.optimizers.SGD(lr), loss="mse")
+    model.fit(x, y, epochs=1, batch_size=len(x), shuffle=False, verbose=0)
+
+    xt = torch.from_numpy(np.moveaxis(x, -1, 1))
+    F.mse_loss(twin(xt), torch.from_numpy(np.moveaxis(y, -1, 1))).backward()
+    torch.optim.SGD(twin.parameters(), lr=lr).step()
+    for layout in layer.spec.params():
+        if not layout.present:
+            continue
+        after = np_(getattr(layer, layout.keras_name))
+        start = before[names.index(layout.keras_name)]
+        assert np.abs(after - start).max() > 1e-4, layout.keras_name  # the step moved it
+        want = getattr(twin, layout.torch_name).detach().numpy()
+        if layout.to_keras is not None:
+            want = want.transpose(layout.to_keras)
+        np.testing.assert_allclose(after, want, atol=2e-6, err_msg=layout.keras_name)
