@@ -7,6 +7,7 @@ torch (:mod:`symconv.nn`)          Keras (:mod:`symconv.keras`)
 ``ConvTwist``                      ``ConvTwist2D``
 ``GlobalConv1d``                   ``GlobalConv1D``
 ``TopKPool``                       ``TopKPool`` (no weights)
+``GroupConv1d/2d/3d``              ``GroupConv1D/2D/3D``
 =================================  ==================================
 
 The pairs are :data:`symconv.registry.FAMILIES`. :func:`torch_to_keras` and
