@@ -189,3 +189,22 @@ def test_viz_cli_defaults_are_the_library_defaults() -> None:
         plot["max_rows"].default,
         plot["max_in"].default,
     )
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["compare", "--group-width", "foo"],
+        ["compare", "--limit", "foo"],
+        ["compare", "--no-such-option"],
+        ["bogus"],
+    ],
+)
+def test_argument_parser_errors_are_one_line_exit_2(argv, capsys) -> None:
+    from symconv.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("symconv") and "error:" in err

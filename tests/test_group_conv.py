@@ -13,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
+import symconv
 from _group_reference import MEMBERS, NDIM, act_group, full_kernel
 from symconv.core.group_conv import GroupConvSpec
 from symconv.nn.group_conv import GroupConv1d, GroupConv2d, GroupConv3d
@@ -193,3 +194,56 @@ def test_fx_and_jit_trace_record_the_whole_stack():
     with pytest.warns(torch.jit.TracerWarning):  # the channel check is recorded as constant
         traced = torch.jit.trace(model, x)
     torch.testing.assert_close(traced(x), model(x))
+
+
+# -- arguments a new user gets wrong --------------------------------------------------------
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"padding": (1, 2)}, "padding"),
+        ({"stride": (1, 2)}, "stride"),
+        ({"dilation": (1, 2)}, "dilation"),
+    ],
+)
+def test_rotation_groups_need_the_same_grid_on_both_axes(kwargs, name):
+    with pytest.raises(ValueError, match=rf"^{name}=\(1, 2\) is not allowed; it must be the same"):
+        symconv.GroupConv2d(4, 4, 3, group="r", **kwargs)
+    symconv.GroupConv2d(4, 4, 3, group="h", **kwargs)  # a reflection keeps its axes
+
+
+def test_each_dimension_has_a_default_group():
+    assert symconv.GroupConv1d(2, 2, 3).group == "h"
+    assert symconv.GroupConv2d(8, 8, 3).group == "hr"
+    assert symconv.GroupConv3d(8, 8, 3).group == "hvz"
+    assert symconv.GroupBatchNorm1d(4).group == "h"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "match"),
+    [
+        ({"eps": -1.0}, ValueError, r"eps=-1.0 is not allowed"),
+        ({"momentum": 2.0}, ValueError, r"momentum=2.0 is not allowed"),
+        ({"momentum": "a"}, TypeError, r"momentum='a' must be"),
+        ({"affine": 1}, TypeError, r"affine=1 must be a bool"),
+    ],
+)
+def test_group_batch_norm_arguments(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        symconv.GroupBatchNorm2d(16, "hr", **kwargs)
+
+
+def test_group_batch_norm_names_its_channels_in_input_errors():
+    norm = symconv.GroupBatchNorm2d(8, "hr")
+    with pytest.raises(ValueError, match=r"channels=8\) expects input of shape \(N, 8, ...\)"):
+        norm(torch.randn(2, 16, 4, 4))
+    assert "2," not in repr(norm) and eval(f"symconv.{norm!r}").channels == 8  # noqa: S307
+
+
+def test_signatures_show_the_conv_arguments_and_the_family_keywords():
+    import inspect
+
+    params = inspect.signature(symconv.GroupConv2d).parameters
+    assert list(params)[:3] == ["in_channels", "out_channels", "kernel_size"]
+    assert params["group"].kind is inspect.Parameter.KEYWORD_ONLY
+    params = inspect.signature(symconv.SymmetricConv2d).parameters
+    assert {"padding_mode", "dtype", "symmetry", "share_bias"} <= set(params)

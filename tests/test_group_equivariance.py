@@ -164,7 +164,7 @@ def test_equivariance_error_arguments():
     assert set(equivariance_error(model, x, "hr", output="image", members=["r", 2])) == {"r", "r2"}
     with pytest.raises(ValueError, match=r"output='logits' is not allowed"):
         equivariance_error(model, x, "hr", output="logits")
-    with pytest.raises(ValueError, match=r"group='r' is not allowed"):
+    with pytest.raises(ValueError, match=r"x has shape \(1, 8, 4\): group='r' acts on 2"):
         equivariance_error(model, torch.randn(1, 8, 4), "r")
     with pytest.raises(ValueError, match="needs a model output with 4 dims"):
         equivariance_error(nn.Flatten(), x, "r", output="image")
@@ -186,3 +186,22 @@ def test_lifting_with_rotation_keys_permutes_as_the_plan_says():
         eq = torch.from_numpy(eq)
         torch.testing.assert_close(got[:, eq], expected[:, eq], atol=1e-12, rtol=0)
         assert eq.sum() == (40 if not word else 16 if "h" in word else 36)
+
+
+def test_equivariance_error_checks_its_arguments_up_front():
+    layer = GroupConv2d(8, 8, 3, padding=1, group="hr")
+    x = torch.randn(1, 8, 6, 6)
+    with pytest.raises(TypeError, match="model=5 must be a callable"):
+        equivariance_error(5, x, "hr")
+    with pytest.raises(TypeError, match="members=5 must be a list"):
+        equivariance_error(layer, x, "hr", input="group", output="group", members=5)
+    with pytest.raises(ValueError, match=r"members=\['h'\] is not allowed; .* group 'r': e, r"):
+        equivariance_error(layer, x, "r", input="group", output="group", members=["h"])
+    with pytest.raises(ValueError, match="output_group='r' is only used with output='group'"):
+        equivariance_error(layer, x, "hr", output_group="r")
+    with pytest.raises(ValueError, match=r"x has shape \(8, 6, 6\): group='hr' acts on 2"):
+        equivariance_error(layer, torch.randn(8, 6, 6), "hr")
+    with pytest.raises(TypeError, match="model\\(x\\) must return a torch.Tensor, got list"):
+        equivariance_error(lambda t: [t], x, "hr")
+    with pytest.raises(ValueError, match=r"model\(x\) has 4 channels, not fields of \|G\|=8"):
+        equivariance_error(GroupPool("hr", to="r"), x, "hr", input="group", output="group")

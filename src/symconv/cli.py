@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from symconv import __version__
 
@@ -34,11 +35,19 @@ def describe_os_error(err: OSError) -> str:
     return f"{' -> '.join(map(str, paths))}: {cause}" if paths else cause
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors (an unknown option, a bad value for a typed or
+    choice option) are one line and exit 2, like the commands' own checks."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from symconv.compare import cli as compare_cli
     from symconv.viz import cli as viz_cli
 
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="symconv",
         description="Convolution layers with geometric priors: train, compare and visualize.",
     )

@@ -32,13 +32,43 @@ __all__ = ["act", "equivariance_error"]
 _LAYOUTS = ("image", "group")
 
 
-def _group_for(key: object, x: Tensor, name: str = "x") -> Group:
+def _group_for(key: object, x: Tensor, name: str = "x", key_name: str = "group") -> Group:
     if not isinstance(x, Tensor):
         raise type_error(name, x, "a torch.Tensor")
     if not 3 <= x.dim() <= 5:
         raise ValueError(f"{name} has shape {tuple(x.shape)}; it must be (N, C, *spatial) with "
                          "1 to 3 spatial axes")  # fmt: skip
-    return key if isinstance(key, Group) else make_group(key, x.dim() - 2)
+    if isinstance(key, Group):
+        return key
+    try:
+        return make_group(key, x.dim() - 2)
+    except ValueError as error:
+        try:
+            fits = make_group(key)  # the key is valid, only not for this many axes
+        except (TypeError, ValueError):
+            raise ValueError(str(error).replace("group=", f"{key_name}=", 1)) from None
+        raise ValueError(
+            f"{name} has shape {tuple(x.shape)}: {key_name}={key!r} acts on {fits.ndim} "
+            f"spatial axes, so {name} must have {fits.ndim + 2} dims (N, C, *spatial)"
+        ) from None
+
+
+def _members(grp: Group, members: Iterable[int | str] | None) -> list[int]:
+    """Indices of the ``members`` to check (names or indices of ``grp``), default all."""
+    if members is None:
+        return list(range(grp.order))
+    if isinstance(members, str) or not isinstance(members, Iterable):
+        raise type_error("members", members, "a list of member names or indices, or None")
+    chosen = []
+    for m in members:
+        try:
+            chosen.append(grp.index(m))
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"members={members!r} is not allowed; it must name members of group "
+                f"{grp.key!r}: {', '.join(grp.names)} (or their indices 0-{grp.order - 1})"
+            ) from None
+    return chosen
 
 
 def act(x: Tensor, key: str | Group, member: int | str, layout: str = "image") -> Tensor:
@@ -89,17 +119,28 @@ def equivariance_error(
     Returns ``{member name: largest absolute deviation}`` in the group's member order (the
     identity included: non-zero there means the model is not deterministic).
     """
+    if not callable(model):
+        raise type_error("model", model, "a callable (an nn.Module or a function of a batch)")
     grp = _group_for(group, x)
     check_choice("input", input, _LAYOUTS)
     check_choice("output", output, ("invariant", *_LAYOUTS))
-    out_grp = grp if output_group is None else _group_for(output_group, x, "x")
-    chosen = range(grp.order) if members is None else [grp.index(m) for m in members]
+    if output_group is not None and output != "group":
+        raise ValueError(f"output_group={output_group!r} is only used with output='group'")
+    out_grp = grp if output_group is None else _group_for(output_group, x, "x", "output_group")
+    chosen = _members(grp, members)
     errors: dict[str, float] = {}
     with torch.no_grad():
         y = model(x)
+        if not isinstance(y, Tensor):
+            raise TypeError(f"model(x) must return a torch.Tensor, got {type(y).__name__}")
         if output != "invariant" and y.dim() != x.dim():
             raise ValueError(f"output={output!r} needs a model output with {x.dim()} dims like "
                              f"x, got shape {tuple(y.shape)}")  # fmt: skip
+        if output == "group" and y.shape[1] % out_grp.order:
+            raise ValueError(
+                f"model(x) has {y.shape[1]} channels, not fields of |G|={out_grp.order} "
+                f"(group {out_grp.key!r}): pass output_group= for a pooled output"
+            )
         for g in chosen:
             target = out_grp.find(grp.matrices[g])
             if output == "group" and target is None:

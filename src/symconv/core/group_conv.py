@@ -86,6 +86,20 @@ class GroupConvSpec(LayerSpec):
         if self.group.ndim != c.ndim:
             raise value_error("group", self.group.key, f"a group on {c.ndim} spatial axes")
         self.group.check_kernel(c.kernel_size)
+        # A quarter turn swaps height and width: the sampling grid must be the same on both.
+        if self.group.has_rotations:
+            for name, value in (
+                ("stride", c.stride),
+                ("dilation", c.dilation),
+                ("padding", c.padding),
+            ):
+                if not isinstance(value, str) and value[-2] != value[-1]:
+                    raise value_error(
+                        name,
+                        value,
+                        f"the same on height and width for group {self.group.key!r} (a quarter "
+                        "turn swaps them)",
+                    )
         check_fields("out_channels", c.out_channels, self.group, c.groups)
         if c.in_channels is not None:
             check_fields("in_channels", c.in_channels, self.group, c.groups)
@@ -98,9 +112,12 @@ class GroupConvSpec(LayerSpec):
 
     @classmethod
     def from_keras(cls, ndim: int, *, group: object = "hr", **conv: Any) -> GroupConvSpec:
-        """From ``keras.layers.ConvND``'s arguments plus ``group``."""
+        """From ``keras.layers.ConvND``'s arguments plus ``group`` (messages say
+        ``filters``)."""
         geometry = ConvGeometry.from_keras(ndim, **conv)
-        return cls(geometry, _group(group, ndim))
+        grp = _group(group, ndim)
+        check_fields("filters", geometry.out_channels, grp, geometry.groups)
+        return cls(geometry, grp)
 
     @classmethod
     def example(cls, ndim: int | None = None) -> GroupConvSpec:

@@ -73,7 +73,11 @@ def canonical_group_key(key: object, ndim: int | None = None) -> str:
     Raises ``TypeError`` for a non-string and ``ValueError`` for an unknown key or one
     that needs axes (or a plane) a ``ndim``-D layer lacks.
     """
-    allowed = ", ".join(repr(k) for k in GROUP_KEYS if ndim is None or minimal_ndim(k) <= ndim)
+    allowed = ", ".join(
+        repr(k)
+        for k in GROUP_KEYS
+        if ndim is None or (minimal_ndim(k) <= ndim and ("r" not in k or ndim == 2))
+    )
     if ndim is not None:
         allowed = f"one of the keys of a {ndim}-D layer: {allowed}"
     else:
@@ -288,6 +292,10 @@ def _build(key: str, ndim: int) -> Group:
         axis_perm=_readonly(axis_perm.astype(np.int64)),
         flips=_readonly(flips),
     )
+
+
+#: The default group of a layer with this many spatial axes: the largest it supports.
+DEFAULT_GROUP = {1: "h", 2: "hr", 3: "hvz"}
 
 
 def group(key: object, ndim: int | None = None) -> Group:

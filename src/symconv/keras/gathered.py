@@ -24,6 +24,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from symconv._lazy import ConstructorSignature
 from symconv.core.validate import type_error
 from symconv.keras._common import (
     SymconvLayer,
@@ -88,6 +89,10 @@ class GatheredConv(SymconvLayer):
         self.input_spec = keras.layers.InputSpec(ndim=self.rank + 2)
         self._gather_index: np.ndarray | None = None
         self._bias_index: np.ndarray | None = None
+
+    # help() and inspect.signature(SymmetricConv2D) show keras.layers.ConvND's arguments
+    # and the family's keywords, though the family's __init__ passes them on as *args.
+    __signature__ = ConstructorSignature(__init__)
 
     # -- the family's part ---------------------------------------------------------------
     @classmethod

@@ -24,6 +24,7 @@ import numpy as np
 from keras import ops
 
 from symconv.core.group_conv import GroupConvSpec, conversion_reason
+from symconv.core.groups import DEFAULT_GROUP
 from symconv.keras.gathered import GatheredConv
 
 __all__ = ["GroupConv1D", "GroupConv2D", "GroupConv3D"]
@@ -35,13 +36,14 @@ class _GroupConv(GatheredConv):
 
     _spec_class = GroupConvSpec
 
-    def __init__(self, *args: Any, group: str = "hr", **kwargs: Any) -> None:
+    def __init__(self, *args: Any, group: str | None = None, **kwargs: Any) -> None:
         """``keras.layers.ConvND``'s arguments plus ``group``."""
         super().__init__(*args, family_options={"group": group}, **kwargs)
 
     @classmethod
-    def _spec_from_keras(cls, conv_args: dict[str, Any], *, group: str) -> GroupConvSpec:
-        return GroupConvSpec.from_keras(cls.rank, group=group, **conv_args)
+    def _spec_from_keras(cls, conv_args: dict[str, Any], *, group: str | None) -> GroupConvSpec:
+        key = DEFAULT_GROUP[cls.rank] if group is None else group
+        return GroupConvSpec.from_keras(cls.rank, group=key, **conv_args)
 
     @property
     def group(self) -> str:
@@ -59,11 +61,12 @@ class _GroupConv(GatheredConv):
         return {"group": self.group}
 
     @classmethod
-    def from_conv(cls, conv: keras.layers.Layer, group: str = "hr") -> _GroupConv:
+    def from_conv(cls, conv: keras.layers.Layer, group: str | None = None) -> _GroupConv:
         """The group convolution closest to a built ``keras.layers.ConvND`` (its settings):
         each free entry is the mean of its ``|G|`` copies, each bias the mean over its
         field; a ``conv`` that already is a group convolution is reproduced exactly."""
         config, in_channels = cls._plain_source(conv)
+        group = DEFAULT_GROUP[cls.rank] if group is None else group
         reason = conversion_reason(
             cls.rank, in_channels, conv.filters, conv.kernel_size, conv.groups, group
         )

@@ -162,12 +162,19 @@ def keras_to_torch(
 
 # -- pairing ----------------------------------------------------------------------------
 def _family(layer: object, argname: str, other: str) -> Family:
+    side = "torch" if other == "Keras" else "keras"
     family = family_of(layer)
+    cls = type(layer)
+    if family is not None and getattr(family, side) != f"{cls.__module__}:{cls.__qualname__}":
+        raise TypeError(
+            f"{argname} must be a {'torch' if side == 'torch' else 'Keras'} layer, got the "
+            f"{'Keras' if side == 'torch' else 'torch'} layer {cls.__name__}"
+        )
     if family is None or family.keras is None:
-        side = "torch" if other == "Keras" else "keras"
         supported = [getattr(f, side).rpartition(":")[2] for f in FAMILIES if f.keras]
         raise TypeError(
-            f"{argname}: no {other} twin for {type(layer).__name__}; supported: "
+            f"{argname}: no {other} twin for {type(layer).__name__} in symconv.registry "
+            f"(interop copies weights between registered pairs); supported: "
             f"{', '.join(supported)}"
         )
     return family

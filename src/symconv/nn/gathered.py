@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import init
 
+from symconv._lazy import ConstructorSignature
 from symconv.nn._cache import caching_allowed, not_scriptable, tracing, version_key
 from symconv.nn._gather import gather
 from symconv.nn.conv_utils import copy_mode
@@ -71,6 +72,10 @@ class GatheredConvNd:
             "padding_mode": padding_mode,
         }
         self._build(self._spec_from_torch(conv, **options), device, dtype)
+
+    # help() and inspect.signature(SymmetricConv2d) show nn.ConvNd's arguments and the
+    # family's keywords, though the family's __init__ passes them on as *args.
+    __signature__ = ConstructorSignature(__init__)
 
     @classmethod
     def _spec_from_torch(cls, conv: dict[str, Any], **options: Any) -> Any:

@@ -32,7 +32,8 @@ import torch
 from torch import nn
 
 from symconv.core.group_conv import GroupConvSpec, conversion_reason
-from symconv.nn.conv_utils import copy_mode
+from symconv.core.groups import DEFAULT_GROUP
+from symconv.nn.conv_utils import copy_mode, geometry_of
 from symconv.nn.gathered import GatheredConvNd
 
 __all__ = ["GroupConv1d", "GroupConv2d", "GroupConv3d", "GroupConvNd"]
@@ -48,14 +49,15 @@ class GroupConvNd(GatheredConvNd):
     weight: nn.Parameter
     bias: nn.Parameter | None
 
-    def __init__(self, *args: Any, group: str = "hr", **kwargs: Any) -> None:
+    def __init__(self, *args: Any, group: str | None = None, **kwargs: Any) -> None:
         """``nn.ConvNd``'s arguments (``in_channels, out_channels, kernel_size, stride,
         padding, dilation, groups, bias, padding_mode, device, dtype``) plus ``group``."""
         super().__init__(*args, group=group, **kwargs)
 
     @classmethod
-    def _spec_from_torch(cls, conv: dict[str, Any], *, group: str = "hr") -> GroupConvSpec:
-        return GroupConvSpec.from_torch(cls._ndim, group=group, **conv)
+    def _spec_from_torch(cls, conv: dict[str, Any], *, group: str | None) -> GroupConvSpec:
+        key = DEFAULT_GROUP[cls._ndim] if group is None else group
+        return GroupConvSpec.from_torch(cls._ndim, group=key, **conv)
 
     @classmethod
     def from_spec(
@@ -79,7 +81,7 @@ class GroupConvNd(GatheredConvNd):
         return self.spec.group.key
 
     @classmethod
-    def from_conv(cls, conv: nn.Module, group: str = "hr") -> GroupConvNd:
+    def from_conv(cls, conv: nn.Module, group: str | None = None) -> GroupConvNd:
         """The group convolution closest to a plain ``nn.ConvNd`` (its settings, training
         mode and ``requires_grad``): each free entry is the mean of its ``|G|`` copies in
         ``conv``'s kernel, each bias the mean over its field. A ``conv`` that already is a
@@ -89,6 +91,7 @@ class GroupConvNd(GatheredConvNd):
                 f"{cls.__name__}.from_conv needs a plain nn.{cls._plain_cls.__name__}, got "
                 f"{type(conv).__name__}"
             )
+        group = DEFAULT_GROUP[cls._ndim] if group is None else group
         reason = conversion_reason(
             cls._ndim,
             conv.in_channels,
@@ -100,20 +103,8 @@ class GroupConvNd(GatheredConvNd):
         )
         if reason is not None:
             raise ValueError(f"cannot make a {cls.__name__} of {conv}: {reason}")
-        layer = cls(
-            conv.in_channels,
-            conv.out_channels,
-            conv.kernel_size,
-            conv.stride,
-            conv.padding,
-            conv.dilation,
-            conv.groups,
-            conv.bias is not None,
-            conv.padding_mode,
-            conv.weight.device,
-            conv.weight.dtype,
-            group=group,
-        )
+        spec = GroupConvSpec.from_torch(cls._ndim, group=group, **geometry_of(conv).torch_kwargs())
+        layer = cls.from_spec(spec, device=conv.weight.device, dtype=conv.weight.dtype)
         order = layer.spec.group.order
         with torch.no_grad():
             flat = torch.zeros_like(layer.weight).reshape(-1)

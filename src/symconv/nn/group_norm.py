@@ -13,14 +13,27 @@ import torch.fx
 from torch import Tensor, nn
 
 from symconv.core.group_conv import check_fields
+from symconv.core.groups import DEFAULT_GROUP
 from symconv.core.groups import group as make_group
-from symconv.core.validate import check_int
+from symconv.core.validate import check_bool, check_int, check_real, value_error
 from symconv.nn.group_pool import check_fields_input
 
 __all__ = ["GroupBatchNorm1d", "GroupBatchNorm2d", "GroupBatchNorm3d"]
 
+
+def check_norm_input(input: Tensor, channels: int, order: int, name: str, dims: int) -> Tensor:
+    """``input`` itself, once it is ``(N, channels, *spatial)`` with ``dims`` dims in all."""
+    input = check_fields_input(input, order, name, dims)
+    if input.shape[1] != channels:
+        raise ValueError(
+            f"{name}(channels={channels}) expects input of shape (N, {channels}, ...), got "
+            f"{tuple(input.shape)}"
+        )
+    return input
+
+
 # FX graphs call the shape check instead of tracing into it.
-torch.fx.wrap("check_fields_input")
+torch.fx.wrap("check_norm_input")
 
 
 class _GroupBatchNorm:
@@ -32,7 +45,7 @@ class _GroupBatchNorm:
     def __init__(
         self,
         channels: int,
-        group: str = "hr",
+        group: str | None = None,
         eps: float = 1e-5,
         momentum: float | None = 0.1,
         affine: bool = True,
@@ -40,10 +53,21 @@ class _GroupBatchNorm:
         device: Any = None,
         dtype: Any = None,
     ) -> None:
-        grp = make_group(group, self._ndim)
+        grp = make_group(DEFAULT_GROUP[self._ndim] if group is None else group, self._ndim)
         fields = check_fields("channels", check_int("channels", channels, 1), grp)
+        eps = check_real("eps", eps, 0)
+        if momentum is not None:
+            momentum = check_real("momentum", momentum, 0)
+            if momentum > 1:
+                raise value_error("momentum", momentum, "a number from 0 to 1, or None")
         super().__init__(  # type: ignore[call-arg]
-            fields, eps, momentum, affine, track_running_stats, device=device, dtype=dtype
+            fields,
+            eps,
+            momentum,
+            check_bool("affine", affine),
+            check_bool("track_running_stats", track_running_stats),
+            device=device,
+            dtype=dtype,
         )
         self.group = grp.key
         self.channels = int(channels)
@@ -51,7 +75,9 @@ class _GroupBatchNorm:
 
     def forward(self, input: Tensor) -> Tensor:
         """``(N, channels, *spatial)`` -> the same shape."""
-        input = check_fields_input(input, self.order, type(self).__name__, self._ndim + 2)
+        input = check_norm_input(
+            input, self.channels, self.order, type(self).__name__, self._ndim + 2
+        )
         stacked = input.unflatten(1, (-1, self.order)).flatten(2, 3)  # (N, F, |G| * S0, ...)
         out = super().forward(stacked)  # type: ignore[misc]
         return out.unflatten(2, (self.order, -1)).flatten(1, 2)
@@ -61,7 +87,11 @@ class _GroupBatchNorm:
         stop ``torch.fx`` tracing)."""
 
     def extra_repr(self) -> str:
-        return f"channels={self.channels}, group={self.group!r}, {super().extra_repr()}"  # type: ignore[misc]
+        return (
+            f"channels={self.channels}, group={self.group!r}, eps={self.eps}, "  # type: ignore[attr-defined]
+            f"momentum={self.momentum}, affine={self.affine}, "  # type: ignore[attr-defined]
+            f"track_running_stats={self.track_running_stats}"  # type: ignore[attr-defined]
+        )
 
 
 class GroupBatchNorm1d(_GroupBatchNorm, nn.BatchNorm1d):
