@@ -37,10 +37,10 @@ import statistics
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
 from types import ModuleType
 
 import torch
+from bench_common import Row, median_time, saved_bytes  # beside this script
 from torch import Tensor, nn
 
 from symconv import GroupConv2d
@@ -49,22 +49,6 @@ from symconv.compare.memory import keep_freed_memory
 SHAPES = ((64, 56), (128, 28), (256, 14), (512, 7))
 GROUPS = ("r", "hr", "hv")
 ORDER = {"r": 4, "hr": 8, "hv": 4}
-
-
-@dataclass
-class Row:
-    layer: str
-    shape: str
-    precision: str
-    mode: str
-    params: int
-    params_plain: int
-    t_plain: float
-    t_layer: float
-
-    @property
-    def ratio(self) -> float:
-        return self.t_layer / self.t_plain
 
 
 # -- escnn / e2cnn ---------------------------------------------------------------------------
@@ -147,31 +131,6 @@ def owned_storages(module: nn.Module) -> set[int]:
     return {t.untyped_storage().data_ptr() for t in tensors}
 
 
-def saved_bytes(step: Callable[[], Tensor], owned: set[int] = frozenset()) -> int:  # type: ignore[assignment]
-    """Bytes of the unique storages autograd saves for backward during ``step``'s forward,
-    not counting those in ``owned``."""
-    seen: dict[int, int] = {}
-
-    def pack(t: Tensor) -> Tensor:
-        try:
-            s = t.untyped_storage()
-            if s.data_ptr() not in owned:
-                seen[s.data_ptr()] = s.nbytes()
-        except (RuntimeError, NotImplementedError):
-            seen[id(t)] = t.numel() * t.element_size()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = step()
-    del out
-    return sum(seen.values())
-
-
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
 def _steps(
     layer: nn.Module, x: Tensor, grad: Tensor, bf16: bool, device: str
 ) -> dict[str, Callable[[], object]]:
@@ -192,20 +151,6 @@ def _steps(
             layer(x)
 
     return {"train": train, "eval": evaluate}
-
-
-def _time(fn: Callable[[], object], device: str, min_time: float, clock) -> float:  # type: ignore[no-untyped-def]
-    """Median seconds per call over a block of calls lasting about ``min_time``."""
-    fn()
-    _sync(device)
-    times: list[float] = []
-    start = time.perf_counter()
-    while time.perf_counter() - start < min_time or len(times) < 3:
-        t0 = clock()
-        fn()
-        _sync(device)
-        times.append(clock() - t0)
-    return statistics.median(times)
 
 
 def kernel_step(layer: nn.Module, bf16: bool, device: str) -> Callable[[], None]:
@@ -255,7 +200,7 @@ def run_shape(
             if k != "nn.Conv2d":
                 m.train()
                 t = statistics.median(
-                    _time(kernel_step(m, bf16, dev), dev, args.min_time, clock)
+                    median_time(kernel_step(m, bf16, dev), dev, args.min_time, clock)
                     for _ in range(args.rounds)
                 )
                 print(
@@ -269,7 +214,7 @@ def run_shape(
             times: dict[str, list[float]] = {k: [] for k in layers}
             for _ in range(args.rounds):  # interleaved, so drifts hit every layer alike
                 for k in layers:
-                    times[k].append(_time(steps[k][mode], dev, args.min_time, clock))
+                    times[k].append(median_time(steps[k][mode], dev, args.min_time, clock))
             base = statistics.median(times["nn.Conv2d"])
             for k in layers:
                 if k == "nn.Conv2d":

@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
+from bench_common import Row, median_time  # beside this script
 from torch import nn
 
 from symconv import SymmetricConv2d, SymmetricConv3d
@@ -29,27 +28,6 @@ SHAPES_2D = ((64, 56), (128, 28), (256, 14), (512, 7))
 SHAPES_3D = ((32, 16), (64, 8))
 VARIANTS_2D = ({"hv": "100%"}, {"h": "100%"}, {"hv": "50%"})
 VARIANTS_3D = ({"hvz": "100%"},)
-
-
-@dataclass
-class Row:
-    layer: str
-    shape: str
-    precision: str
-    mode: str
-    params: int
-    params_plain: int
-    t_plain: float
-    t_sym: float
-
-    @property
-    def ratio(self) -> float:
-        return self.t_sym / self.t_plain
-
-
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
 
 
 def _step_fn(
@@ -69,20 +47,6 @@ def _step_fn(
             layer(x)
 
     return train_step if mode == "train" else eval_step
-
-
-def _time(fn: Callable[[], None], device: str, min_time: float) -> float:
-    """Median seconds per call over a block of calls lasting about ``min_time``."""
-    fn()
-    _sync(device)
-    times: list[float] = []
-    start = time.perf_counter()
-    while time.perf_counter() - start < min_time or len(times) < 3:
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def bench_pair(
@@ -107,8 +71,8 @@ def bench_pair(
     fb = _step_fn(sym, x, mode, bf16, args.device)
     ta, tb = [], []
     for _ in range(args.rounds):
-        ta.append(_time(fa, args.device, args.min_time))
-        tb.append(_time(fb, args.device, args.min_time))
+        ta.append(median_time(fa, args.device, args.min_time))
+        tb.append(median_time(fb, args.device, args.min_time))
     return statistics.median(ta), statistics.median(tb)
 
 
@@ -149,7 +113,7 @@ def run(args: argparse.Namespace) -> list[Row]:
                 r = rows[-1]
                 print(
                     f"{r.layer:32s} {r.shape:18s} {r.precision:8s} {r.mode:5s} "
-                    f"plain {r.t_plain * 1e3:8.2f} ms  sym {r.t_sym * 1e3:8.2f} ms  "
+                    f"plain {r.t_plain * 1e3:8.2f} ms  sym {r.t_layer * 1e3:8.2f} ms  "
                     f"ratio {r.ratio:5.2f}  params {r.params}/{r.params_plain}",
                     flush=True,
                 )
@@ -171,7 +135,7 @@ def markdown(rows: list[Row], args: argparse.Namespace) -> str:
     for r in rows:
         lines.append(
             f"| {r.layer} | {r.shape} | {r.precision} | {r.mode} | {r.t_plain * 1e3:.2f} | "
-            f"{r.t_sym * 1e3:.2f} | {r.ratio:.2f} | {r.params} / {r.params_plain} |"
+            f"{r.t_layer * 1e3:.2f} | {r.ratio:.2f} | {r.params} / {r.params_plain} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -41,6 +41,7 @@ from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
+from bench_common import saved_bytes  # beside this script
 from post_conv_twist import PostConvTwist  # beside this script
 from torch import Tensor, nn
 
@@ -93,24 +94,6 @@ class OneConvUnfolded(nn.Module):
 
 
 # -- measurement -------------------------------------------------------------------------------
-def saved_bytes(step: Callable[[], Tensor]) -> int:
-    """Bytes of the unique storages autograd saves for backward during ``step``'s forward."""
-    seen: dict[int, int] = {}
-
-    def pack(t: Tensor) -> Tensor:
-        try:
-            s = t.untyped_storage()
-            seen[s.data_ptr()] = s.nbytes()
-        except (RuntimeError, NotImplementedError):
-            seen[id(t)] = t.numel() * t.element_size()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = step()
-    del out
-    return sum(seen.values())
-
-
 def run_shape(args: argparse.Namespace, device: str, c: int, hw: int, precision: str) -> None:
     torch.manual_seed(0)
     bf16 = precision == "bf16-cl"
