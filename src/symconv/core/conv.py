@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from symconv.core.spec import PairField
+from symconv.core.spec import LayerSpec, PairField
 from symconv.core.validate import (
     check_bool,
     check_choice,
@@ -22,7 +22,7 @@ from symconv.core.validate import (
     check_sizes,
 )
 
-__all__ = ["PADDING_MODES", "ConvGeometry", "same_padding"]
+__all__ = ["PADDING_MODES", "ConvGeometry", "ConvSpec", "same_padding"]
 
 #: ``padding_mode`` values of ``nn.ConvNd``.
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
@@ -209,3 +209,38 @@ class ConvGeometry:
                 "allows padding='same' only with stride 1)"
             )
         return self.torch_kwargs()
+
+
+class ConvSpec(LayerSpec):
+    """A spec whose layer is a convolution: a :class:`ConvGeometry` in ``conv`` plus the
+    family's own options (:meth:`family_kwargs`). Subclasses are frozen dataclasses with a
+    ``conv`` field."""
+
+    conv: ConvGeometry
+
+    def family_kwargs(self) -> dict[str, Any]:
+        """The family's constructor options, the same in both frameworks."""
+        raise NotImplementedError
+
+    @property
+    def in_channels(self) -> int | None:
+        return self.conv.in_channels
+
+    @property
+    def spatial_rank(self) -> int:
+        return self.conv.ndim
+
+    def example_input_shape(self) -> tuple[int, ...]:
+        return (2, self.conv.in_per_group * self.conv.groups, *(5,) * self.conv.ndim)
+
+    def with_in_channels(self, in_channels: int) -> ConvSpec:
+        return replace(self, conv=self.conv.with_in_channels(in_channels))  # type: ignore[type-var]
+
+    def torch_kwargs(self) -> dict[str, Any]:
+        return {**self.conv.torch_kwargs(), **self.family_kwargs()}
+
+    def torch_kwargs_from_keras(self) -> dict[str, Any]:
+        return {**self.conv.torch_kwargs_from_keras(), **self.family_kwargs()}
+
+    def keras_kwargs(self, data_format: str = "channels_last") -> dict[str, Any]:
+        return {**self.conv.keras_kwargs(data_format), **self.family_kwargs()}

@@ -22,14 +22,14 @@ Parameters (``k`` the kernel size, ``c`` the conv groups, ``O = out_channels / |
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
-from symconv.core.conv import ConvGeometry
+from symconv.core.conv import ConvGeometry, ConvSpec
 from symconv.core.groups import Group, group
-from symconv.core.spec import LayerSpec, PairField, ParamLayout, kernel_to_keras
+from symconv.core.spec import PairField, ParamLayout, kernel_to_keras
 from symconv.core.validate import value_error
 
 __all__ = ["GroupConvSpec", "check_fields", "conversion_reason"]
@@ -73,7 +73,7 @@ def conversion_reason(
 
 
 @dataclass(frozen=True)
-class GroupConvSpec(LayerSpec):
+class GroupConvSpec(ConvSpec):
     """A convolution's geometry plus the group its input and output fields belong to."""
 
     family: ClassVar[str] = "group_conv"
@@ -135,26 +135,12 @@ class GroupConvSpec(LayerSpec):
 
     # -- sizes -------------------------------------------------------------------------
     @property
-    def in_channels(self) -> int | None:
-        return self.conv.in_channels
-
-    @property
-    def spatial_rank(self) -> int:
-        return self.conv.ndim
-
-    @property
     def out_fields(self) -> int:
         return self.conv.out_channels // self.group.order
 
     def free_weight_shape(self) -> tuple[int, ...]:
         """``(out_fields, in_channels / groups, *kernel_size)`` (torch layout)."""
         return (self.out_fields, self.conv.in_per_group, *self.conv.kernel_size)
-
-    def example_input_shape(self) -> tuple[int, ...]:
-        return (2, self.conv.in_channels or self.group.order, *(5,) * self.conv.ndim)
-
-    def with_in_channels(self, in_channels: int) -> GroupConvSpec:
-        return replace(self, conv=self.conv.with_in_channels(in_channels))
 
     # -- the expansion -----------------------------------------------------------------
     def gather_index(self, layout: str = "torch") -> np.ndarray:
@@ -214,14 +200,8 @@ class GroupConvSpec(LayerSpec):
     def pair_fields(self) -> tuple[PairField, ...]:
         return (*self.conv.pair_fields(), PairField("group", self.group.key))
 
-    def torch_kwargs(self) -> dict[str, Any]:
-        return {**self.conv.torch_kwargs(), "group": self.group.key}
-
-    def torch_kwargs_from_keras(self) -> dict[str, Any]:
-        return {**self.conv.torch_kwargs_from_keras(), "group": self.group.key}
-
-    def keras_kwargs(self, data_format: str = "channels_last") -> dict[str, Any]:
-        return {**self.conv.keras_kwargs(data_format), "group": self.group.key}
+    def family_kwargs(self) -> dict[str, Any]:
+        return {"group": self.group.key}
 
 
 def _group(key: object, ndim: int) -> Group:

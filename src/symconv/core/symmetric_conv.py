@@ -8,11 +8,11 @@ Parameters (``k`` the kernel size, ``g`` the groups)::
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from symconv.core.conv import ConvGeometry
-from symconv.core.spec import LayerSpec, PairField, ParamLayout, kernel_to_keras
+from symconv.core.conv import ConvGeometry, ConvSpec
+from symconv.core.spec import PairField, ParamLayout, kernel_to_keras
 from symconv.core.symmetry import (
     SymmetryPlan,
     SymmetrySpec,
@@ -26,7 +26,7 @@ __all__ = ["SymmetricConvSpec", "degenerate_keys"]
 
 
 @dataclass(frozen=True, eq=False)
-class SymmetricConvSpec(LayerSpec):
+class SymmetricConvSpec(ConvSpec):
     """A convolution's geometry plus the symmetry plan of its output channels.
 
     Two specs are equal when their geometries and channel layouts are (plans hold arrays,
@@ -90,20 +90,6 @@ class SymmetricConvSpec(LayerSpec):
             share_bias=True,
         )
 
-    @property
-    def in_channels(self) -> int | None:
-        return self.conv.in_channels
-
-    @property
-    def spatial_rank(self) -> int:
-        return self.conv.ndim
-
-    def example_input_shape(self) -> tuple[int, ...]:
-        return (2, self.conv.in_channels or 3, *(5,) * self.conv.ndim)
-
-    def with_in_channels(self, in_channels: int) -> SymmetricConvSpec:
-        return replace(self, conv=self.conv.with_in_channels(in_channels))
-
     def params(self) -> tuple[ParamLayout, ...]:
         c = self.conv
         weight = (self.plan.n_free, c.in_per_group, *c.kernel_size)
@@ -119,17 +105,8 @@ class SymmetricConvSpec(LayerSpec):
             PairField("symmetry channel layout", self.plan.blocks),
         )
 
-    def symmetry_kwargs(self) -> dict[str, Any]:
+    def family_kwargs(self) -> dict[str, Any]:
         return {"symmetry": self.plan.spec_dict(), "share_bias": self.plan.share_bias}
-
-    def torch_kwargs(self) -> dict[str, Any]:
-        return {**self.conv.torch_kwargs(), **self.symmetry_kwargs()}
-
-    def torch_kwargs_from_keras(self) -> dict[str, Any]:
-        return {**self.conv.torch_kwargs_from_keras(), **self.symmetry_kwargs()}
-
-    def keras_kwargs(self, data_format: str = "channels_last") -> dict[str, Any]:
-        return {**self.conv.keras_kwargs(data_format), **self.symmetry_kwargs()}
 
 
 def degenerate_keys(
