@@ -10,6 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
+
+from symconv.core.groups import Group
+from symconv.core.groups import group as make_group
 from symconv.core.spec import LayerSpec, PairField, ParamLayout
 from symconv.core.symmetry import SymmetryPlan, make_plan
 from symconv.core.validate import check_choice, check_int, type_error
@@ -21,6 +25,7 @@ __all__ = [
     "check_k",
     "check_length",
     "plan_of",
+    "GroupPoolSpec",
 ]
 
 #: ``mode`` values of ``OrbitPool``.
@@ -179,3 +184,29 @@ class OrbitPoolSpec(LayerSpec):
 
     def torch_kwargs(self) -> dict[str, Any]:
         return {"layer_or_plan": self.plan, "mode": self.mode}
+
+
+@dataclass(frozen=True, eq=False)
+class GroupPoolSpec:
+    """``GroupPool``'s settings (both frameworks): the input's group, ``mode`` and the
+    subgroup ``to`` it keeps (``None``: none), with the cosets table ``(|H|, |G| / |H|)``:
+    output member ``i`` of a field pools the input members in row ``i`` (one row of all
+    members when ``to`` is ``None``)."""
+
+    group: Group
+    mode: str
+    to: str | None
+    cosets: np.ndarray
+
+    @classmethod
+    def from_args(cls, group: object, mode: object = "max", to: object = None) -> GroupPoolSpec:
+        grp = make_group(group)
+        mode = check_choice("mode", mode, ("max", "mean"))
+        if to is None:
+            return cls(grp, mode, None, np.arange(grp.order, dtype=np.int64).reshape(1, -1))
+        return cls(grp, mode, make_group(to, grp.ndim).key, grp.cosets(to))
+
+    @property
+    def out_order(self) -> int:
+        """Channels per output field: ``|H|``, or 1 when ``to`` is ``None``."""
+        return int(self.cosets.shape[0])

@@ -155,22 +155,11 @@ def weight_options_config(layer: keras.layers.Layer) -> dict[str, Any]:
     return config
 
 
-class SymconvLayer(keras.layers.Layer):
-    """Base of the symconv Keras layers.
-
-    Takes ``keras.layers.Conv2D``'s weight options as keyword arguments (``activation``,
-    ``kernel_initializer``, ``bias_initializer``, ``kernel_regularizer``,
-    ``bias_regularizer``, ``kernel_constraint``, ``bias_constraint``, with Conv2D's
-    defaults; ``activity_regularizer``, ``name``, ``dtype``, ... go to
-    ``keras.layers.Layer``), and reads the channel axis from ``data_format``.
-    """
+class ChannelAxisLayer(keras.layers.Layer):
+    """A Keras layer that reads its channel axis from ``data_format`` and needs the channel
+    count known to build."""
 
     data_format: str
-
-    def __init__(self, **kwargs: Any) -> None:
-        options = {name: kwargs.pop(name, d) for name, d in WEIGHT_OPTION_DEFAULTS.items()}
-        super().__init__(**kwargs)
-        set_weight_options(self, **options)
 
     @property
     def _channel_axis(self) -> int:
@@ -185,3 +174,19 @@ class SymconvLayer(keras.layers.Layer):
                 f"{tuple(input_shape)} with data_format={self.data_format!r}"
             )
         return int(channels)
+
+
+class SymconvLayer(ChannelAxisLayer):
+    """Base of the symconv Keras layers with weights.
+
+    Takes ``keras.layers.Conv2D``'s weight options as keyword arguments (``activation``,
+    ``kernel_initializer``, ``bias_initializer``, ``kernel_regularizer``,
+    ``bias_regularizer``, ``kernel_constraint``, ``bias_constraint``, with Conv2D's
+    defaults; ``activity_regularizer``, ``name``, ``dtype``, ... go to
+    ``keras.layers.Layer``).
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        options = {name: kwargs.pop(name, d) for name, d in WEIGHT_OPTION_DEFAULTS.items()}
+        super().__init__(**kwargs)
+        set_weight_options(self, **options)

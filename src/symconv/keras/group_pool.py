@@ -11,15 +11,14 @@ import numpy as np
 from keras import ops
 
 from symconv.core.group_conv import check_fields
-from symconv.core.groups import group as make_group
-from symconv.core.validate import check_choice
-from symconv.keras._common import data_format_arg
+from symconv.core.pooling import GroupPoolSpec
+from symconv.keras._common import ChannelAxisLayer, data_format_arg
 
 __all__ = ["GroupPool"]
 
 
 @keras.saving.register_keras_serializable(package="symconv")
-class GroupPool(keras.layers.Layer):
+class GroupPool(ChannelAxisLayer):
     """Max or mean over the members of every field, or over the cosets of a subgroup.
 
     Args:
@@ -47,15 +46,10 @@ class GroupPool(keras.layers.Layer):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        grp = make_group(group)
-        self.group = grp.key
-        self.mode = check_choice("mode", mode, ("max", "mean"))
-        if to is None:
-            self.to, self._cosets = None, np.arange(grp.order, dtype=np.int64).reshape(1, -1)
-        else:
-            self._cosets = grp.cosets(to)
-            self.to = make_group(to, grp.ndim).key
-        self.order = grp.order
+        self.spec = spec = GroupPoolSpec.from_args(group, mode, to)
+        self.group, self.mode, self.to = spec.group.key, spec.mode, spec.to
+        self._cosets = spec.cosets
+        self.order = spec.group.order
         self.data_format = data_format_arg(data_format)
         self._index: np.ndarray | None = None
 
@@ -64,18 +58,9 @@ class GroupPool(keras.layers.Layer):
         """Channels per output field: ``|H|``, or 1 when ``to`` is ``None``."""
         return int(self._cosets.shape[0])
 
-    @property
-    def _channel_axis(self) -> int:
-        return -1 if self.data_format == "channels_last" else 1
-
     def build(self, input_shape: tuple[int | None, ...]) -> None:
-        channels = input_shape[self._channel_axis]
-        if channels is None:
-            raise ValueError(
-                f"GroupPool needs a known channel dimension; got input shape "
-                f"{tuple(input_shape)} with data_format={self.data_format!r}"
-            )
-        fields = check_fields("channels", int(channels), make_group(self.group))
+        channels = self._input_channels(input_shape)
+        fields = check_fields("channels", channels, self.spec.group)
         # index[f * |H| + i, j]: input channel of field f, coset row i, representative j.
         offsets = np.arange(fields, dtype=np.int64)[:, None, None] * self.order
         self._index = (offsets + self._cosets[None]).reshape(fields * self.out_order, -1)

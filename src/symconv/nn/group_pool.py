@@ -6,8 +6,7 @@ import torch
 import torch.fx
 from torch import Tensor, nn
 
-from symconv.core.groups import group as make_group
-from symconv.core.validate import check_choice
+from symconv.core.pooling import GroupPoolSpec
 from symconv.nn._cache import not_scriptable
 
 __all__ = ["GroupPool", "check_fields_input"]
@@ -47,15 +46,10 @@ class GroupPool(nn.Module):
 
     def __init__(self, group: str, mode: str = "max", to: str | None = None) -> None:
         super().__init__()
-        grp = make_group(group)
-        self.group = grp.key
-        self.mode = check_choice("mode", mode, ("max", "mean"))
-        self.order = grp.order
-        if to is None:
-            self.to, cosets = None, torch.arange(grp.order).reshape(1, -1)
-        else:
-            cosets = torch.from_numpy(grp.cosets(to).copy())
-            self.to = make_group(to, grp.ndim).key
+        self.spec = spec = GroupPoolSpec.from_args(group, mode, to)
+        self.group, self.mode, self.to = spec.group.key, spec.mode, spec.to
+        self.order = spec.group.order
+        cosets = torch.from_numpy(spec.cosets.copy())
         self.register_buffer("_cosets", cosets.reshape(-1), persistent=False)
         self._shape = tuple(cosets.shape)
 
