@@ -146,9 +146,12 @@ def test_equivariance_error_catches_a_broken_layer():
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
     broken = model[3]
     # Read the member axis unpermuted: output member g uses g(free) without the g^-1 shift.
-    index = broken._index.unflatten(0, (-1, 8)).unflatten(2, (-1, 8))
+    index = broken.gather_index().unflatten(0, (-1, 8)).unflatten(2, (-1, 8))
     fixed = torch.stack([index[:, g, :, torch.tensor(table("hr")[g])] for g in range(8)], 1)
-    broken._index = fixed.flatten(2, 3).flatten(0, 1)
+    bias = broken.bias_gather_index()
+    broken._set_gather(
+        fixed.flatten(2, 3).flatten(0, 1).numpy(), None if bias is None else bias.numpy()
+    )
     broken.clear_cache()
     errors = equivariance_error(model, x, "hr")
     assert errors["e"] == 0

@@ -2,7 +2,8 @@
 
 A subclass (mixed into ``nn.ConvNd``) calls :meth:`GatheredConvNd.set_free` once with the
 free parameter shapes and the gather indices its core spec computed; this base provides
-the rest: the differentiable expansion (:func:`symconv.nn._gather.gather`), a
+the rest: the differentiable expansion (:func:`symconv.nn._gather.gather`, over the
+indices factored into rows by :class:`symconv.core.row_gather.RowGather`), a
 channels_last path that gathers storage to storage, the cache used when no gradient can
 reach the parameters (:mod:`symconv.nn._cache`), device moves, ``forward`` and
 ``to_conv``.
@@ -23,6 +24,7 @@ from torch import Tensor, nn
 from torch.nn import init
 
 from symconv._lazy import ConstructorSignature
+from symconv.core.row_gather import RowGather
 from symconv.nn._cache import caching_allowed, not_scriptable, tracing, version_key
 from symconv.nn._gather import gather
 from symconv.nn.conv_utils import copy_mode
@@ -107,13 +109,37 @@ class GatheredConvNd:
         self.weight = nn.Parameter(torch.empty(weight_shape, **factory))
         if self.bias is not None:
             self.bias = nn.Parameter(torch.empty(bias_size, **factory))
-        # Plain tensors, not buffers: derived data, never saved nor broadcast by DDP.
-        self._index = _as_tensor(index, factory["device"])
-        self._bias_index = _as_tensor(bias_index, factory["device"])
-        self._index_cl: Tensor | None = None
-        self._cache: tuple[tuple[object, ...], Tensor, Tensor | None] | None = None
+        self._set_gather(index, bias_index)
         self._free_ready = True
         self.reset_parameters()
+
+    def _set_gather(self, index: np.ndarray | None, bias_index: np.ndarray | None) -> None:
+        """Install the gathers ``weight.reshape(-1)[index]`` and ``bias[bias_index]``
+        (``index`` shaped like the full kernel), each factored into rows."""
+        self._weight_rows = _rows_of(index, self.weight.numel())
+        self._bias_rows = None if self.bias is None else _rows_of(bias_index, self.bias.numel())
+        device = self.weight.device
+        # Plain tensors, not buffers: derived data, never saved nor broadcast by DDP.
+        self._index = _index_tensor(self._weight_rows, device)
+        self._bias_index = _index_tensor(self._bias_rows, device)
+        self._channels_last_gather: tuple[RowGather, Tensor] | None = None
+        self._cache: tuple[tuple[object, ...], Tensor, Tensor | None] | None = None
+
+    def gather_index(self) -> Tensor | None:
+        """The full kernel's flat index into the free one, ``(out_channels, in_channels /
+        groups, *kernel_size)`` int64 (``expanded_weight == weight.reshape(-1)[index]``), or
+        ``None`` when the free kernel is the full one. Built on demand: the layer keeps
+        only its row factorization."""
+        if self._weight_rows is None:
+            return None
+        return torch.from_numpy(self._weight_rows.flat()).to(self.weight.device)
+
+    def bias_gather_index(self) -> Tensor | None:
+        """``expanded_bias == bias[index]`` with this ``(out_channels,)`` index, or ``None``
+        when the bias is not gathered (absent, or unshared)."""
+        if self._bias_rows is None:
+            return None
+        return torch.from_numpy(self._bias_rows.flat()).to(self.weight.device)
 
     def reset_parameters(self) -> None:
         """``nn.ConvNd``'s initialization, on the free parameters: the free kernel has the
@@ -137,22 +163,26 @@ class GatheredConvNd:
         device = self.weight.device
         self._index = None if self._index is None else self._index.to(device)
         self._bias_index = None if self._bias_index is None else self._bias_index.to(device)
-        self._index_cl, self._cache = None, None
+        self._channels_last_gather, self._cache = None, None
         return module
 
     def _full(self) -> tuple[Tensor, Tensor | None]:
         """The full kernel and bias, computed (differentiably) from the free ones."""
         w, bias = self.weight, self.bias
-        if self._index is None:
+        rows = self._weight_rows
+        if rows is None or self._index is None:
             full = w
         elif not tracing() and w.dim() >= 4 and not w.is_contiguous() and _channels_last(w):
-            if self._index_cl is None:
-                self._index_cl = _storage_order_index(w, self._index)
-            full = gather(w.movedim(1, -1), self._index_cl).movedim(-1, 1)
+            if self._channels_last_gather is None:
+                rows_cl = _storage_order_rows(w, rows)
+                self._channels_last_gather = rows_cl, torch.from_numpy(rows_cl.index).to(w.device)
+            rows_cl, index_cl = self._channels_last_gather
+            full = gather(w.movedim(1, -1), index_cl, rows_cl.rows, rows_cl.shape).movedim(-1, 1)
         else:
-            full = gather(w, self._index)
-        if bias is not None and self._bias_index is not None:
-            bias = gather(bias, self._bias_index)
+            full = gather(w, self._index, rows.rows, rows.shape)
+        brows = self._bias_rows
+        if bias is not None and brows is not None and self._bias_index is not None:
+            bias = gather(bias, self._bias_index, brows.rows, brows.shape)
         return full, bias
 
     def expanded(self) -> tuple[Tensor, Tensor | None]:
@@ -200,10 +230,14 @@ class GatheredConvNd:
         raise not_scriptable(self)
 
 
-def _as_tensor(index: np.ndarray | None, device: torch.device) -> Tensor | None:
-    if index is None:
+def _rows_of(index: np.ndarray | None, source_size: int) -> RowGather | None:
+    return None if index is None else RowGather.of(np.asarray(index), source_size)
+
+
+def _index_tensor(rows: RowGather | None, device: torch.device) -> Tensor | None:
+    if rows is None:
         return None
-    return torch.from_numpy(np.array(index, dtype=np.int64)).to(device)  # a writable copy
+    return torch.from_numpy(np.array(rows.index, dtype=np.int64)).to(device)  # a writable copy
 
 
 def _channels_last(weight: Tensor) -> bool:
@@ -211,9 +245,12 @@ def _channels_last(weight: Tensor) -> bool:
     return weight.dim() in (4, 5) and weight.is_contiguous(memory_format=fmt)
 
 
-def _storage_order_index(weight: Tensor, index: Tensor) -> Tensor:
-    """``index`` rewritten to read the free kernel's channels_last storage and to yield
-    the full kernel in its own ``(out, *k, in)`` storage order: no layout copies."""
-    offsets = torch.arange(weight.numel(), device=weight.device)
-    offsets = offsets.as_strided(weight.shape, weight.stride())  # logical -> storage
-    return offsets.reshape(-1)[index].movedim(1, -1).contiguous()
+def _storage_order_rows(weight: Tensor, rows: RowGather) -> RowGather:
+    """The gather rewritten to read the free kernel's channels_last storage and to yield
+    the full kernel in its own ``(out, *k, in)`` storage order: no layout copies. Both
+    storages keep each out-channel block contiguous, so it factors into rows again."""
+    offsets = np.arange(weight.numel(), dtype=np.int64)
+    strides = tuple(s * offsets.itemsize for s in weight.stride())
+    storage = np.lib.stride_tricks.as_strided(offsets, tuple(weight.shape), strides)
+    flat = np.moveaxis(storage.reshape(-1)[rows.flat()], 1, -1)  # logical -> storage
+    return RowGather.of(np.ascontiguousarray(flat), weight.numel())

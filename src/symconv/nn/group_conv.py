@@ -108,7 +108,7 @@ class GroupConvNd(GatheredConvNd):
         order = layer.spec.group.order
         with torch.no_grad():
             flat = torch.zeros_like(layer.weight).reshape(-1)
-            flat.index_add_(0, layer._index.reshape(-1), conv.weight.reshape(-1))
+            flat.index_add_(0, layer.gather_index().reshape(-1), conv.weight.reshape(-1))
             layer.weight.copy_(flat.reshape(layer.weight.shape) / order)
             if conv.bias is not None:
                 layer.bias.copy_(conv.bias.reshape(-1, order).mean(1))

@@ -113,14 +113,11 @@ class SymmetricConvNd(GatheredConvNd):
         )
         layer = cls.from_spec(spec, device=conv.weight.device, dtype=conv.weight.dtype)
         with torch.no_grad():
-            layer.weight.copy_(layer._project(conv.weight, layer._index, layer.plan.n_free))
+            layer.weight.copy_(layer._project(conv.weight, layer.gather_index(), layer.plan.n_free))
             if conv.bias is not None:
-                if layer._bias_index is None:
-                    layer.bias.copy_(conv.bias)
-                else:
-                    layer.bias.copy_(
-                        layer._project(conv.bias, layer._bias_index, layer.plan.n_bias)
-                    )
+                layer.bias.copy_(
+                    layer._project(conv.bias, layer.bias_gather_index(), layer.plan.n_bias)
+                )
         copy_mode(conv, layer)
         layer.clear_cache()
         return layer
