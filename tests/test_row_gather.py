@@ -122,3 +122,26 @@ def test_layers_keep_one_row_index_per_field(layer, rows):
         layer.to(memory_format=torch.channels_last)
         torch.testing.assert_close(layer.expanded_weight, layer.weight.reshape(-1)[full])
         assert layer._channels_last_gather[0].rows == rows
+
+
+@given(st.data())
+def test_group_conv_spec_builds_the_rows_of_its_gather_index(data):
+    from symconv.core.group_conv import GroupConvSpec
+    from symconv.core.groups import GROUP_KEYS, group, minimal_ndim
+
+    nd = data.draw(st.sampled_from([1, 2, 3]))
+    keys = [k for k in GROUP_KEYS if minimal_ndim(k) <= nd and ("r" not in k or nd == 2)]
+    key = data.draw(st.sampled_from(keys))
+    order = group(key, nd).order
+    groups = data.draw(st.sampled_from([1, 2]))
+    spec = GroupConvSpec.from_torch(
+        nd,
+        group=key,
+        in_channels=order * groups * data.draw(st.integers(1, 2)),
+        out_channels=order * groups * data.draw(st.integers(1, 3)),
+        kernel_size=data.draw(st.sampled_from([1, 2, 3])),
+        groups=groups,
+    )
+    rows = spec.row_gather()
+    np.testing.assert_array_equal(rows.flat(), spec.gather_index())
+    assert rows.rows == spec.out_fields

@@ -29,6 +29,7 @@ import numpy as np
 
 from symconv.core.conv import ConvGeometry, ConvSpec
 from symconv.core.groups import Group, group
+from symconv.core.row_gather import RowGather
 from symconv.core.spec import PairField, ParamLayout, kernel_to_keras
 from symconv.core.validate import value_error
 
@@ -159,6 +160,18 @@ class GroupConvSpec(ConvSpec):
         if layout == "keras":
             full = np.transpose(full, kernel_to_keras(self.conv.ndim))
         return np.ascontiguousarray(full)
+
+    def row_gather(self) -> RowGather:
+        """The torch gather as rows (:class:`~symconv.core.row_gather.RowGather`): output
+        field ``f`` (its ``|G|`` channels) reads free filter ``f`` only, at the same
+        offsets for every ``f``, so one field's expansion of one free filter is the whole
+        index (``|G| * in_channels / groups * prod(k)`` entries); equal to
+        :meth:`gather_index` (torch layout), without building it."""
+        row_shape = self.free_weight_shape()[1:]
+        one = np.arange(math.prod(row_shape), dtype=np.int64).reshape(1, *row_shape)
+        index = self._expand_torch(one).reshape(-1)
+        shape = (self.conv.out_channels, *row_shape)
+        return RowGather(self.out_fields, math.prod(row_shape), index, shape)
 
     def _expand_torch(self, free: np.ndarray) -> np.ndarray:
         """The definition, on any array of the free kernel's torch shape."""

@@ -97,10 +97,14 @@ class GatheredConvNd:
         self._install(spec)
 
     def set_free(
-        self, weight_shape: tuple[int, ...], bias_size: int, index: np.ndarray | None,
-        bias_index: np.ndarray | None,
+        self, weight_shape: tuple[int, ...], bias_size: int,
+        index: np.ndarray | RowGather | None, bias_index: np.ndarray | None,
     ) -> None:  # fmt: skip
         """Replace ``nn.ConvNd``'s full parameters by free ones and initialize them.
+
+        ``index``: the full kernel's flat index into the free one (factored into rows
+        here), or the family's :class:`~symconv.core.row_gather.RowGather` when its spec
+        builds the rows directly.
 
         ``index``/``bias_index`` ``None``: the free parameter already is the full one (no
         gather, e.g. a symmetric layer without symmetric channels, or unshared biases).
@@ -113,7 +117,9 @@ class GatheredConvNd:
         self._free_ready = True
         self.reset_parameters()
 
-    def _set_gather(self, index: np.ndarray | None, bias_index: np.ndarray | None) -> None:
+    def _set_gather(
+        self, index: np.ndarray | RowGather | None, bias_index: np.ndarray | None
+    ) -> None:
         """Install the gathers ``weight.reshape(-1)[index]`` and ``bias[bias_index]``
         (``index`` shaped like the full kernel), each factored into rows."""
         self._weight_rows = _rows_of(index, self.weight.numel())
@@ -230,8 +236,10 @@ class GatheredConvNd:
         raise not_scriptable(self)
 
 
-def _rows_of(index: np.ndarray | None, source_size: int) -> RowGather | None:
-    return None if index is None else RowGather.of(np.asarray(index), source_size)
+def _rows_of(index: np.ndarray | RowGather | None, source_size: int) -> RowGather | None:
+    if index is None or isinstance(index, RowGather):
+        return index
+    return RowGather.of(np.asarray(index), source_size)
 
 
 def _index_tensor(rows: RowGather | None, device: torch.device) -> Tensor | None:

@@ -72,7 +72,7 @@ class GroupConvNd(GatheredConvNd):
 
     def _install(self, spec: GroupConvSpec) -> None:
         self.set_free(
-            spec.free_weight_shape(), spec.out_fields, spec.gather_index(), spec.bias_index()
+            spec.free_weight_shape(), spec.out_fields, spec.row_gather(), spec.bias_index()
         )
 
     @property
