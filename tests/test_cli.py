@@ -174,6 +174,44 @@ def test_compare_cli_defaults_are_the_dataclass_defaults() -> None:
     }
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["--variants", "plain,sym", "--group-width", "params"],
+            "--group-width='params' shapes the p4/p4m variants only",
+        ),
+        (
+            ["--variants", "plain", "--symmetry", "h:2"],
+            "--symmetry='h:2' shapes the sym variant only",
+        ),
+        (
+            ["--variants", "sym", "--invariant-to", "h"],
+            "--invariant-to='h' shapes the sym-inv variant only",
+        ),
+    ],
+)
+def test_compare_options_for_unselected_variants_are_refused(argv, message, capsys) -> None:
+    """A variant's option with none of its variants selected would be silently ignored."""
+    from symconv.cli import main
+
+    assert main(["compare", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and "has none of them" in err
+
+
+def test_compare_options_reach_their_variants() -> None:
+    from symconv.compare.cli import config_from_args
+
+    parser = cli.build_parser()
+    argv = ["compare", "--variants", "p4m,sym", "--group-width", "params", "--symmetry", "h:2"]
+    config = config_from_args(parser.parse_args(argv))
+    assert (config.settings.group_width, config.settings.symmetry) == ("params", "h:2")
+    # The default value is no mistake, whatever the variants.
+    argv = ["compare", "--variants", "plain", "--group-width", "channels"]
+    assert config_from_args(parser.parse_args(argv)).variants == ("plain",)
+
+
 def test_viz_cli_defaults_are_the_library_defaults() -> None:
     import inspect
 

@@ -17,6 +17,7 @@ from symconv.compare.config import (
     COLORS,
     DEFAULT_WIDTH,
     DEVICES,
+    GROUP_VARIANTS,
     GROUP_WIDTHS,
     INVARIANT_KEYS,
     MODELS,
@@ -210,9 +211,34 @@ def config_from_args(args: argparse.Namespace) -> CompareConfig:
             transforms=tuple(parse_transforms(args.transforms)),
         )
         options = {f.name: given[f.name] for f in fields(CompareConfig) if f.name in given}
-        return CompareConfig(**options, settings=settings)
+        config = CompareConfig(**options, settings=settings)
     except ValueError as err:  # the options' own checks: a bad value the user gave
         raise UsageError(str(err)) from err
+    _check_options_reach_a_variant(config)
+    return config
+
+
+#: Options that shape one family of variants: (flag, TrainSettings field, its variants).
+_VARIANT_OPTIONS = (
+    ("--symmetry", "symmetry", ("sym",)),
+    ("--invariant-to", "invariant_key", ("sym-inv",)),
+    ("--group-width", "group_width", tuple(GROUP_VARIANTS)),
+)
+
+
+def _check_options_reach_a_variant(config: CompareConfig) -> None:
+    """A non-default variant option with none of its variants selected is a mistake
+    (the run would silently ignore it)."""
+    from symconv.cli import UsageError
+
+    for flag, name, users in _VARIANT_OPTIONS:
+        value = getattr(config.settings, name)
+        if value != _settings(name) and not set(users) & set(config.variants):
+            raise UsageError(
+                f"{flag}={value!r} shapes the {'/'.join(users)} variant"
+                f"{'s' if len(users) > 1 else ''} only, and --variants="
+                f"{','.join(config.variants)} has none of them"
+            )
 
 
 class Terminated(KeyboardInterrupt):
