@@ -103,6 +103,19 @@ def test_state_dict_round_trip(family):
 
 
 @pytest.mark.parametrize("family", PARAMS)
+def test_meta_device_then_to_empty_and_load(family):
+    """Deferred initialization (``device='meta'``, ``to_empty``, ``load_state_dict``), as
+    large-model and FSDP code does: derived tensors must become real too."""
+    layer = _torch_layer(family)
+    deferred = family.torch_class.from_spec(family.example(), device="meta")
+    assert all(p.is_meta for p in deferred.parameters())
+    deferred.to_empty(device="cpu")
+    deferred.load_state_dict(layer.state_dict())
+    x = _input(family)
+    _close(deferred(x), layer(x), 0)
+
+
+@pytest.mark.parametrize("family", PARAMS)
 def test_torch_compile_forward_and_gradients(family):
     torch._dynamo.reset()  # families share forward code: keep each under the recompile limit
     layer = _torch_layer(family)

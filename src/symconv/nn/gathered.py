@@ -165,10 +165,11 @@ class GatheredConvNd:
 
     def _apply(self, fn, recurse: bool = True):  # type: ignore[no-untyped-def]
         module = super()._apply(fn, recurse)  # type: ignore[misc]
-        # Indices follow the parameters' device but never go through `fn` (`to_empty`).
+        # Indices follow the parameters' device but never go through `fn` (`to_empty`);
+        # rebuilt from the plan, so a layer made on the meta device gets real ones.
         device = self.weight.device
-        self._index = None if self._index is None else self._index.to(device)
-        self._bias_index = None if self._bias_index is None else self._bias_index.to(device)
+        self._index = _index_tensor(self._weight_rows, device)
+        self._bias_index = _index_tensor(self._bias_rows, device)
         self._channels_last_gather, self._cache = None, None
         return module
 
