@@ -99,6 +99,12 @@ FAMILIES: tuple[Family, ...] = (
         "symconv.keras.pooling:TopKPool",
     ),
     Family(
+        "group_pool",
+        "symconv.core.pooling:GroupPoolSpec",
+        "symconv.nn.group_pool:GroupPool",
+        "symconv.keras.group_pool:GroupPool",
+    ),
+    Family(
         "group_conv1d",
         _GROUP,
         "symconv.nn.group_conv:GroupConv1d",

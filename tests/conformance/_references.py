@@ -132,6 +132,31 @@ def group_conv(spec, params: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray
     return out
 
 
+def group_pool(spec, params: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
+    """Each field's members pooled: all of them (``to`` None), or for subgroup member
+    ``h`` the members ``h c`` over the first member ``c`` of each right coset ``H c``,
+    with the multiplication table found by composing torch ops (``_group_reference``)."""
+    from _group_reference import MEMBERS, table
+
+    words, t = MEMBERS[spec.group.key], table(spec.group.key)
+    n = len(words)
+    fields = np.asarray(x, np.float64).reshape(x.shape[0], -1, n, *x.shape[2:])
+    if spec.to is None:
+        rows = [list(range(n))]
+    else:
+        sub = [words.index(w) for w in MEMBERS[spec.to]]
+        reps: list[int] = []
+        covered: set[int] = set()
+        for c in range(n):
+            if c not in covered:
+                reps.append(c)
+                covered |= {t[h][c] for h in sub}
+        rows = [[t[h][c] for c in reps] for h in sub]
+    reduce = np.max if spec.mode == "max" else np.mean
+    pooled = np.stack([reduce(fields[:, :, row], axis=2) for row in rows], axis=2)
+    return pooled.reshape(x.shape[0], -1, *x.shape[2:])
+
+
 #: ``symconv.registry.Family.name`` -> reference.
 REFERENCES: dict[str, Callable[..., np.ndarray]] = {
     "symmetric1d": symmetric,
@@ -141,6 +166,7 @@ REFERENCES: dict[str, Callable[..., np.ndarray]] = {
     "global_conv": global_conv,
     "topk": topk,
     "orbit_pool": orbit_pool,
+    "group_pool": group_pool,
     "group_conv1d": group_conv,
     "group_conv2d": group_conv,
     "group_conv3d": group_conv,

@@ -187,16 +187,31 @@ class OrbitPoolSpec(LayerSpec):
 
 
 @dataclass(frozen=True, eq=False)
-class GroupPoolSpec:
+class GroupPoolSpec(LayerSpec):
     """``GroupPool``'s settings (both frameworks): the input's group, ``mode`` and the
     subgroup ``to`` it keeps (``None``: none), with the cosets table ``(|H|, |G| / |H|)``:
     output member ``i`` of a field pools the input members in row ``i`` (one row of all
-    members when ``to`` is ``None``)."""
+    members when ``to`` is ``None``). Any number of fields: ``in_channels`` is ``None``
+    (a multiple of ``|G|``, checked on the input). Two specs are equal when their group,
+    mode and subgroup are."""
+
+    family: ClassVar[str] = "group_pool"
 
     group: Group
     mode: str
     to: str | None
     cosets: np.ndarray
+
+    def _key(self) -> tuple[object, ...]:
+        return (self.group.key, self.group.ndim, self.mode, self.to)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, GroupPoolSpec):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
 
     @classmethod
     def from_args(cls, group: object, mode: object = "max", to: object = None) -> GroupPoolSpec:
@@ -205,6 +220,52 @@ class GroupPoolSpec:
         if to is None:
             return cls(grp, mode, None, np.arange(grp.order, dtype=np.int64).reshape(1, -1))
         return cls(grp, mode, make_group(to, grp.ndim).key, grp.cosets(to))
+
+    from_torch = from_args
+    from_keras = from_args
+
+    @classmethod
+    def example(cls, ndim: int | None = None) -> GroupPoolSpec:
+        return cls.from_args("hr", "max", "r")  # D4 -> C4: 2 cosets per output member
+
+    @property
+    def in_channels(self) -> None:
+        """Always ``None``: the layer pools any number of fields."""
+        return None
+
+    @property
+    def spatial_rank(self) -> int:
+        return self.group.ndim
+
+    def example_input_shape(self) -> tuple[int, ...]:
+        return (2, 2 * self.group.order, *(5,) * self.group.ndim)
+
+    def keras_input_shape(self, data_format: str = "channels_last") -> tuple[int | None, ...]:
+        """Any shape: the layer has nothing to build from its input's channels."""
+        return (None,) * (self.spatial_rank + 2)
+
+    def with_in_channels(self, in_channels: int) -> GroupPoolSpec:
+        check_int("in_channels", in_channels, 1)
+        return self
+
+    def params(self) -> tuple[ParamLayout, ...]:
+        return ()
+
+    def pair_fields(self) -> tuple[PairField, ...]:
+        # Not weights, but the twins' outputs differ in shape or meaning: always checked.
+        return (
+            PairField("group", self.group.key),
+            PairField("to", self.to),
+            PairField("mode", self.mode, weights=False),
+        )
+
+    def torch_kwargs(self) -> dict[str, Any]:
+        return {"group": self.group.key, "mode": self.mode, "to": self.to}
+
+    torch_kwargs_from_keras = torch_kwargs
+
+    def keras_kwargs(self, data_format: str = "channels_last") -> dict[str, Any]:
+        return {**self.torch_kwargs(), "data_format": data_format}
 
     @property
     def out_order(self) -> int:

@@ -12,6 +12,7 @@ from keras import ops
 
 from symconv.core.group_conv import check_fields
 from symconv.core.pooling import GroupPoolSpec
+from symconv.core.validate import type_error
 from symconv.keras._common import ChannelAxisLayer, data_format_arg
 
 __all__ = ["GroupPool"]
@@ -52,6 +53,15 @@ class GroupPool(ChannelAxisLayer):
         self.order = spec.group.order
         self.data_format = data_format_arg(data_format)
         self._index: np.ndarray | None = None
+
+    @classmethod
+    def from_spec(
+        cls, spec: GroupPoolSpec, data_format: str = "channels_last", **keras_kwargs: Any
+    ) -> GroupPool:
+        """The layer ``spec`` describes; ``keras_kwargs``: e.g. ``name``."""
+        if not isinstance(spec, GroupPoolSpec):
+            raise type_error("spec", spec, "a GroupPoolSpec")
+        return cls(**spec.keras_kwargs(data_format), **keras_kwargs)
 
     @property
     def out_order(self) -> int:

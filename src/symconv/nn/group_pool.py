@@ -7,6 +7,7 @@ import torch.fx
 from torch import Tensor, nn
 
 from symconv.core.pooling import GroupPoolSpec
+from symconv.core.validate import type_error
 from symconv.nn._cache import not_scriptable
 
 __all__ = ["GroupPool", "check_fields_input"]
@@ -38,7 +39,8 @@ class GroupPool(nn.Module):
             like images); a subgroup key (``'r'`` for ``'hr'``) keeps that subgroup's
             members: member ``h_i`` of the output pools ``h_i c`` over coset
             representatives ``c`` (:meth:`symconv.core.groups.Group.cosets`), so the
-            output is a group feature map of the subgroup.
+            output is a group feature map of the subgroup. Stored as ``subgroup``
+            (``to`` would hide ``nn.Module.to``).
 
     Shapes: input ``(N, F * |G|, *spatial)``, output ``(N, F * |H|, *spatial)`` (``|H| = 1``
     when ``to`` is ``None``).
@@ -47,11 +49,38 @@ class GroupPool(nn.Module):
     def __init__(self, group: str, mode: str = "max", to: str | None = None) -> None:
         super().__init__()
         self.spec = spec = GroupPoolSpec.from_args(group, mode, to)
-        self.group, self.mode, self.to = spec.group.key, spec.mode, spec.to
+        # `to` is stored as `subgroup`: an attribute named `to` would hide `nn.Module.to`.
+        self.group, self.mode, self.subgroup = spec.group.key, spec.mode, spec.to
         self.order = spec.group.order
-        cosets = torch.from_numpy(spec.cosets.copy())
-        self.register_buffer("_cosets", cosets.reshape(-1), persistent=False)
-        self._shape = tuple(cosets.shape)
+        # A plain tensor, not a buffer: derived from the spec, so `to_empty` (deferred
+        # initialization) must not replace it by uninitialized memory; `_apply` moves it.
+        self._cosets = torch.from_numpy(spec.cosets.reshape(-1).copy())
+        self._shape = tuple(int(n) for n in spec.cosets.shape)
+
+    @classmethod
+    def from_spec(
+        cls,
+        spec: GroupPoolSpec,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> GroupPool:
+        """The layer ``spec`` describes. ``dtype`` is there for the signature every
+        family's ``from_spec`` shares: the layer has no parameters."""
+        if not isinstance(spec, GroupPoolSpec):
+            raise type_error("spec", spec, "a GroupPoolSpec")
+        layer = cls(**spec.torch_kwargs())
+        if device is not None:
+            layer._cosets = layer._cosets.to(device)
+        return layer
+
+    def _apply(self, fn, recurse: bool = True):  # type: ignore[no-untyped-def]
+        module = super()._apply(fn, recurse)
+        # The index goes where `fn` sends tensors (`.to(device)`, `.cuda()`, `to_empty`),
+        # rebuilt from the spec rather than passed through `fn` (`to_empty` would not copy).
+        device = fn(torch.empty(0, device=self._cosets.device)).device
+        self._cosets = torch.from_numpy(self.spec.cosets.reshape(-1).copy()).to(device)
+        return module
 
     @property
     def out_order(self) -> int:
@@ -61,7 +90,7 @@ class GroupPool(nn.Module):
     def forward(self, input: Tensor) -> Tensor:
         input = check_fields_input(input, self.order, "GroupPool")
         fields = input.unflatten(1, (-1, self.order))
-        if self.to is not None:
+        if self.subgroup is not None:
             fields = fields.index_select(2, self._cosets)
         fields = fields.unflatten(2, self._shape)  # (N, F, |H|, cosets, *spatial)
         pooled = fields.amax(3) if self.mode == "max" else fields.mean(3)
@@ -71,4 +100,4 @@ class GroupPool(nn.Module):
         raise not_scriptable(self)
 
     def extra_repr(self) -> str:
-        return f"group={self.group!r}, mode={self.mode!r}, to={self.to!r}"
+        return f"group={self.group!r}, mode={self.mode!r}, to={self.subgroup!r}"
