@@ -1,7 +1,9 @@
-"""What the layer benchmarks share: a result row, timing medians and saved-tensor bytes."""
+"""What the layer benchmarks share: a result row and its markdown table, the --clock and
+--shapes options, timing medians and saved-tensor bytes."""
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 from collections.abc import Callable
@@ -27,6 +29,52 @@ class Row:
     @property
     def ratio(self) -> float:
         return self.t_layer / self.t_plain
+
+
+def markdown_table(
+    rows: list[Row], device: str, rounds: str, layer_col: str = "layer ms",
+    params_col: str = "params (layer / plain)",
+) -> str:  # fmt: skip
+    """The rows as a markdown table under a line naming ``device`` and ``rounds`` (e.g.
+    "median of 5 interleaved rounds")."""
+    lines = [
+        f"Device: {device}; torch {torch.__version__}; {rounds}.",
+        "",
+        f"| layer | input | precision | mode | plain ms | {layer_col} | ratio | {params_col} |",
+        "|---|---|---|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r.layer} | {r.shape} | {r.precision} | {r.mode} | {r.t_plain * 1e3:.2f} | "
+            f"{r.t_layer * 1e3:.2f} | {r.ratio:.2f} | {r.params} / {r.params_plain} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+#: ``--clock`` values and the timer each selects.
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def add_clock_argument(parser: argparse.ArgumentParser) -> None:
+    """``--clock wall|cpu`` (read it with ``CLOCKS[args.clock]``)."""
+    parser.add_argument(
+        "--clock",
+        choices=list(CLOCKS),
+        default="wall",
+        help="wall: perf_counter; cpu: this process's CPU time (steadier on a shared machine "
+        "with --threads 1; CPU only)",
+    )
+
+
+def parse_shapes(parser: argparse.ArgumentParser, text: str) -> list[tuple[int, int]]:
+    """``--shapes`` ``'C/HW,...'`` as ``[(C, HW), ...]``; a malformed list is a parser error."""
+    try:
+        shapes = [tuple(int(v) for v in s.split("/")) for s in text.split(",")]
+        if any(len(s) != 2 or min(s) < 1 for s in shapes):
+            raise ValueError
+    except ValueError:
+        parser.error(f"--shapes={text!r}; expected e.g. '64/56,128/28'")
+    return shapes  # type: ignore[return-value]  # pairs, checked above
 
 
 def sync(device: str) -> None:

@@ -40,7 +40,15 @@ from contextlib import nullcontext
 from types import ModuleType
 
 import torch
-from bench_common import Row, median_time, saved_bytes  # beside this script
+from bench_common import (  # beside this script
+    CLOCKS,
+    Row,
+    add_clock_argument,
+    markdown_table,
+    median_time,
+    parse_shapes,
+    saved_bytes,
+)
 from torch import Tensor, nn
 
 from symconv import GroupConv2d
@@ -184,7 +192,7 @@ def run_shape(
             layers[f"R2Conv({key})"] = R2ConvLayer(lib, key, c, "cpu")
     params = {k: sum(p.numel() for p in m.parameters()) for k, m in layers.items()}
     rows: list[Row] = []
-    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    clock = CLOCKS[args.clock]
     for precision in args.precisions:
         bf16 = precision == "bf16-cl"
         fmt = torch.channels_last if bf16 or args.channels_last else torch.contiguous_format
@@ -266,18 +274,7 @@ def markdown(rows: list[Row], args: argparse.Namespace) -> str:
         if args.device == "cuda"
         else f"CPU ({torch.get_num_threads()} threads, {args.clock} clock)"
     )
-    lines = [
-        f"Device: {dev}; torch {torch.__version__}; median of {args.rounds} interleaved rounds.",
-        "",
-        "| layer | input | precision | mode | plain ms | layer ms | ratio | params (layer / plain) |",
-        "|---|---|---|---|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r.layer} | {r.shape} | {r.precision} | {r.mode} | {r.t_plain * 1e3:.2f} | "
-            f"{r.t_layer * 1e3:.2f} | {r.ratio:.2f} | {r.params} / {r.params_plain} |"
-        )
-    return "\n".join(lines) + "\n"
+    return markdown_table(rows, dev, f"median of {args.rounds} interleaved rounds")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -299,24 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--markdown", default=None, help="write the table to this file")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    parser.add_argument(
-        "--clock",
-        choices=["wall", "cpu"],
-        default="wall",
-        help="wall: perf_counter; cpu: this process's CPU time (steadier on a shared machine "
-        "with --threads 1; CPU only)",
-    )
+    add_clock_argument(parser)
     args = parser.parse_args(argv)
-    try:
-        shapes = (
-            [tuple(int(v) for v in s.split("/")) for s in args.shapes.split(",")]
-            if args.shapes
-            else list(SHAPES)
-        )
-        if any(len(s) != 2 or min(s) < 1 for s in shapes):
-            raise ValueError
-    except ValueError:
-        parser.error(f"--shapes={args.shapes!r}; expected e.g. '64/56,128/28'")
+    shapes = parse_shapes(parser, args.shapes) if args.shapes else list(SHAPES)
     args.groups = args.groups.split(",")
     if any(g not in GROUPS for g in args.groups):
         parser.error(f"--groups={','.join(args.groups)!r}; each must be one of {GROUPS}")

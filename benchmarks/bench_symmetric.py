@@ -19,7 +19,7 @@ import statistics
 from collections.abc import Callable
 
 import torch
-from bench_common import Row, median_time  # beside this script
+from bench_common import Row, markdown_table, median_time, parse_shapes  # beside this script
 from torch import nn
 
 from symconv import SymmetricConv2d, SymmetricConv3d
@@ -126,18 +126,10 @@ def markdown(rows: list[Row], args: argparse.Namespace) -> str:
         if args.device == "cuda"
         else f"CPU ({torch.get_num_threads()} threads)"
     )
-    lines = [
-        f"Device: {dev}; torch {torch.__version__}; median of {args.rounds} alternating rounds.",
-        "",
-        "| layer | input | precision | mode | plain ms | symmetric ms | ratio | params (sym / plain) |",
-        "|---|---|---|---|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r.layer} | {r.shape} | {r.precision} | {r.mode} | {r.t_plain * 1e3:.2f} | "
-            f"{r.t_layer * 1e3:.2f} | {r.ratio:.2f} | {r.params} / {r.params_plain} |"
-        )
-    return "\n".join(lines) + "\n"
+    return markdown_table(
+        rows, dev, f"median of {args.rounds} alternating rounds", "symmetric ms",
+        "params (sym / plain)",
+    )  # fmt: skip
 
 
 def main() -> None:
@@ -157,11 +149,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     args.batch = args.batch or (64 if args.device == "cuda" else 8)
     args.precisions = args.precisions.split(",")
-    args.shapes_2d = (
-        [tuple(int(v) for v in s.split("/")) for s in args.shapes.split(",")]
-        if args.shapes
-        else SHAPES_2D
-    )
+    args.shapes_2d = parse_shapes(parser, args.shapes) if args.shapes else SHAPES_2D
     rows = run(args)
     if args.markdown:
         with open(args.markdown, "w") as fh:

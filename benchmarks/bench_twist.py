@@ -35,13 +35,18 @@ import argparse
 import copy
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
-from bench_common import saved_bytes  # beside this script
+from bench_common import (
+    CLOCKS,
+    add_clock_argument,
+    parse_shapes,
+    saved_bytes,
+    sync,
+)  # beside this script
 from post_conv_twist import PostConvTwist  # beside this script
 from torch import Tensor, nn
 
@@ -137,11 +142,7 @@ def run_shape(args: argparse.Namespace, device: str, c: int, hw: int, precision:
             p.grad = None
         make_step(m)().backward(grad)
 
-    def sync() -> None:
-        if device == "cuda":
-            torch.cuda.synchronize()
-
-    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    clock = CLOCKS[args.clock]
 
     times: dict[str, list[float]] = {k: [] for k in variants}
     # Saved bytes at batch B and 2B: the difference is what scales with the batch (the
@@ -158,18 +159,18 @@ def run_shape(args: argparse.Namespace, device: str, c: int, hw: int, precision:
         for _ in range(2):
             train_step(m)
         if device == "cuda":
-            sync()
+            sync(device)
             base = torch.cuda.memory_allocated()
             torch.cuda.reset_peak_memory_stats()
             train_step(m)
-            sync()
+            sync(device)
             peak[name] = torch.cuda.max_memory_allocated() - base
     for _ in range(args.repeats):  # interleaved, so drifts hit every variant alike
         for name, m in variants.items():
-            sync()
+            sync(device)
             t0 = clock()
             train_step(m)
-            sync()
+            sync(device)
             times[name].append(clock() - t0)
     base_t = statistics.median(times["conv2d"])
     for name in variants:
@@ -196,20 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", choices=["fp32", "bf16-cl", "all"], default="all")
     parser.add_argument("--only", nargs="*", default=None, help="variants besides conv2d")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument(
-        "--clock",
-        choices=["wall", "cpu"],
-        default="wall",
-        help="wall: perf_counter; cpu: this process's CPU time (steadier on a shared machine "
-        "with --threads 1; CPU only)",
-    )
+    add_clock_argument(parser)
     args = parser.parse_args(argv)
-    try:
-        shapes = [tuple(int(v) for v in s.split("/")) for s in args.shapes.split(",")]
-        if any(len(s) != 2 or min(s) < 1 for s in shapes):
-            raise ValueError
-    except ValueError:
-        parser.error(f"--shapes={args.shapes!r}; expected e.g. '64/56,128/28'")
+    shapes = parse_shapes(parser, args.shapes)
     if args.threads:
         torch.set_num_threads(args.threads)
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
