@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from _models import BasicBlock
 from symconv import SymmetricConv2d, convert
 from symconv.compare.models import build_model
 from symconv.conversion_group import group_width
@@ -22,25 +23,6 @@ from symconv.nn.group_pool import GroupPool
 TOL = 1e-9
 
 
-class Block(nn.Module):
-    """torchvision's BasicBlock: stride-2 3x3 and a stride-2 1x1 downsample, residual add."""
-
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.down = None
-        if stride != 1 or cin != cout:
-            self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                      nn.BatchNorm2d(cout))  # fmt: skip
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
-        return torch.relu(out + (x if self.down is None else self.down(x)))
-
-
 class StridedNet(nn.Module):
     """A 7x7 stride-2 stem, a 3/2/1 max pool, two blocks (one downsampling), avgpool, fc."""
 
@@ -49,8 +31,8 @@ class StridedNet(nn.Module):
         self.conv1 = nn.Conv2d(3, 12, 7, 2, 3, bias=False)
         self.bn1 = nn.BatchNorm2d(12)
         self.pool = nn.MaxPool2d(3, 2, 1)
-        self.layer1 = Block(12, 12, 1)
-        self.layer2 = Block(12, 20, 2)
+        self.layer1 = BasicBlock(12, 12, 1)
+        self.layer2 = BasicBlock(12, 20, 2)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(20, 5)
 
