@@ -136,16 +136,12 @@ class GatheredConvNd:
         groups, *kernel_size)`` int64 (``expanded_weight == weight.reshape(-1)[index]``), or
         ``None`` when the free kernel is the full one. Built on demand: the layer keeps
         only its row factorization."""
-        if self._weight_rows is None:
-            return None
-        return torch.from_numpy(self._weight_rows.flat()).to(self.weight.device)
+        return _flat_index_tensor(self._weight_rows, self.weight.device)
 
     def bias_gather_index(self) -> Tensor | None:
         """``expanded_bias == bias[index]`` with this ``(out_channels,)`` index, or ``None``
         when the bias is not gathered (absent, or unshared)."""
-        if self._bias_rows is None:
-            return None
-        return torch.from_numpy(self._bias_rows.flat()).to(self.weight.device)
+        return _flat_index_tensor(self._bias_rows, self.weight.device)
 
     def reset_parameters(self) -> None:
         """``nn.ConvNd``'s initialization, on the free parameters: the free kernel has the
@@ -182,7 +178,7 @@ class GatheredConvNd:
         elif not tracing() and w.dim() >= 4 and not w.is_contiguous() and _channels_last(w):
             if self._channels_last_gather is None:
                 rows_cl = _storage_order_rows(w, rows)
-                self._channels_last_gather = rows_cl, torch.from_numpy(rows_cl.index).to(w.device)
+                self._channels_last_gather = rows_cl, _index_tensor(rows_cl, w.device)
             rows_cl, index_cl = self._channels_last_gather
             full = gather(w.movedim(1, -1), index_cl, rows_cl.rows, rows_cl.shape).movedim(-1, 1)
         else:
@@ -247,6 +243,10 @@ def _index_tensor(rows: RowGather | None, device: torch.device) -> Tensor | None
     if rows is None:
         return None
     return torch.from_numpy(np.array(rows.index, dtype=np.int64)).to(device)  # a writable copy
+
+
+def _flat_index_tensor(rows: RowGather | None, device: torch.device) -> Tensor | None:
+    return None if rows is None else torch.from_numpy(rows.flat()).to(device)
 
 
 def _channels_last(weight: Tensor) -> bool:

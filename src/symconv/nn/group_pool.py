@@ -70,9 +70,7 @@ class GroupPool(nn.Module):
         if not isinstance(spec, GroupPoolSpec):
             raise type_error("spec", spec, "a GroupPoolSpec")
         layer = cls(**spec.torch_kwargs())
-        if device is not None:
-            layer._cosets = layer._cosets.to(device)
-        return layer
+        return layer if device is None else layer.to(device)
 
     def _apply(self, fn, recurse: bool = True):  # type: ignore[no-untyped-def]
         module = super()._apply(fn, recurse)
