@@ -1,8 +1,11 @@
-"""Backend tensors as numpy arrays, and the active backend, for the Keras tests."""
+"""Backend tensors as numpy arrays, the active backend, and a Keras conv layer's output in
+numpy, for the Keras tests."""
 
 import keras
 import numpy as np
 from keras import ops
+
+from _numpy_conv import conv_nd
 
 
 def np_(t) -> np.ndarray:
@@ -13,6 +16,20 @@ def np_(t) -> np.ndarray:
 def backend() -> str:
     """The active Keras backend: ``'tensorflow'``, ``'torch'`` or ``'jax'``."""
     return keras.backend.backend()
+
+
+def keras_conv_reference(layer, x: np.ndarray, kernel: np.ndarray, bias) -> np.ndarray:
+    """A naive numpy convolution with ``layer``'s settings (strides, padding, dilation,
+    groups, data format) of ``x`` with the full ``kernel`` ``(*k, in/groups, filters)`` and
+    ``bias`` ``(filters,)`` (or ``None``)."""
+    if layer.data_format == "channels_first":
+        x = np.moveaxis(x, 1, -1)
+    out = conv_nd(x, kernel, layer.strides, layer.padding, layer.dilation_rate, layer.groups)
+    if bias is not None:
+        out = out + bias
+    if layer.data_format == "channels_first":
+        out = np.moveaxis(out, -1, 1)
+    return out
 
 
 def assert_fit_step_matches_torch(layer, x, y, lr: float = 0.1) -> None:

@@ -8,13 +8,12 @@ import keras
 import numpy as np
 import pytest
 import torch
-from _arrays import np_
+from _arrays import keras_conv_reference, np_
 from _group_numpy import MEMBERS, full_kernel
 from _tolerance import assert_close_to_scale
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from _numpy_conv import conv_nd
 from symconv.keras import GroupConv1D, GroupConv2D, GroupConv3D, keras_to_torch, torch_to_keras
 from symconv.nn.group_conv import GroupConv1d, GroupConv2d, GroupConv3d
 
@@ -26,14 +25,8 @@ KEYS = {1: ["h"], 2: ["h", "v", "hv", "r", "hr"], 3: ["h", "v", "hv", "z", "hz",
 def reference(layer, x: np.ndarray) -> np.ndarray:
     """Turned copies of the free kernel (``_group_numpy``), then a naive numpy conv."""
     kernel = full_kernel(layer.group, np_(layer.kernel).astype(np.float64))
-    if layer.data_format == "channels_first":
-        x = np.moveaxis(x, 1, -1)
-    out = conv_nd(x, kernel, layer.strides, layer.padding, layer.dilation_rate, layer.groups)
-    if layer.use_bias:
-        out = out + np.repeat(np_(layer.bias), len(MEMBERS[layer.group]))
-    if layer.data_format == "channels_first":
-        out = np.moveaxis(out, -1, 1)
-    return out
+    bias = np.repeat(np_(layer.bias), len(MEMBERS[layer.group])) if layer.use_bias else None
+    return keras_conv_reference(layer, x, kernel, bias)
 
 
 @st.composite

@@ -7,11 +7,10 @@ import re
 import keras
 import numpy as np
 import pytest
-from _arrays import assert_fit_step_matches_torch, np_
+from _arrays import assert_fit_step_matches_torch, keras_conv_reference, np_
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from _numpy_conv import conv_nd
 from symconv import SymmetricConv1d, SymmetricConv2d, SymmetricConv3d
 from symconv.keras import SymmetricConv1D, SymmetricConv2D, SymmetricConv3D
 from symconv.symmetry import allowed_keys, letter_axis
@@ -30,15 +29,11 @@ def reference(layer, x):
         axes = [int(a) for a in np.flatnonzero(plan.flips[c])]
         filters.append(np.flip(f, axis=axes) if axes else f)
     kernel = np.stack(filters, axis=-1)
-    if layer.data_format == "channels_first":
-        x = np.moveaxis(x, 1, -1)
-    out = conv_nd(x, kernel, layer.strides, layer.padding, layer.dilation_rate, layer.groups)
+    bias = None
     if layer.use_bias:
         free_bias = np_(layer.bias)
-        out = out + np.array([free_bias[int(plan.bias_index[c])] for c in range(layer.filters)])
-    if layer.data_format == "channels_first":
-        out = np.moveaxis(out, -1, 1)
-    return out
+        bias = np.array([free_bias[int(plan.bias_index[c])] for c in range(layer.filters)])
+    return keras_conv_reference(layer, x, kernel, bias)
 
 
 @st.composite
