@@ -1,5 +1,5 @@
-"""What the layer benchmarks share: a result row and its markdown table, the --clock and
---shapes options, timing medians and saved-tensor bytes."""
+"""What the layer benchmarks share: a result row and its markdown table, the common
+options (--device, --shapes, --clock, ...), timing medians and saved-tensor bytes."""
 
 from __future__ import annotations
 
@@ -49,6 +49,21 @@ def markdown_table(
             f"{r.t_layer * 1e3:.2f} | {r.ratio:.2f} | {r.params} / {r.params_plain} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of the layer-against-plain benchmarks: ``--device``, ``--batch``,
+    ``--rounds``, ``--min-time``, ``--precisions``, ``--shapes``, ``--channels-last``,
+    ``--markdown``, ``--threads``."""
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch", type=int, default=None, help="default: 64 on CUDA, 8 on CPU")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--min-time", type=float, default=0.2, help="seconds per timing block")
+    parser.add_argument("--precisions", default="fp32,bf16-cl", help="comma list of fp32, bf16-cl")
+    parser.add_argument("--shapes", default=None, help="comma list of C/HW, e.g. 64/56,512/7")
+    parser.add_argument("--channels-last", action="store_true", help="channels_last for fp32 too")
+    parser.add_argument("--markdown", default=None, help="write the table to this file")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
 
 
 #: ``--clock`` values and the timer each selects.

@@ -44,6 +44,7 @@ from bench_common import (  # beside this script
     CLOCKS,
     Row,
     add_clock_argument,
+    add_run_arguments,
     markdown_table,
     median_time,
     parse_shapes,
@@ -279,14 +280,8 @@ def markdown(rows: list[Row], args: argparse.Namespace) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--batch", type=int, default=None, help="default: 64 on CUDA, 8 on CPU")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--min-time", type=float, default=0.2, help="seconds per timing block")
-    parser.add_argument("--precisions", default="fp32,bf16-cl", help="comma list of fp32, bf16-cl")
-    parser.add_argument("--shapes", default=None, help="comma list of C/HW, e.g. 64/56,512/7")
+    add_run_arguments(parser)
     parser.add_argument("--groups", default=",".join(GROUPS), help="comma list of r, hr, hv")
-    parser.add_argument("--channels-last", action="store_true", help="channels_last for fp32 too")
     parser.add_argument("--no-memory", dest="memory", action="store_false")
     parser.add_argument("--escnn", action="store_true", help="add escnn's (or e2cnn's) R2Conv")
     parser.add_argument(
@@ -294,8 +289,6 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="leave glibc's malloc as it is (default on the CPU: keep freed blocks for reuse)",
     )
-    parser.add_argument("--markdown", default=None, help="write the table to this file")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     add_clock_argument(parser)
     args = parser.parse_args(argv)
     shapes = parse_shapes(parser, args.shapes) if args.shapes else list(SHAPES)

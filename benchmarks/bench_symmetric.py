@@ -19,7 +19,13 @@ import statistics
 from collections.abc import Callable
 
 import torch
-from bench_common import Row, markdown_table, median_time, parse_shapes  # beside this script
+from bench_common import (  # beside this script
+    Row,
+    add_run_arguments,
+    markdown_table,
+    median_time,
+    parse_shapes,
+)
 from torch import nn
 
 from symconv import SymmetricConv2d, SymmetricConv3d
@@ -134,16 +140,8 @@ def markdown(rows: list[Row], args: argparse.Namespace) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--batch", type=int, default=None, help="default: 64 on CUDA, 8 on CPU")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--min-time", type=float, default=0.2, help="seconds per timing block")
-    parser.add_argument("--precisions", default="fp32,bf16-cl", help="comma list of fp32, bf16-cl")
-    parser.add_argument("--shapes", default=None, help="comma list of C/HW, e.g. 64/56,512/7")
-    parser.add_argument("--channels-last", action="store_true", help="channels_last for fp32 too")
+    add_run_arguments(parser)
     parser.add_argument("--no-3d", action="store_true")
-    parser.add_argument("--markdown", default=None, help="write the table to this file")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
