@@ -216,6 +216,18 @@ class GatheredConvNd:
         weight, bias = self.expanded()
         return self._conv_forward(input, weight, bias)  # type: ignore[attr-defined]
 
+    def _fit_to(self, conv: nn.modules.conv._ConvNd) -> None:
+        """Set the free parameters to the projection of ``conv``'s full ones (``conv``
+        has this layer's shapes): each free entry the mean of the full entries gathered
+        from it, the adjoint of the gather divided by the multiplicities. That is the
+        least-squares fit, so a kernel that already has the structure is reproduced
+        exactly."""
+        with torch.no_grad():
+            self.weight.copy_(_mean_of_copies(conv.weight, self.gather_index(), self.weight))
+            if self.bias is not None and conv.bias is not None:
+                self.bias.copy_(_mean_of_copies(conv.bias, self.bias_gather_index(), self.bias))
+        self.clear_cache()
+
     def to_conv(self) -> nn.modules.conv._ConvNd:
         """A plain ``nn.ConvNd`` holding the full kernel: same outputs, training mode and
         ``requires_grad``."""
@@ -231,6 +243,18 @@ class GatheredConvNd:
 
     def __prepare_scriptable__(self) -> nn.Module:
         raise not_scriptable(self)
+
+
+def _mean_of_copies(full: Tensor, index: Tensor | None, free: Tensor) -> Tensor:
+    """``free``-shaped means of the entries of ``full`` that ``full == free.reshape(-1)[index]``
+    copies from each free entry (``index`` ``None``: the free tensor is the full one)."""
+    if index is None:
+        return full.detach().clone()
+    index = index.to(full.device).reshape(-1)
+    flat = full.detach().reshape(-1)
+    sums = flat.new_zeros(free.numel()).index_add_(0, index, flat)
+    counts = flat.new_zeros(free.numel()).index_add_(0, index, torch.ones_like(flat))
+    return (sums / counts).reshape(free.shape)
 
 
 def _rows_of(index: np.ndarray | RowGather | None, source_size: int) -> RowGather | None:

@@ -105,15 +105,8 @@ class GroupConvNd(GatheredConvNd):
             raise ValueError(f"cannot make a {cls.__name__} of {conv}: {reason}")
         spec = GroupConvSpec.from_torch(cls._ndim, group=group, **geometry_of(conv).torch_kwargs())
         layer = cls.from_spec(spec, device=conv.weight.device, dtype=conv.weight.dtype)
-        order = layer.spec.group.order
-        with torch.no_grad():
-            flat = torch.zeros_like(layer.weight).reshape(-1)
-            flat.index_add_(0, layer.gather_index().reshape(-1), conv.weight.reshape(-1))
-            layer.weight.copy_(flat.reshape(layer.weight.shape) / order)
-            if conv.bias is not None:
-                layer.bias.copy_(conv.bias.reshape(-1, order).mean(1))
+        layer._fit_to(conv)
         copy_mode(conv, layer)
-        layer.clear_cache()
         return layer
 
     def extra_repr(self) -> str:

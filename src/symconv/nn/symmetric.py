@@ -32,7 +32,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from symconv.core.symmetric_conv import SymmetricConvSpec
 from symconv.core.symmetry import SymmetryPlan, SymmetrySpec
@@ -112,14 +112,8 @@ class SymmetricConvNd(GatheredConvNd):
             share_bias=share_bias,
         )
         layer = cls.from_spec(spec, device=conv.weight.device, dtype=conv.weight.dtype)
-        with torch.no_grad():
-            layer.weight.copy_(layer._project(conv.weight, layer.gather_index(), layer.plan.n_free))
-            if conv.bias is not None:
-                layer.bias.copy_(
-                    layer._project(conv.bias, layer.bias_gather_index(), layer.plan.n_bias)
-                )
+        layer._fit_to(conv)
         copy_mode(conv, layer)
-        layer.clear_cache()
         return layer
 
     @classmethod
@@ -137,18 +131,6 @@ class SymmetricConvNd(GatheredConvNd):
                 f"{cls.__name__}.from_spec needs a {cls._ndim}-D SymmetricConvSpec, got {spec!r}"
             )
         return cls(**spec.torch_kwargs(), device=device, dtype=dtype)
-
-    @staticmethod
-    def _project(full: Tensor, index: Tensor | None, n_rows: int) -> Tensor:
-        """Adjoint of the gather divided by the multiplicities: the orbit average."""
-        if index is None:
-            return full.detach().clone()
-        index = index.to(full.device).reshape(-1)
-        flat = full.detach().reshape(-1)
-        size = n_rows * (full.numel() // full.shape[0])
-        sums = flat.new_zeros(size).index_add_(0, index, flat)
-        counts = flat.new_zeros(size).index_add_(0, index, torch.ones_like(flat))
-        return (sums / counts).reshape(n_rows, *full.shape[1:])
 
     def extra_repr(self) -> str:
         spec = ", ".join(f"{k!r}: {v!r}" for k, v in self.plan.spec)
