@@ -57,6 +57,9 @@ _SYM = "symconv.core.symmetric_conv:SymmetricConvSpec"
 
 _GROUP = "symconv.core.group_conv:GroupConvSpec"
 
+_NORM = "symconv.core.group_norm:GroupBatchNormSpec"
+_KERAS_NORM = "symconv.keras.group_norm:GroupBatchNormalization"
+
 FAMILIES: tuple[Family, ...] = (
     Family(
         "symmetric1d",
@@ -125,11 +128,22 @@ FAMILIES: tuple[Family, ...] = (
         "symconv.keras.group_conv:GroupConv3D",
         ndim=3,
     ),
+    # One Keras class for every rank, as keras.layers.BatchNormalization: its built
+    # spec's rank picks the family.
+    Family("group_batch_norm1d", _NORM, "symconv.nn.group_norm:GroupBatchNorm1d", _KERAS_NORM, 1),
+    Family("group_batch_norm2d", _NORM, "symconv.nn.group_norm:GroupBatchNorm2d", _KERAS_NORM, 2),
+    Family("group_batch_norm3d", _NORM, "symconv.nn.group_norm:GroupBatchNorm3d", _KERAS_NORM, 3),
 )
 
 
 def family_of(layer: object) -> Family | None:
-    """The family whose torch or Keras class is exactly ``type(layer)``, or ``None``."""
+    """The family whose torch or Keras class is exactly ``type(layer)``, or ``None``. A
+    Keras class shared by several ranks gives the family of its spec's rank (the first
+    one while the layer is not built)."""
     cls = type(layer)
     path = f"{cls.__module__}:{cls.__qualname__}"
-    return next((f for f in FAMILIES if path in (f.torch, f.keras)), None)
+    matches = [f for f in FAMILIES if path in (f.torch, f.keras)]
+    if len(matches) > 1:
+        rank = getattr(getattr(layer, "spec", None), "spatial_rank", None)
+        matches = [f for f in matches if f.ndim == rank] or matches
+    return matches[0] if matches else None

@@ -157,6 +157,22 @@ def group_pool(spec, params: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray
     return pooled.reshape(x.shape[0], -1, *x.shape[2:])
 
 
+def group_batch_norm(spec, params: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
+    """Training mode: field ``f`` (channels ``f |G|`` to ``f |G| + |G| - 1``) normalized by
+    the mean and biased variance of all its values (batch, members, positions), then
+    scaled by ``weight[f]`` and shifted by ``bias[f]``."""
+    x = np.asarray(x, np.float64)
+    n = spec.group.order
+    out = np.empty_like(x)
+    for f in range(x.shape[1] // n):
+        values = x[:, f * n : (f + 1) * n]
+        normed = (values - values.mean()) / np.sqrt(values.var() + spec.eps)
+        if "weight" in params:
+            normed = normed * params["weight"][f] + params["bias"][f]
+        out[:, f * n : (f + 1) * n] = normed
+    return out
+
+
 #: ``symconv.registry.Family.name`` -> reference.
 REFERENCES: dict[str, Callable[..., np.ndarray]] = {
     "symmetric1d": symmetric,
@@ -170,4 +186,7 @@ REFERENCES: dict[str, Callable[..., np.ndarray]] = {
     "group_conv1d": group_conv,
     "group_conv2d": group_conv,
     "group_conv3d": group_conv,
+    "group_batch_norm1d": group_batch_norm,
+    "group_batch_norm2d": group_batch_norm,
+    "group_batch_norm3d": group_batch_norm,
 }

@@ -26,12 +26,23 @@ PARAMS = [pytest.param(f, id=f.name) for f in FAMILIES]
 TWINS = [pytest.param(f, id=f.name) for f in FAMILIES if f.keras is not None]
 
 
+def _statistics(layer: nn.Module) -> dict[str, torch.Tensor]:
+    """The kept statistics the spec lists (running means and variances), by torch name."""
+    return {
+        p.torch_name: getattr(layer, p.torch_name)
+        for p in layer.spec.params()
+        if p.present and not p.trainable
+    }
+
+
 def _torch_layer(family: Family, dtype: torch.dtype = torch.float32) -> nn.Module:
     torch.manual_seed(0)
     layer = family.torch_class.from_spec(family.example(), dtype=dtype)
     with torch.no_grad():  # nonzero everywhere, so every parameter shows in the output
         for p in layer.parameters():
             p.copy_(torch.randn_like(p) * 0.5)
+        for s in _statistics(layer).values():  # and every statistic (positive variances)
+            s.copy_(torch.rand_like(s) + 0.5)
     if hasattr(layer, "clear_cache"):
         layer.clear_cache()
     return layer
@@ -53,8 +64,11 @@ def _close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-5) -> None:
 # -- the registry ----------------------------------------------------------------------------
 def test_every_family_has_a_reference_and_unique_classes():
     assert set(REFERENCES) == {f.name for f in FAMILIES}
-    classes = [f.torch for f in FAMILIES] + [f.keras for f in FAMILIES if f.keras]
-    assert len(classes) == len(set(classes))
+    torch_classes = [f.torch for f in FAMILIES]
+    assert len(torch_classes) == len(set(torch_classes))
+    # A Keras class may serve several ranks (as keras.layers.BatchNormalization does).
+    keras_classes = [(f.keras, f.ndim) for f in FAMILIES if f.keras]
+    assert len(keras_classes) == len(set(keras_classes))
 
 
 @pytest.mark.parametrize("family", PARAMS)
@@ -62,7 +76,11 @@ def test_spec_lists_exactly_the_torch_parameters(family):
     layer = _torch_layer(family)
     listed = {p.torch_name: p.torch_shape for p in layer.spec.params() if p.present}
     actual = {n: tuple(p.shape) for n, p in layer.named_parameters()}
+    actual |= {n: tuple(s.shape) for n, s in _statistics(layer).items()}
     assert listed == actual
+    trainable = {p.torch_name for p in layer.spec.params() if p.present and p.trainable}
+    assert trainable == {n for n, _ in layer.named_parameters()}
+    assert set(_statistics(layer)) <= {n for n, _ in layer.named_buffers()}
     assert layer.spec == family.example()
 
 
@@ -180,11 +198,17 @@ def test_cuda_matches_cpu(family):
 
 
 # -- DDP: one harness for every family ---------------------------------------------------------
+def _ddp_mode(layer: nn.Module) -> nn.Module:
+    """Eval mode for layers with batch statistics (each process normalizes its own shard
+    in training, so only their kept statistics make DDP equal one process), else train."""
+    return layer.eval() if _statistics(layer) else layer
+
+
 def _ddp_worker(rank: int, world: int, init_file: str, name: str, out_file: str) -> None:
     torch.set_num_threads(1)
     start_gloo_worker(rank, world, init_file)
     family = next(f for f in FAMILIES if f.name == name)
-    layer = _torch_layer(family, torch.float64)
+    layer = _ddp_mode(_torch_layer(family, torch.float64))
     ddp = nn.parallel.DistributedDataParallel(layer)
     x = _input(family, torch.float64)
     shard = slice(rank * (x.shape[0] // world), (rank + 1) * (x.shape[0] // world))
@@ -203,7 +227,7 @@ def test_ddp_gradients_equal_one_process(family, tmp_path):
     out_file = str(tmp_path / "grads.pt")
     args = (2, str(tmp_path / "init"), family.name, out_file)
     mp.spawn(_ddp_worker, args=args, nprocs=2, join=True)
-    layer = _torch_layer(family, torch.float64)
+    layer = _ddp_mode(_torch_layer(family, torch.float64))
     layer(_input(family, torch.float64)).square().mean().backward()  # mean of shard means
     ddp_grads = torch.load(out_file, weights_only=True)
     for name, p in layer.named_parameters():
@@ -237,15 +261,22 @@ def test_torch_keras_parity_both_ways(family):
     from symconv.keras import keras_to_torch, torch_to_keras
 
     for data_format in _data_formats(family):
-        layer = _torch_layer(family)
+        layer = _torch_layer(family).eval()
         x = _input(family)
         twin = torch_to_keras(layer, data_format=data_format)
         assert twin.spec.pair_fields() == layer.spec.pair_fields()
-        got = _torch_output(twin(_keras_input(x, data_format)), data_format)
+        got = _torch_output(twin(_keras_input(x, data_format)), data_format)  # inference
         np.testing.assert_allclose(got, layer(x).detach().numpy(), rtol=1e-4, atol=1e-4)
         back = keras_to_torch(twin)
+        assert type(back) is family.torch_class
         for (name, p), q in zip(layer.named_parameters(), back.parameters(), strict=True):
             torch.testing.assert_close(q, p, rtol=0, atol=0, msg=name)
+        for name, s in _statistics(layer).items():
+            torch.testing.assert_close(getattr(back, name), s, rtol=0, atol=0, msg=name)
+        # Training mode (batch statistics where the layer has them); it updates them.
+        got = _torch_output(twin(_keras_input(x, data_format), training=True), data_format)
+        want = layer.train()(x).detach().numpy()
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("family", TWINS)

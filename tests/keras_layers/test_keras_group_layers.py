@@ -121,6 +121,22 @@ def test_group_batch_norm_weights_are_per_field():
     ]
 
 
+def test_group_batch_norm_rank_picks_the_torch_twin_and_bad_ranks_say_so():
+    from symconv.keras import keras_to_torch
+    from symconv.nn.group_norm import GroupBatchNorm1d, GroupBatchNorm3d
+
+    for shape, torch_cls in [
+        ((None, 7, 4), GroupBatchNorm1d),
+        ((None, 3, 3, 3, 8), GroupBatchNorm3d),
+    ]:
+        layer = GroupBatchNormalization("h" if len(shape) == 3 else "hv", momentum=0.9)
+        layer.build(shape)
+        twin = keras_to_torch(layer)
+        assert type(twin) is torch_cls and twin.momentum == pytest.approx(0.1)
+    with pytest.raises(ValueError, match=r"needs an input with 1 to 3 spatial axes .* \(None, 8\)"):
+        GroupBatchNormalization("h").build((None, 8))
+
+
 # -- exact equivariance of stacks ------------------------------------------------------------
 def _precision() -> tuple[str, float]:
     """float64 and 1e-10 where the backend computes in it (JAX without x64 keeps float32)."""

@@ -184,6 +184,10 @@ class Group:
     axis_perm: np.ndarray
     flips: np.ndarray
 
+    def __repr__(self) -> str:
+        # The arrays follow from the key and ndim; printing them buries every spec's repr.
+        return f"Group({self.key!r}, ndim={self.ndim}, order={self.order})"
+
     @property
     def order(self) -> int:
         return len(self.names)

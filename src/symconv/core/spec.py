@@ -31,7 +31,9 @@ class ParamLayout:
 
     ``torch_name``/``keras_name`` are the attribute names on the layers; ``torch_shape``
     is the torch shape (the Keras one is it permuted by ``to_keras``); ``present`` is
-    ``False`` for an optional parameter the layer does not have (``bias=False``).
+    ``False`` for an optional parameter the layer does not have (``bias=False``);
+    ``trainable=False`` marks a statistic the layer keeps (a torch buffer, a non-trainable
+    Keras weight, e.g. a running mean), which interop copies like the parameters.
     """
 
     torch_name: str
@@ -39,6 +41,7 @@ class ParamLayout:
     torch_shape: tuple[int, ...]
     to_keras: tuple[int, ...] | None = None  # None: same layout in both
     present: bool = True
+    trainable: bool = True
 
     @property
     def keras_shape(self) -> tuple[int, ...]:
@@ -82,7 +85,8 @@ class LayerSpec:
     family: ClassVar[str]
 
     def params(self) -> tuple[ParamLayout, ...]:
-        """The learnable arrays in a fixed order (the order interop copies them)."""
+        """The learnable arrays, then the kept statistics, in a fixed order (the order
+        interop copies them)."""
         raise NotImplementedError
 
     def pair_fields(self) -> tuple[PairField, ...]:

@@ -11,9 +11,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from symconv.core.group_conv import check_fields
-from symconv.core.groups import group as make_group
-from symconv.core.validate import check_bool, check_int, check_real, value_error
+from symconv.core.group_norm import GroupBatchNormSpec
+from symconv.core.validate import check_int, type_error, value_error
 from symconv.keras._common import gather
 
 __all__ = ["GroupBatchNormalization"]
@@ -72,14 +71,10 @@ class GroupBatchNormalization(keras.layers.Layer):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.group = make_group(group).key
+        self.spec = GroupBatchNormSpec.from_keras(group, momentum, epsilon, center, scale)
+        # As given: the spec keeps torch's 1 - momentum, which need not round-trip exactly.
+        self.momentum = float(momentum)
         self.axis = check_int("axis", axis)
-        self.momentum = check_real("momentum", momentum, 0.0)
-        if self.momentum > 1:
-            raise value_error("momentum", momentum, "a number from 0 to 1")
-        self.epsilon = check_real("epsilon", epsilon, 0.0, exclusive=True)
-        self.center = check_bool("center", center)
-        self.scale = check_bool("scale", scale)
         options = {
             "beta_initializer": beta_initializer,
             "gamma_initializer": gamma_initializer,
@@ -95,10 +90,47 @@ class GroupBatchNormalization(keras.layers.Layer):
         self.supports_masking = False
         self.gamma = self.beta = None
 
+    @classmethod
+    def from_spec(
+        cls, spec: GroupBatchNormSpec, data_format: str = "channels_last", **keras_kwargs: Any
+    ) -> GroupBatchNormalization:
+        """The layer ``spec`` describes (built when the spec knows its input), channels on
+        the last axis or, with ``data_format='channels_first'``, on axis 1;
+        ``keras_kwargs``: e.g. ``name`` or the initializers."""
+        if not isinstance(spec, GroupBatchNormSpec):
+            raise type_error("spec", spec, "a GroupBatchNormSpec")
+        layer = cls(**spec.keras_kwargs(data_format), **keras_kwargs)
+        if spec.channels is not None and spec.ndim is not None:
+            layer.build(spec.keras_input_shape(data_format))
+        return layer
+
+    @property
+    def group(self) -> str:
+        """The group key (``'hr'``, ``'r'``, ``'hv'``, ...)."""
+        return self.spec.group.key
+
+    @property
+    def epsilon(self) -> float:
+        return self.spec.eps
+
+    @property
+    def center(self) -> bool:
+        return self.spec.center
+
+    @property
+    def scale(self) -> bool:
+        return self.spec.scale
+
     @property
     def order(self) -> int:
         """``|G|``: channels per field."""
-        return make_group(self.group).order
+        return self.spec.group.order
+
+    @property
+    def data_format(self) -> str:
+        """``'channels_first'`` for ``axis=1``, else ``'channels_last'`` (the layout of
+        the input :func:`symconv.keras.torch_to_keras` builds the layer for)."""
+        return "channels_first" if self.axis == 1 else "channels_last"
 
     def _axis(self, rank: int) -> int:
         if not -rank <= self.axis < rank:
@@ -113,7 +145,13 @@ class GroupBatchNormalization(keras.layers.Layer):
                 f"GroupBatchNormalization needs a known channel dimension; got input shape "
                 f"{tuple(input_shape)} with axis={self.axis}"
             )
-        fields = check_fields("channels", int(channels), make_group(self.group))
+        if not 3 <= len(input_shape) <= 5:
+            raise ValueError(
+                f"GroupBatchNormalization needs an input with 1 to 3 spatial axes (rank 3 "
+                f"to 5), got input shape {tuple(input_shape)}"
+            )
+        self.spec = self.spec.with_input(len(input_shape) - 2, int(channels))
+        fields = self.spec.fields
         self.input_spec = keras.layers.InputSpec(ndim=len(input_shape), axes={axis: channels})
         shape = (fields,)
         for name in ("gamma", "beta"):

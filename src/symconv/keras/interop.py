@@ -171,7 +171,7 @@ def _family(layer: object, argname: str, other: str) -> Family:
             f"{'Keras' if side == 'torch' else 'torch'} layer {cls.__name__}"
         )
     if family is None or family.keras is None:
-        supported = [getattr(f, side).rpartition(":")[2] for f in FAMILIES if f.keras]
+        supported = dict.fromkeys(getattr(f, side).rpartition(":")[2] for f in FAMILIES if f.keras)
         raise TypeError(
             f"{argname}: no {other} twin for {type(layer).__name__} in symconv.registry "
             f"(interop copies weights between registered pairs); supported: "
@@ -191,7 +191,10 @@ def _check_pair(t: nn.Module, k: keras.layers.Layer, strict: bool) -> None:
 def _keras_activation_name(k: keras.layers.Layer) -> object:
     """The Keras layer's activation as compared with torch's: ``None`` for the identity,
     else its serialized form (the name, for a built-in)."""
-    name = keras.activations.serialize(k.activation)
+    activation = getattr(k, "activation", None)  # normalization layers have none
+    if activation is None:
+        return None
+    name = keras.activations.serialize(activation)
     return None if name == "linear" else name
 
 

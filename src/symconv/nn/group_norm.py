@@ -12,10 +12,8 @@ from typing import Any, ClassVar
 import torch.fx
 from torch import Tensor, nn
 
-from symconv.core.group_conv import check_fields
-from symconv.core.groups import DEFAULT_GROUP
-from symconv.core.groups import group as make_group
-from symconv.core.validate import check_bool, check_int, check_real, value_error
+from symconv.core.group_norm import GroupBatchNormSpec
+from symconv.core.validate import type_error
 from symconv.nn.group_pool import check_fields_input
 
 __all__ = ["GroupBatchNorm1d", "GroupBatchNorm2d", "GroupBatchNorm3d"]
@@ -38,9 +36,11 @@ torch.fx.wrap("check_norm_input")
 
 class _GroupBatchNorm:
     """``nn.BatchNormNd`` over ``F`` fields: the input ``(N, F * |G|, S0, *rest)`` is
-    normalized as ``(N, F, |G| * S0, *rest)`` (a view for contiguous inputs)."""
+    normalized as ``(N, F, |G| * S0, *rest)`` (a view for contiguous inputs). Settings
+    are validated and kept by the spec (:class:`~symconv.core.group_norm.GroupBatchNormSpec`)."""
 
     _ndim: ClassVar[int]
+    spec: GroupBatchNormSpec
 
     def __init__(
         self,
@@ -53,25 +53,50 @@ class _GroupBatchNorm:
         device: Any = None,
         dtype: Any = None,
     ) -> None:
-        grp = make_group(DEFAULT_GROUP[self._ndim] if group is None else group, self._ndim)
-        fields = check_fields("channels", check_int("channels", channels, 1), grp)
-        eps = check_real("eps", eps, 0)
-        if momentum is not None:
-            momentum = check_real("momentum", momentum, 0)
-            if momentum > 1:
-                raise value_error("momentum", momentum, "a number from 0 to 1, or None")
+        spec = GroupBatchNormSpec.from_torch(
+            self._ndim, channels, group, eps, momentum, affine, track_running_stats
+        )
+        self._build(spec, device, dtype)
+
+    def _build(self, spec: GroupBatchNormSpec, device: Any, dtype: Any) -> None:
         super().__init__(  # type: ignore[call-arg]
-            fields,
-            eps,
-            momentum,
-            check_bool("affine", affine),
-            check_bool("track_running_stats", track_running_stats),
+            spec.fields,
+            spec.eps,
+            spec.momentum,
+            spec.affine,
+            spec.track_running_stats,
             device=device,
             dtype=dtype,
         )
-        self.group = grp.key
-        self.channels = int(channels)
-        self.order = grp.order
+        self.spec = spec
+
+    @classmethod
+    def from_spec(
+        cls, spec: GroupBatchNormSpec, *, device: Any = None, dtype: Any = None
+    ) -> _GroupBatchNorm:
+        """The layer a (validated) spec describes."""
+        if not isinstance(spec, GroupBatchNormSpec) or spec.ndim != cls._ndim:
+            raise type_error("spec", spec, f"a {cls._ndim}-D GroupBatchNormSpec")
+        if spec.channels is None:
+            raise ValueError(f"spec={spec!r} has no channels yet (an unbuilt Keras layer's)")
+        layer = cls.__new__(cls)
+        layer._build(spec, device, dtype)
+        return layer
+
+    @property
+    def group(self) -> str:
+        """The group key (``'hr'``, ``'r'``, ``'hv'``, ...)."""
+        return self.spec.group.key
+
+    @property
+    def channels(self) -> int:
+        """``F * |G|``: the input's channels."""
+        return self.spec.channels  # type: ignore[return-value]
+
+    @property
+    def order(self) -> int:
+        """``|G|``: channels per field."""
+        return self.spec.group.order
 
     def forward(self, input: Tensor) -> Tensor:
         """``(N, channels, *spatial)`` -> the same shape."""
