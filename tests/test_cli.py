@@ -1,8 +1,8 @@
 """The ``symconv`` command: fast help, and its error policy.
 
 Policy (``symconv.cli``): a ``UsageError`` is one line and exit code 2; an ``OSError`` is
-one line naming the path and the cause, exit code 1; anything else is a bug in symconv and
-keeps its traceback.
+one line naming the path and the cause, exit code 1; Ctrl-C that no command handled is one
+line and exit code 130; anything else is a bug in symconv and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -77,6 +77,16 @@ def test_os_error_is_one_line_with_the_path_exit_1(monkeypatch, capsys) -> None:
     assert (
         capsys.readouterr().err == "symconv flow: error: /data/out.png: No space left on device\n"
     )
+
+
+def test_ctrl_c_before_a_command_can_save_is_one_line_exit_130(monkeypatch, capsys) -> None:
+    """Ctrl-C while a command still imports torch (before it has anything to save)."""
+
+    def func(args):  # noqa: ANN001, ANN202
+        raise KeyboardInterrupt
+
+    assert _run_with(monkeypatch, func) == 130
+    assert capsys.readouterr().err == "\nsymconv flow: interrupted\n"
 
 
 @pytest.mark.parametrize("error", [TypeError, ValueError, KeyError, RuntimeError])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 
 import pytest
 import torch
@@ -210,6 +211,31 @@ def test_first_convolution_that_cannot_lift_raises() -> None:
     convert(model := nn.Sequential(nn.Conv2d(1, 8, 3), nn.Conv2d(8, 8, 3)), "group", group="h")
     with pytest.raises(ValueError, match="already a SymmetricConv2d"):
         convert(model, "group", group="h")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name", "value"),
+    [
+        ({"padding": (1, 0)}, "padding", "(1, 0)"),
+        ({"stride": (1, 2)}, "stride", "(1, 2)"),
+        ({"dilation": (1, 2)}, "dilation", "(1, 2)"),
+    ],
+)
+def test_a_grid_that_a_quarter_turn_changes_is_refused_or_reported(kwargs, name, value) -> None:
+    """Uneven stride, padding or dilation on height and width cannot be exact under turns
+    at any input size: the lift refuses it, a later convolution is left as it is and
+    breaks invariance in the report (reflection groups keep their axes and accept it)."""
+    why = rf"{name}={re.escape(value)} is not allowed; it must be the same on height and width"
+    first = nn.Sequential(nn.Conv2d(3, 16, 3, **kwargs), nn.ReLU(), nn.Conv2d(16, 16, 3),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))  # fmt: skip
+    with pytest.raises(ValueError, match=rf"the first convolution '0' cannot lift .*{why}"):
+        convert(copy.deepcopy(first), "group", group="r")
+    assert convert(first, "group", group="hv").invariant
+    later = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, **kwargs),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))  # fmt: skip
+    report = convert(later, "group", group="hr")
+    assert not report.invariant and re.search(why, dict(report.breaks)["2"])
+    assert type(later[2]) is nn.Conv2d
 
 
 def test_torchvision_resnet18() -> None:

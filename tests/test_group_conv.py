@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -86,8 +87,11 @@ def test_to_conv_and_from_conv():
     assert type(conv) is nn.Conv2d
     torch.testing.assert_close(conv(x), layer(x), atol=1e-12, rtol=0)
     back = GroupConv2d.from_conv(conv, group="hr")
-    torch.testing.assert_close(back.weight, layer.weight, atol=1e-12, rtol=0)
-    torch.testing.assert_close(back.bias, layer.bias, atol=1e-12, rtol=0)
+    # A group kernel comes back bit for bit (mean of 8 equal copies), in both precisions.
+    assert torch.equal(back.weight, layer.weight) and torch.equal(back.bias, layer.bias)
+    single = make("hr", 2).float()
+    again = GroupConv2d.from_conv(single.to_conv(), group="hr")
+    assert torch.equal(again.weight, single.weight) and torch.equal(again.bias, single.bias)
     # A random conv: the projection's residual is orthogonal to every group kernel.
     plain = nn.Conv2d(16, 24, 3, dtype=torch.float64)
     proj = GroupConv2d.from_conv(plain, group="hr")
@@ -174,7 +178,7 @@ def test_spec_params_match_layers_and_keras_layout():
 
 def test_core_module_imports_no_framework():
     code = (
-        "import sys, symconv.core.group_conv; "
+        "import sys, symconv.core.group_conv, symconv.core.group_norm; "
         "assert not {'torch', 'keras', 'tensorflow'} & set(sys.modules), 'framework loaded'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -209,6 +213,10 @@ def test_rotation_groups_need_the_same_grid_on_both_axes(kwargs, name):
     with pytest.raises(ValueError, match=rf"^{name}=\(1, 2\) is not allowed; it must be the same"):
         symconv.GroupConv2d(4, 4, 3, group="r", **kwargs)
     symconv.GroupConv2d(4, 4, 3, group="h", **kwargs)  # a reflection keeps its axes
+    # The lifting layer turns its filters too: the same rule, at construction.
+    with pytest.raises(ValueError, match=rf"^{name}=\(1, 2\) is not allowed; it must be the same"):
+        symconv.SymmetricConv2d(3, 16, 3, symmetry={"hr": 8, "h": 2}, **kwargs)
+    symconv.SymmetricConv2d(3, 16, 3, symmetry={"hv": 8, "h": 2}, **kwargs)
 
 
 def test_each_dimension_has_a_default_group():
@@ -230,6 +238,62 @@ def test_each_dimension_has_a_default_group():
 def test_group_batch_norm_arguments(kwargs, exc, match):
     with pytest.raises(exc, match=match):
         symconv.GroupBatchNorm2d(16, "hr", **kwargs)
+
+
+def test_group_batch_norm_spec_converts_between_the_frameworks_conventions():
+    from symconv.core.group_norm import GroupBatchNormSpec
+
+    torch_spec = symconv.GroupBatchNorm2d(16, "hr", eps=1e-4, momentum=0.25).spec
+    assert torch_spec.fields == 2 and torch_spec.ndim == 2
+    keras_kwargs = torch_spec.keras_kwargs("channels_first")
+    assert keras_kwargs == {
+        "group": "hr", "axis": 1, "momentum": 0.75, "epsilon": 1e-4, "center": True,
+        "scale": True,
+    }  # fmt: skip
+    del keras_kwargs["axis"]
+    keras_spec = GroupBatchNormSpec.from_keras(**keras_kwargs).with_input(2, 16)
+    assert keras_spec == torch_spec  # 1 - (1 - 0.25) is 0.25 exactly
+    assert keras_spec.describe_mismatch(torch_spec, strict=True) is None
+    # Keras' default momentum 0.99 is torch's 0.01 up to rounding: the pair still matches.
+    a = GroupBatchNormSpec.from_keras("hr", momentum=0.99).with_input(2, 16)
+    b = symconv.GroupBatchNorm2d(16, "hr", eps=1e-3, momentum=0.01).spec
+    assert a.momentum != b.momentum and a.describe_mismatch(b, strict=True) is None
+    assert symconv.GroupBatchNorm2d(**a.torch_kwargs_from_keras()).spec == a
+
+
+@pytest.mark.parametrize(
+    ("spec_args", "match"),
+    [
+        ({"momentum": None}, r"momentum=None \(a cumulative average\) has no Keras equivalent"),
+        ({"track_running_stats": False}, r"track_running_stats=False has no Keras equivalent"),
+    ],
+)
+def test_group_batch_norm_settings_without_a_keras_twin_say_so(spec_args, match):
+    spec = symconv.GroupBatchNorm2d(8, "hr", **spec_args).spec
+    with pytest.raises(ValueError, match=match):
+        spec.keras_kwargs()
+
+
+def test_group_batch_norm_spec_from_keras_checks_its_arguments_and_rank():
+    from symconv.core.group_norm import GroupBatchNormSpec
+
+    with pytest.raises(ValueError, match=r"^momentum=1.5 is not allowed; it must be a number"):
+        GroupBatchNormSpec.from_keras("hr", momentum=1.5)
+    with pytest.raises(ValueError, match=r"^epsilon=0.0 is not allowed; it must be a finite"):
+        GroupBatchNormSpec.from_keras("hr", epsilon=0.0)
+    spec = GroupBatchNormSpec.from_keras("hr", center=True, scale=False)
+    with pytest.raises(ValueError, match=r"^center=True with scale=False has no torch equivalent"):
+        spec.with_input(2, 16).torch_kwargs_from_keras()
+    with pytest.raises(ValueError, match=r"channels=12 is not allowed; it must be a multiple of 8"):
+        spec.with_input(2, 12)
+    with pytest.raises(ValueError, match=r"'hr'"):  # a quarter turn needs two spatial axes
+        spec.with_input(1, 16)
+    with pytest.raises(TypeError, match=r"^spec=.* must be a 2-D GroupBatchNormSpec"):
+        symconv.GroupBatchNorm2d.from_spec(GroupBatchNormSpec.from_keras("hv").with_input(3, 8))
+    with pytest.raises(ValueError, match=r"rotation keys need a 2-D layer"):
+        spec.with_input(3, 16)
+    with pytest.raises(ValueError, match=r"has no channels yet"):
+        symconv.GroupBatchNorm2d.from_spec(replace(spec, ndim=2))
 
 
 def test_group_batch_norm_names_its_channels_in_input_errors():

@@ -108,6 +108,12 @@ def test_pool_to_none_gives_invariant_fields():
         torch.testing.assert_close(GroupPool("hr", mode)(x), fn(x.unflatten(1, (2, 8))))
     with pytest.raises(ValueError, match=r"to='v' is not allowed; it must be a subgroup of 'r'"):
         GroupPool("r", to="v")
+    # Keys that are no group on these axes at all are named as `to` too.
+    for group, to in (("h", "v"), ("hvz", "r"), ("hr", "x")):
+        with pytest.raises(ValueError, match=rf"^to='{to}' is not allowed; .* subgroup of"):
+            GroupPool(group, to=to)
+    with pytest.raises(TypeError, match=r"^to=5 must be a str, a subgroup of 'hr'"):
+        GroupPool("hr", to=5)
     with pytest.raises(ValueError, match=r"mode='min' is not allowed"):
         GroupPool("r", "min")
     with pytest.raises(ValueError, match=r"C a multiple of \|G\|=8"):

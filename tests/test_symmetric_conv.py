@@ -15,7 +15,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
-from symconv import OrbitPool, SymmetricConv1d, SymmetricConv2d, SymmetricConv3d, flip_permutation
+from symconv import (
+    GroupConv2d,
+    OrbitPool,
+    SymmetricConv1d,
+    SymmetricConv2d,
+    SymmetricConv3d,
+    flip_permutation,
+)
 from symconv.symmetry import allowed_keys
 
 LAYERS = {1: SymmetricConv1d, 2: SymmetricConv2d, 3: SymmetricConv3d}
@@ -545,6 +552,16 @@ def test_to_conv_and_from_conv_keep_mode(nd, train):
     assert not any(p.requires_grad for p in layer.to_conv().parameters())
     frozen = LAYERS[nd].from_conv(layer.to_conv(), {"h": 4})
     assert not any(p.requires_grad for p in frozen.parameters())
+    # Parameter by parameter: a frozen kernel with a trained bias stays so both ways.
+    layer.bias.requires_grad_(True)
+    conv = layer.to_conv()
+    assert (conv.weight.requires_grad, conv.bias.requires_grad) == (False, True)
+    back = LAYERS[nd].from_conv(conv, {"h": 4})
+    assert (back.weight.requires_grad, back.bias.requires_grad) == (False, True)
+    group_layer = GroupConv2d(8, 8, 3, group="hr")
+    group_layer.weight.requires_grad_(False)
+    conv = group_layer.to_conv()
+    assert (conv.weight.requires_grad, conv.bias.requires_grad) == (False, True)
 
 
 def test_to_conv_fuses_with_batch_norm():

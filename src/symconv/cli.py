@@ -72,6 +72,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as err:
         print(f"symconv {args.command}: error: {describe_os_error(err)}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        # Before a subcommand has anything to save (while it imports torch, say): one line,
+        # the shell's code for SIGINT. Subcommands that checkpoint catch it themselves.
+        print(f"\nsymconv {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -227,7 +227,8 @@ def _group_reason(
         counts = (getattr(module, "in_channels", 0), getattr(module, "out_channels", 0))
         why = _conv_reason(name, module, predicate, allow) or conversion_reason(
             2, plan.new(counts[0]), plan.new(counts[1]), tuple(module.kernel_size),
-            module.groups, plan.grp.key,
+            module.groups, plan.grp.key, stride=tuple(module.stride),
+            padding=module.padding, dilation=tuple(module.dilation),
         )  # fmt: skip
         return why, counts
     if isinstance(module, nn.BatchNorm2d) and not isinstance(module, GroupBatchNorm2d):

@@ -372,6 +372,22 @@ def test_invalid_groups_and_type_errors_same_message_as_torch():
             TypeError,
             r"use_bias='yes' must be a bool",
         ),
+        # Rotation keys: checked at construction, in Keras' argument names.
+        (
+            dict(filters=16, kernel_size=(3, 5), symmetry={"r": 16}),
+            ValueError,
+            r"^kernel_size=\(3, 5\) is not allowed; it must be square for group 'r'",
+        ),
+        (
+            dict(filters=16, kernel_size=3, strides=(1, 2), symmetry={"hr": 16}),
+            ValueError,
+            r"^strides=\(1, 2\) is not allowed; it must be the same on height and width",
+        ),
+        (
+            dict(filters=16, kernel_size=3, dilation_rate=(2, 1), symmetry={"r": 8}),
+            ValueError,
+            r"^dilation_rate=\(2, 1\) is not allowed; it must be the same on height and width",
+        ),
     ],
 )
 def test_invalid_keras_arguments(kwargs, exc, match):

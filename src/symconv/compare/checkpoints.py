@@ -53,12 +53,19 @@ class CheckpointStore:
         checkpoint.save(self.path(variant, run), state)
 
 
-def differences(was: Mapping[str, Any], now: Mapping[str, Any]) -> str:
-    """``'key: was X, now Y; ...'`` for every key whose value differs."""
-    keys = sorted(set(was) | set(now))
-    return "; ".join(
-        f"{k}: was {was.get(k)!r}, now {now.get(k)!r}" for k in keys if was.get(k) != now.get(k)
-    )
+def differences(was: Mapping[str, Any], now: Mapping[str, Any], prefix: str = "") -> str:
+    """``'key: was X, now Y; ...'`` for every key whose value differs; nested mappings
+    name the differing entries (``'settings.epochs: was 1, now 2'``), not whole dicts."""
+    parts = []
+    for k in sorted(set(was) | set(now)):
+        a, b = was.get(k), now.get(k)
+        if a == b:
+            continue
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            parts.append(differences(a, b, f"{prefix}{k}."))
+        else:
+            parts.append(f"{prefix}{k}: was {a!r}, now {b!r}")
+    return "; ".join(parts)
 
 
 def check_checkpoint(

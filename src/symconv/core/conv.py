@@ -9,8 +9,8 @@ arguments (:meth:`ConvGeometry.from_torch`) or Keras-style ones
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 from symconv.core.spec import LayerSpec, PairField
 from symconv.core.validate import (
@@ -20,9 +20,46 @@ from symconv.core.validate import (
     check_int,
     check_padding,
     check_sizes,
+    value_error,
 )
 
-__all__ = ["PADDING_MODES", "ConvGeometry", "ConvSpec", "same_padding"]
+if TYPE_CHECKING:
+    from symconv.core.groups import Group
+
+__all__ = ["PADDING_MODES", "ConvGeometry", "ConvSpec", "check_turnable", "same_padding"]
+
+#: Keras' names of the arguments whose torch names differ.
+_KERAS_NAMES = {
+    "stride": "strides",
+    "dilation": "dilation_rate",
+    "out_channels": "filters",
+    "bias": "use_bias",
+}
+
+
+def check_turnable(
+    grp: Group,
+    kernel_size: tuple[int, ...],
+    stride: tuple[int, ...],
+    padding: str | tuple[int, ...],
+    dilation: tuple[int, ...],
+    keras: bool = False,
+) -> None:
+    """Raise ``ValueError`` unless every member of ``grp`` maps the convolution's sampling
+    grid onto itself: a square kernel for rotations, and, since a quarter turn swaps
+    height and width, the same stride, dilation and padding on both (``keras``: name the
+    arguments as Keras does)."""
+    grp.check_kernel(tuple(kernel_size))
+    if not grp.has_rotations:
+        return
+    for name, value in (("stride", stride), ("dilation", dilation), ("padding", padding)):
+        if not isinstance(value, str) and value[-2] != value[-1]:
+            raise value_error(
+                _KERAS_NAMES.get(name, name) if keras else name,
+                value,
+                f"the same on height and width for group {grp.key!r} (a quarter turn swaps them)",
+            )
+
 
 #: ``padding_mode`` values of ``nn.ConvNd``.
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
@@ -57,6 +94,8 @@ class ConvGeometry:
     groups: int
     bias: bool
     padding_mode: str = "zeros"
+    #: Made from Keras' arguments: later checks name them as Keras does.
+    keras: bool = field(default=False, compare=False, repr=False)
 
     @classmethod
     def from_torch(
@@ -122,7 +161,15 @@ class ConvGeometry:
         groups = check_int("groups", groups, 1)
         check_divisible("filters", filters, "groups", groups)
         use_bias = check_bool("use_bias", use_bias)
-        return cls(ndim, None, filters, kernel, strides, pad, dilations, groups, use_bias)
+        return cls(
+            ndim, None, filters, kernel, strides, pad, dilations, groups, use_bias, keras=True
+        )
+
+    def check_turnable(self, grp: Group) -> None:
+        """:func:`check_turnable` for this convolution."""
+        check_turnable(
+            grp, self.kernel_size, self.stride, self.padding, self.dilation, keras=self.keras
+        )
 
     def with_in_channels(self, in_channels: int) -> ConvGeometry:
         """This geometry with ``in_channels`` set (checked against ``groups``)."""

@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from symconv.core.conv import ConvGeometry, ConvSpec
+from symconv.core.conv import ConvGeometry, ConvSpec, check_turnable
 from symconv.core.groups import Group, group
 from symconv.core.row_gather import RowGather
 from symconv.core.spec import PairField, ParamLayout, kernel_to_keras
@@ -58,6 +58,11 @@ def conversion_reason(
     groups: int,
     key: object,
     transposed: bool = False,
+    *,
+    stride: tuple[int, ...],
+    padding: str | tuple[int, ...],
+    dilation: tuple[int, ...],
+    keras: bool = False,
 ) -> str | None:
     """Why a plain ``nn.ConvNd`` with these settings cannot become a group convolution of
     group ``key`` (``None`` when it can): shared by ``from_conv`` and model conversion."""
@@ -67,7 +72,7 @@ def conversion_reason(
         grp = group(key, ndim)
         check_fields("in_channels", in_channels, grp, groups)
         check_fields("out_channels", out_channels, grp, groups)
-        grp.check_kernel(tuple(kernel_size))
+        check_turnable(grp, kernel_size, stride, padding, dilation, keras=keras)
     except ValueError as error:
         return str(error)
     return None
@@ -86,21 +91,7 @@ class GroupConvSpec(ConvSpec):
         c = self.conv
         if self.group.ndim != c.ndim:
             raise value_error("group", self.group.key, f"a group on {c.ndim} spatial axes")
-        self.group.check_kernel(c.kernel_size)
-        # A quarter turn swaps height and width: the sampling grid must be the same on both.
-        if self.group.has_rotations:
-            for name, value in (
-                ("stride", c.stride),
-                ("dilation", c.dilation),
-                ("padding", c.padding),
-            ):
-                if not isinstance(value, str) and value[-2] != value[-1]:
-                    raise value_error(
-                        name,
-                        value,
-                        f"the same on height and width for group {self.group.key!r} (a quarter "
-                        "turn swaps them)",
-                    )
+        c.check_turnable(self.group)
         check_fields("out_channels", c.out_channels, self.group, c.groups)
         if c.in_channels is not None:
             check_fields("in_channels", c.in_channels, self.group, c.groups)

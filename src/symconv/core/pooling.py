@@ -219,7 +219,8 @@ class GroupPoolSpec(LayerSpec):
         mode = check_choice("mode", mode, ("max", "mean"))
         if to is None:
             return cls(grp, mode, None, np.arange(grp.order, dtype=np.int64).reshape(1, -1))
-        return cls(grp, mode, make_group(to, grp.ndim).key, grp.cosets(to))
+        cosets = grp.cosets(to)  # first: its errors name `to` and say "a subgroup of"
+        return cls(grp, mode, make_group(to, grp.ndim).key, cosets)
 
     from_torch = from_args
     from_keras = from_args

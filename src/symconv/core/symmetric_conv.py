@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from symconv.core.conv import ConvGeometry, ConvSpec
+from symconv.core.groups import group
 from symconv.core.spec import PairField, ParamLayout, kernel_to_keras
 from symconv.core.symmetry import (
     SymmetryPlan,
@@ -37,6 +38,11 @@ class SymmetricConvSpec(ConvSpec):
 
     conv: ConvGeometry
     plan: SymmetryPlan
+
+    def __post_init__(self) -> None:
+        # Rotation keys turn kernels: they need a square kernel and one grid on both axes.
+        for block in self.plan.blocks:
+            self.conv.check_turnable(group(block.key, self.conv.ndim))
 
     def _key(self) -> tuple[object, ...]:
         p = self.plan

@@ -68,8 +68,10 @@ class _GroupConv(GatheredConv):
         config, in_channels = cls._plain_source(conv)
         group = DEFAULT_GROUP[cls.rank] if group is None else group
         reason = conversion_reason(
-            cls.rank, in_channels, conv.filters, conv.kernel_size, conv.groups, group
-        )
+            cls.rank, in_channels, conv.filters, tuple(conv.kernel_size), conv.groups, group,
+            stride=tuple(conv.strides), padding=str(conv.padding),
+            dilation=tuple(conv.dilation_rate), keras=True,
+        )  # fmt: skip
         if reason is not None:
             raise ValueError(f"cannot make a {cls.__name__} of {conv.name}: {reason}")
         layer = cls(**config, group=group)

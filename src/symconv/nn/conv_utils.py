@@ -28,8 +28,15 @@ def geometry_of(conv: nn.modules.conv._ConvNd) -> ConvGeometry:
 
 
 def copy_mode(source: nn.Module, target: nn.Module) -> None:
-    """Give ``target`` the training mode and (all-or-nothing) ``requires_grad`` of ``source``,
-    so a replacement behaves like the layer it replaces (``fuse_conv_bn_eval`` checks both)."""
+    """Give ``target`` the training mode and ``requires_grad`` of ``source``, so a
+    replacement behaves like the layer it replaces (``fuse_conv_bn_eval`` checks both): a
+    parameter of the same name (``weight``, ``bias``) takes its counterpart's flag; when
+    nothing in ``source`` trains, nothing in ``target`` does."""
     target.train(source.training)
-    if not any(p.requires_grad for p in source.parameters()):
+    flags = {name: p.requires_grad for name, p in source.named_parameters()}
+    if not any(flags.values()):
         target.requires_grad_(False)
+        return
+    for name, p in target.named_parameters():
+        if name in flags:
+            p.requires_grad_(flags[name])

@@ -247,14 +247,22 @@ class GatheredConvNd:
 
 def _mean_of_copies(full: Tensor, index: Tensor | None, free: Tensor) -> Tensor:
     """``free``-shaped means of the entries of ``full`` that ``full == free.reshape(-1)[index]``
-    copies from each free entry (``index`` ``None``: the free tensor is the full one)."""
+    copies from each free entry (``index`` ``None``: the free tensor is the full one).
+
+    Taken as one copy plus the mean deviation from it, so equal copies give that value
+    bit for bit (a plain sum of ``n`` equal values rounds, e.g. ``3 x``).
+    """
     if index is None:
         return full.detach().clone()
     index = index.to(full.device).reshape(-1)
     flat = full.detach().reshape(-1)
-    sums = flat.new_zeros(free.numel()).index_add_(0, index, flat)
-    counts = flat.new_zeros(free.numel()).index_add_(0, index, torch.ones_like(flat))
-    return (sums / counts).reshape(free.shape)
+    n = free.numel()
+    positions = torch.arange(flat.numel(), device=flat.device)
+    first = positions.new_full((n,), flat.numel()).scatter_reduce_(0, index, positions, "amin")
+    reference = flat[first]
+    deviations = flat.new_zeros(n).index_add_(0, index, flat - reference[index])
+    counts = flat.new_zeros(n).index_add_(0, index, torch.ones_like(flat))
+    return (reference + deviations / counts).reshape(free.shape)
 
 
 def _rows_of(index: np.ndarray | RowGather | None, source_size: int) -> RowGather | None:

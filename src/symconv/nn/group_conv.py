@@ -100,6 +100,9 @@ class GroupConvNd(GatheredConvNd):
             conv.groups,
             group,
             conv.transposed,
+            stride=conv.stride,
+            padding=conv.padding,
+            dilation=conv.dilation,
         )
         if reason is not None:
             raise ValueError(f"cannot make a {cls.__name__} of {conv}: {reason}")
