@@ -210,6 +210,34 @@ def test_compare_options_for_unselected_variants_are_refused(argv, message, caps
     assert err.count("\n") == 1 and message in err and "has none of them" in err
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--lr", "inf"], "symconv compare: error: --lr=inf must be a positive number\n"),
+        (["--label-smoothing", "1.5"], "error: --label-smoothing=1.5 must be in [0, 1)\n"),
+        (["--weight-decay", "-1"], "error: --weight-decay=-1.0 must be >= 0\n"),
+        (
+            ["--transforms", " , "],
+            "names no transform; allowed: 'all' or a comma list of clean, hflip, vflip, rot90, "
+            "rot+15, rot-15, scale0.8, scale1.2 ('clean' alone: no robustness columns)\n",
+        ),
+    ],
+)
+def test_compare_option_checks_name_the_option_as_typed(argv, message, capsys) -> None:
+    assert main(["compare", *argv]) == 2
+    assert capsys.readouterr().err.endswith(message)
+
+
+@pytest.mark.parametrize(("flag", "minimum"), [("--size", 4), ("--limit", 2)])
+def test_compare_parser_bounds_are_the_data_loaders(flag, minimum, capsys) -> None:
+    """The parser refuses what ``load_data`` would, with the same bound, before any import."""
+    with pytest.raises(SystemExit):
+        main(["compare", flag, str(minimum - 1)])
+    assert f"argument {flag}: '{minimum - 1}' must be >= {minimum}" in capsys.readouterr().err
+    parser = cli.build_parser()
+    assert parser.parse_args(["compare", flag, str(minimum)]) is not None
+
+
 def test_compare_options_reach_their_variants() -> None:
     from symconv.compare.cli import config_from_args
 

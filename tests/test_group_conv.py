@@ -219,6 +219,15 @@ def test_rotation_groups_need_the_same_grid_on_both_axes(kwargs, name):
     symconv.SymmetricConv2d(3, 16, 3, symmetry={"hv": 8, "h": 2}, **kwargs)
 
 
+def test_an_option_of_another_family_is_named_with_what_the_layer_takes():
+    with pytest.raises(TypeError, match=r"^GroupConv2d\(\) got an unexpected keyword argument "
+                       r"'symmetry'; beyond nn.Conv2d's arguments it takes group$"):  # fmt: skip
+        symconv.GroupConv2d(16, 16, 3, group="hr", symmetry={"h": 2})
+    with pytest.raises(TypeError, match=r"'group'; beyond nn.Conv1d's arguments it takes "
+                       r"symmetry, share_bias$"):  # fmt: skip
+        symconv.SymmetricConv1d(3, 8, 3, group="h")
+
+
 def test_each_dimension_has_a_default_group():
     assert symconv.GroupConv1d(2, 2, 3).group == "h"
     assert symconv.GroupConv2d(8, 8, 3).group == "hr"
@@ -231,7 +240,8 @@ def test_each_dimension_has_a_default_group():
     [
         ({"eps": -1.0}, ValueError, r"eps=-1.0 is not allowed"),
         ({"momentum": 2.0}, ValueError, r"momentum=2.0 is not allowed"),
-        ({"momentum": "a"}, TypeError, r"momentum='a' must be"),
+        ({"momentum": "a"}, TypeError, r"momentum='a' must be a number from 0 to 1, or None"),
+        ({"momentum": float("nan")}, ValueError, r"momentum=nan is not allowed; it must be a"),
         ({"affine": 1}, TypeError, r"affine=1 must be a bool"),
     ],
 )

@@ -214,3 +214,7 @@ def test_equivariance_error_checks_its_arguments_up_front():
         equivariance_error(lambda t: [t], x, "hr")
     with pytest.raises(ValueError, match=r"model\(x\) has 4 channels, not fields of \|G\|=8"):
         equivariance_error(GroupPool("hr", to="r"), x, "hr", input="group", output="group")
+    # With output_group given, the hint asks whether it is right instead of asking for it.
+    with pytest.raises(ValueError, match=r"has 2 channels, .*=4 \(output_group='hv'\): is it"):
+        equivariance_error(GroupPool("hr", to="h"), x[:, :8], "hr", input="group",
+                           output="group", output_group="hv")  # fmt: skip

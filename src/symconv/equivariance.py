@@ -139,7 +139,11 @@ def equivariance_error(
         if output == "group" and y.shape[1] % out_grp.order:
             raise ValueError(
                 f"model(x) has {y.shape[1]} channels, not fields of |G|={out_grp.order} "
-                f"(group {out_grp.key!r}): pass output_group= for a pooled output"
+                + (
+                    f"(group {out_grp.key!r}): pass output_group= for a pooled output"
+                    if output_group is None
+                    else f"(output_group={output_group!r}): is it the group of the output?"
+                )
             )
         for g in chosen:
             target = out_grp.find(grp.matrices[g])

@@ -20,6 +20,8 @@ from symconv.compare.config import (
     GROUP_VARIANTS,
     GROUP_WIDTHS,
     INVARIANT_KEYS,
+    MIN_LIMIT,
+    MIN_SIZE,
     MODELS,
     TRANSFORM_NAMES,
     VARIANTS,
@@ -68,10 +70,16 @@ def _number(kind: type, minimum: float, strict: bool) -> Callable[[str], Any]:
 
 
 _positive = _number(int, 1, strict=False)
+_image_side = _number(int, MIN_SIZE, strict=False)
+_image_limit = _number(int, MIN_LIMIT, strict=False)
 _non_negative = _number(int, 0, strict=False)
 _positive_float = _number(float, 0, strict=True)
 _config = partial(field_default, CompareConfig)
 _settings = partial(field_default, TrainSettings)
+
+
+#: Field name -> its command-line flag, filled as the parser is built.
+_FLAGS: dict[str, str] = {}
 
 
 def _add(
@@ -79,7 +87,16 @@ def _add(
 ) -> None:
     """Add ``flag`` with the default of the field ``dest`` (the flag's name) of ``owner``."""
     dest = dest or flag.lstrip("-").replace("-", "_")
+    _FLAGS[dest] = flag
     group.add_argument(flag, dest=dest, default=field_default(owner, dest), help=help, **kwargs)
+
+
+def _in_flag_words(message: str) -> str:
+    """A check's ``'field=value ...'`` message as ``'--flag=value ...'`` (the option the
+    user typed); other messages unchanged."""
+    name, sep, rest = message.partition("=")
+    flag = _FLAGS.get(name)
+    return f"{flag}={rest}" if sep and flag else message
 
 
 def _option_group_data(p: argparse.ArgumentParser) -> None:
@@ -93,11 +110,11 @@ def _option_group_data(p: argparse.ArgumentParser) -> None:
         "(animal-shape-mnist), or a folder with train/ and val/ class folders",
     )
     _add(g, "--size", c, "image side in pixels (default: the dataset's own; 64 for folders)",
-         type=_positive)  # fmt: skip
+         type=_image_side)  # fmt: skip
     _add(g, "--color", c, "channels (default %(default)s: gray built-ins, RGB folders)",
          choices=COLORS)  # fmt: skip
     _add(g, "--limit", c, "use at most N images per split (stratified), for quick runs",
-         type=_positive, metavar="N")  # fmt: skip
+         type=_image_limit, metavar="N")  # fmt: skip
     _add(g, "--workers", c, "threads decoding an image folder (default %(default)s: one per "
          "CPU, at most 8)", type=_non_negative)  # fmt: skip
 
@@ -213,7 +230,7 @@ def config_from_args(args: argparse.Namespace) -> CompareConfig:
         options = {f.name: given[f.name] for f in fields(CompareConfig) if f.name in given}
         config = CompareConfig(**options, settings=settings)
     except ValueError as err:  # the options' own checks: a bad value the user gave
-        raise UsageError(str(err)) from err
+        raise UsageError(_in_flag_words(str(err))) from err
     _check_options_reach_a_variant(config)
     return config
 

@@ -56,6 +56,9 @@ DEFAULT_WIDTH = {"cnn": 16, "resnet": 32}
 INVARIANT_KEYS = ("h", "v", "hv")
 #: Channel choices of the data (``auto``: gray built-ins, RGB folders).
 COLORS = ("auto", "gray", "rgb")
+#: The smallest image side (pixels) and per-split image limit a run accepts.
+MIN_SIZE = 4
+MIN_LIMIT = 2
 #: Where to train (``auto``: CUDA when torch sees it).
 DEVICES = ("auto", "cpu", "cuda")
 #: The test-time transformations, in table order (see :mod:`symconv.compare.transforms`).
@@ -95,6 +98,11 @@ def parse_transforms(text: str | None) -> list[str]:
     if text is None or text.strip().lower() == "all":
         return list(TRANSFORM_NAMES)
     names = ["clean"]
+    if not text.replace(",", "").strip():
+        raise ValueError(
+            f"--transforms {text!r} names no transform; allowed: 'all' or a comma list of "
+            f"{', '.join(TRANSFORM_NAMES)} ('clean' alone: no robustness columns)"
+        )
     for item in text.split(","):
         item = item.strip()
         if not item:

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from symconv.compare.config import BUILTIN_DATA, COLORS
+from symconv.compare.config import BUILTIN_DATA, COLORS, MIN_LIMIT, MIN_SIZE
 from symconv.core.validate import check_choice, check_int
 
 __all__ = ["BUILTIN", "IMAGE_SUFFIXES", "ImageData", "load_data"]
@@ -144,10 +144,10 @@ def load_data(
     if not isinstance(data, str) or not data:
         raise ValueError(f"data={data!r} must be one of {BUILTIN} or a folder path")
     if size is not None:
-        check_int("size", size, 4)  # pixels
+        check_int("size", size, MIN_SIZE)  # pixels
     check_choice("color", color, COLORS)
     if limit is not None:
-        check_int("limit", limit, 2)  # images per split
+        check_int("limit", limit, MIN_LIMIT)  # images per split
     check_int("workers", workers, 0)
 
     key = data.lower()

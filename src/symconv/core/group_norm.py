@@ -21,6 +21,7 @@ conventions and converts Keras' at the boundary:
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
@@ -28,7 +29,7 @@ from symconv.core.group_conv import check_fields
 from symconv.core.groups import DEFAULT_GROUP, Group
 from symconv.core.groups import group as make_group
 from symconv.core.spec import LayerSpec, PairField, ParamLayout
-from symconv.core.validate import check_bool, check_int, check_real, value_error
+from symconv.core.validate import check_bool, check_int, check_real, type_error, value_error
 
 __all__ = ["GroupBatchNormSpec"]
 
@@ -36,10 +37,12 @@ __all__ = ["GroupBatchNormSpec"]
 def _momentum(name: str, value: object, allow_none: bool) -> float | None:
     if value is None and allow_none:
         return None
-    number = check_real(name, value, 0.0)
-    if number > 1:
-        raise value_error(name, value, "a number from 0 to 1" + (", or None" if allow_none else ""))
-    return number
+    allowed = "a number from 0 to 1" + (", or None" if allow_none else "")
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise type_error(name, value, allowed)
+    if not 0 <= float(value) <= 1:  # NaN fails too
+        raise value_error(name, value, allowed)
+    return float(value)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ shapes are.
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any, ClassVar
 
@@ -73,6 +74,14 @@ class GatheredConvNd:
             "bias": bias,
             "padding_mode": padding_mode,
         }
+        allowed = _family_options(type(self))
+        for name in options:
+            if name not in allowed:
+                raise TypeError(
+                    f"{type(self).__name__}() got an unexpected keyword argument {name!r}; "
+                    f"beyond nn.{self._plain_cls.__name__}'s arguments it takes "
+                    f"{', '.join(allowed)}"
+                )
         self._build(self._spec_from_torch(conv, **options), device, dtype)
 
     # help() and inspect.signature(SymmetricConv2d) show nn.ConvNd's arguments and the
@@ -243,6 +252,13 @@ class GatheredConvNd:
 
     def __prepare_scriptable__(self) -> nn.Module:
         raise not_scriptable(self)
+
+
+def _family_options(cls: type) -> tuple[str, ...]:
+    """The keyword-only options of a family's ``_spec_from_torch`` (``group``, or
+    ``symmetry`` and ``share_bias``)."""
+    parameters = inspect.signature(cls._spec_from_torch).parameters.values()  # type: ignore[attr-defined]
+    return tuple(p.name for p in parameters if p.kind == p.KEYWORD_ONLY)
 
 
 def _mean_of_copies(full: Tensor, index: Tensor | None, free: Tensor) -> Tensor:
