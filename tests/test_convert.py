@@ -723,7 +723,7 @@ def test_symmetric_rotation_keys() -> None:
     assert [n for n, _, _ in report.converted] == ["0"]
     assert model[0].plan.spec_dict() == {"r": "50%"} and model[0].plan.n_symmetric == 4
     skipped = dict(report.skipped)
-    assert "square for group 'r'" in skipped["1"] and "1x1 kernel" in skipped["2"]
+    assert "square for symmetry key 'r'" in skipped["1"] and "1x1 kernel" in skipped["2"]
     report = convert(nn.Sequential(nn.Conv2d(3, 16, 3)), "symmetric", symmetry="hr:50%,h:4")
     assert len(report) == 1
     kept, dropped = degenerate_keys({"r": 4, "hr": 8, "h": 2}, (1, 1))

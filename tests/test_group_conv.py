@@ -264,11 +264,22 @@ def test_group_batch_norm_spec_converts_between_the_frameworks_conventions():
     keras_spec = GroupBatchNormSpec.from_keras(**keras_kwargs).with_input(2, 16)
     assert keras_spec == torch_spec  # 1 - (1 - 0.25) is 0.25 exactly
     assert keras_spec.describe_mismatch(torch_spec, strict=True) is None
-    # Keras' default momentum 0.99 is torch's 0.01 up to rounding: the pair still matches.
+    # 1 - m is rounded to 12 decimals both ways: Keras' 0.99 is torch's 0.01, and back.
     a = GroupBatchNormSpec.from_keras("hr", momentum=0.99).with_input(2, 16)
     b = symconv.GroupBatchNorm2d(16, "hr", eps=1e-3, momentum=0.01).spec
-    assert a.momentum != b.momentum and a.describe_mismatch(b, strict=True) is None
+    assert a.momentum == 0.01 and a == b and a.describe_mismatch(b, strict=True) is None
+    assert symconv.GroupBatchNorm2d(16, "hr", momentum=0.1).spec.keras_kwargs()["momentum"] == 0.9
     assert symconv.GroupBatchNorm2d(**a.torch_kwargs_from_keras()).spec == a
+    # The rank and the channels are part of the pair: a copy between them would broadcast.
+    c = symconv.GroupBatchNorm2d(32, "hr", eps=1e-3, momentum=0.01).spec
+    assert a.describe_mismatch(c, strict=False) == (
+        "mismatched channels: the torch layer has 16, the Keras layer 32"
+    )
+    d = GroupBatchNormSpec.from_keras("h", momentum=0.99).with_input(1, 16)
+    e = symconv.GroupBatchNorm2d(16, "h", eps=1e-3, momentum=0.01).spec
+    assert "mismatched spatial axes: the torch layer has 2, the Keras layer 1" == (
+        e.describe_mismatch(d, strict=False)
+    )
 
 
 @pytest.mark.parametrize(
@@ -276,6 +287,7 @@ def test_group_batch_norm_spec_converts_between_the_frameworks_conventions():
     [
         ({"momentum": None}, r"momentum=None \(a cumulative average\) has no Keras equivalent"),
         ({"track_running_stats": False}, r"track_running_stats=False has no Keras equivalent"),
+        ({"eps": 0.0}, r"eps=0.0 has no Keras equivalent: Keras' epsilon must be > 0"),
     ],
 )
 def test_group_batch_norm_settings_without_a_keras_twin_say_so(spec_args, match):
@@ -298,11 +310,16 @@ def test_group_batch_norm_spec_from_keras_checks_its_arguments_and_rank():
         spec.with_input(2, 12)
     with pytest.raises(ValueError, match=r"'hr'"):  # a quarter turn needs two spatial axes
         spec.with_input(1, 16)
-    with pytest.raises(TypeError, match=r"^spec=.* must be a 2-D GroupBatchNormSpec"):
+    with pytest.raises(ValueError, match=r"^spec is for 3 spatial axes; GroupBatchNorm2d takes "
+                       r"2 \(use GroupBatchNorm3d\)$"):  # fmt: skip
         symconv.GroupBatchNorm2d.from_spec(GroupBatchNormSpec.from_keras("hv").with_input(3, 8))
+    with pytest.raises(TypeError, match=r"^spec=5 must be a GroupBatchNormSpec, got int$"):
+        symconv.GroupBatchNorm2d.from_spec(5)
+    with pytest.raises(ValueError, match=r"no input rank and channels yet .* build the layer"):
+        symconv.GroupBatchNorm2d.from_spec(spec)
     with pytest.raises(ValueError, match=r"rotation keys need a 2-D layer"):
         spec.with_input(3, 16)
-    with pytest.raises(ValueError, match=r"has no channels yet"):
+    with pytest.raises(ValueError, match=r"no input rank and channels yet"):
         symconv.GroupBatchNorm2d.from_spec(replace(spec, ndim=2))
 
 

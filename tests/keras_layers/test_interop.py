@@ -235,6 +235,12 @@ def test_mismatched_configs_raise():
     np.testing.assert_array_equal(
         np_(valid.kernel), t.weight.detach().numpy().transpose(2, 3, 1, 0)
     )
+    # A torch padding Keras cannot express is shown as it is, not as None.
+    strided = SymmetricConv2d(3, 8, 3, stride=2, padding=1, symmetry={"hv": 4})
+    with pytest.raises(ValueError, match=r"the torch layer has padding=\(1, 1\) with "
+                       r"padding_mode='zeros', which no Keras padding computes, the Keras layer "
+                       r"'valid'"):  # fmt: skip
+        torch_to_keras(strided, SymmetricConv2D(8, 3, strides=2, symmetry={"hv": 4}))
     with pytest.raises(ValueError, match=r"mismatched reduction"):
         torch_to_keras(GlobalConv1d(2, 2), GlobalConv1D(2, reduction="mean"))
     with pytest.raises(ValueError, match=r"mismatched k: the torch layer has 2, the Keras layer 3"):

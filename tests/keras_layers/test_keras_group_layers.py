@@ -137,6 +137,43 @@ def test_group_batch_norm_rank_picks_the_torch_twin_and_bad_ranks_say_so():
         GroupBatchNormalization("h").build((None, 8))
 
 
+def test_group_batch_norm_copies_check_channels_and_rank_before_copying():
+    from symconv.keras import keras_to_torch, torch_to_keras
+
+    small = GroupBatchNormalization("hr", momentum=0.9, epsilon=1e-5)
+    small.build((None, 4, 4, 8))  # one field
+    with pytest.raises(ValueError, match=r"^mismatched channels: the torch layer has 32, the "):
+        keras_to_torch(small, GroupBatchNorm2d(32, "hr"))  # would broadcast 1 field into 4
+    with pytest.raises(ValueError, match=r"^mismatched channels: the torch layer has 16, the "):
+        torch_to_keras(GroupBatchNorm2d(16, "hr"), _built((None, 32, 4, 4), axis=1))
+    one_d = _built((None, 4, 16), group="h")
+    with pytest.raises(ValueError, match=r"^mismatched spatial axes: the torch layer has 2, the"):
+        torch_to_keras(GroupBatchNorm2d(16, "h", eps=1e-3, momentum=0.01), one_d)
+
+
+def _built(shape, group="hr", axis=-1):
+    layer = GroupBatchNormalization(group, axis=axis, momentum=0.99, epsilon=1e-5)
+    layer.build(shape)
+    return layer
+
+
+def test_group_batch_norm_data_format_follows_any_channel_axis_once_built():
+    from symconv.keras import torch_to_keras
+
+    torch_layer = GroupBatchNorm2d(16, "hr", momentum=0.01)
+    x = _input((2, 16, 5, 5))
+    built = _built((None, 16, 5, 5), axis=-3)
+    assert built.data_format == "channels_first"
+    torch_to_keras(torch_layer, built)
+    want = torch_layer.eval()(torch.from_numpy(x)).detach().numpy()
+    assert_close_to_scale(np_(built(x, training=False)), want)
+    unbuilt = GroupBatchNormalization("hr", axis=-3, momentum=0.99, epsilon=1e-5)
+    with pytest.raises(ValueError, match=r"^axis=-3 is neither 1 .* before the layer is built"):
+        torch_to_keras(torch_layer, unbuilt)
+    assert GroupBatchNormalization("hr", axis=1).data_format == "channels_first"
+    assert GroupBatchNormalization("hr").data_format == "channels_last"
+
+
 # -- exact equivariance of stacks ------------------------------------------------------------
 def _precision() -> tuple[str, float]:
     """float64 and 1e-10 where the backend computes in it (JAX without x64 keeps float32)."""

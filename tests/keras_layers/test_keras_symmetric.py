@@ -376,7 +376,7 @@ def test_invalid_groups_and_type_errors_same_message_as_torch():
         (
             dict(filters=16, kernel_size=(3, 5), symmetry={"r": 16}),
             ValueError,
-            r"^kernel_size=\(3, 5\) is not allowed; it must be square for group 'r'",
+            r"^kernel_size=\(3, 5\) is not allowed; it must be square for symmetry key 'r'",
         ),
         (
             dict(filters=16, kernel_size=3, strides=(1, 2), symmetry={"hr": 16}),

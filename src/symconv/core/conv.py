@@ -44,20 +44,25 @@ def check_turnable(
     padding: str | tuple[int, ...],
     dilation: tuple[int, ...],
     keras: bool = False,
+    what: str = "group",
 ) -> None:
     """Raise ``ValueError`` unless every member of ``grp`` maps the convolution's sampling
     grid onto itself: a square kernel for rotations, and, since a quarter turn swaps
     height and width, the same stride, dilation and padding on both (``keras``: name the
-    arguments as Keras does)."""
-    grp.check_kernel(tuple(kernel_size))
+    arguments as Keras does; ``what``: the argument that chose the group, e.g.
+    ``'symmetry key'``)."""
     if not grp.has_rotations:
         return
+    if kernel_size[-1] != kernel_size[-2]:
+        raise value_error(
+            "kernel_size", tuple(kernel_size), f"square for {what} {grp.key!r} (it turns kernels)"
+        )
     for name, value in (("stride", stride), ("dilation", dilation), ("padding", padding)):
         if not isinstance(value, str) and value[-2] != value[-1]:
             raise value_error(
                 _KERAS_NAMES.get(name, name) if keras else name,
                 value,
-                f"the same on height and width for group {grp.key!r} (a quarter turn swaps them)",
+                f"the same on height and width for {what} {grp.key!r} (a quarter turn swaps them)",
             )
 
 
@@ -74,6 +79,20 @@ def same_padding(
     if any(s != 1 or d * (k - 1) % 2 for k, s, d in axes):
         return None
     return tuple(d * (k - 1) // 2 for k, d in zip(kernel_size, dilation, strict=True))
+
+
+@dataclass(frozen=True)
+class _NoKerasPadding:
+    """A torch padding that no Keras padding computes, as mismatch messages show it."""
+
+    padding: str | tuple[int, ...]
+    padding_mode: str
+
+    def __repr__(self) -> str:
+        return (
+            f"padding={self.padding} with padding_mode={self.padding_mode!r}, which no Keras "
+            "padding computes"
+        )
 
 
 @dataclass(frozen=True)
@@ -165,10 +184,10 @@ class ConvGeometry:
             ndim, None, filters, kernel, strides, pad, dilations, groups, use_bias, keras=True
         )
 
-    def check_turnable(self, grp: Group) -> None:
+    def check_turnable(self, grp: Group, what: str = "group") -> None:
         """:func:`check_turnable` for this convolution."""
         check_turnable(
-            grp, self.kernel_size, self.stride, self.padding, self.dilation, keras=self.keras
+            grp, self.kernel_size, self.stride, self.padding, self.dilation, self.keras, what
         )
 
     def with_in_channels(self, in_channels: int) -> ConvGeometry:
@@ -208,8 +227,12 @@ class ConvGeometry:
             PairField("bias / use_bias", self.bias),
             PairField("stride / strides", self.stride, weights=False),
             PairField("dilation / dilation_rate", self.dilation, weights=False),
-            PairField("padding (as Keras padding)", self.keras_padding(), weights=False),
+            PairField("padding (as Keras padding)", self._keras_padding_field(), weights=False),
         )
+
+    def _keras_padding_field(self) -> str | _NoKerasPadding:
+        padding = self.keras_padding()
+        return _NoKerasPadding(self.padding, self.padding_mode) if padding is None else padding
 
     def torch_kwargs(self) -> dict[str, Any]:
         """``nn.ConvNd``'s constructor arguments (``padding`` as given)."""

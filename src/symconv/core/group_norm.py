@@ -45,6 +45,12 @@ def _momentum(name: str, value: object, allow_none: bool) -> float | None:
     return float(value)
 
 
+def _flip_momentum(momentum: float) -> float:
+    """``1 - momentum`` (one framework's convention to the other's), rounded to 12 decimals
+    so that 0.9 gives 0.1, not 0.09999999999999998."""
+    return round(1.0 - momentum, 12)
+
+
 @dataclass(frozen=True)
 class GroupBatchNormSpec(LayerSpec):
     """Group batch norm's settings (both frameworks).
@@ -111,7 +117,7 @@ class GroupBatchNormSpec(LayerSpec):
             None,
             None,
             check_real("epsilon", epsilon, 0.0, exclusive=True),
-            1.0 - keras_momentum,  # type: ignore[operator]
+            _flip_momentum(keras_momentum),  # type: ignore[arg-type]
             check_bool("center", center),
             check_bool("scale", scale),
             True,
@@ -177,6 +183,8 @@ class GroupBatchNormSpec(LayerSpec):
     def pair_fields(self) -> tuple[PairField, ...]:
         momentum = None if self.momentum is None else round(self.momentum, 12)
         return (
+            PairField("channels", self.channels),
+            PairField("spatial axes", self.ndim),
             PairField("group", self.group.key),
             PairField("center", self.center),
             PairField("scale", self.scale),
@@ -208,10 +216,12 @@ class GroupBatchNormSpec(LayerSpec):
                 "track_running_stats=False has no Keras equivalent: Keras' "
                 "BatchNormalization always keeps moving statistics"
             )
+        if self.eps <= 0:
+            raise ValueError(f"eps={self.eps} has no Keras equivalent: Keras' epsilon must be > 0")
         return {
             "group": self.group.key,
             "axis": 1 if data_format == "channels_first" else -1,
-            "momentum": 1.0 - self.momentum,
+            "momentum": _flip_momentum(self.momentum),
             "epsilon": self.eps,
             "center": self.center,
             "scale": self.scale,

@@ -42,7 +42,7 @@ class SymmetricConvSpec(ConvSpec):
     def __post_init__(self) -> None:
         # Rotation keys turn kernels: they need a square kernel and one grid on both axes.
         for block in self.plan.blocks:
-            self.conv.check_turnable(group(block.key, self.conv.ndim))
+            self.conv.check_turnable(group(block.key, self.conv.ndim), "symmetry key")
 
     def _key(self) -> tuple[object, ...]:
         p = self.plan

@@ -128,9 +128,19 @@ class GroupBatchNormalization(keras.layers.Layer):
 
     @property
     def data_format(self) -> str:
-        """``'channels_first'`` for ``axis=1``, else ``'channels_last'`` (the layout of
-        the input :func:`symconv.keras.torch_to_keras` builds the layer for)."""
-        return "channels_first" if self.axis == 1 else "channels_last"
+        """``'channels_first'`` when the channel axis is 1, ``'channels_last'`` when it is
+        the last (the layout :func:`symconv.keras.torch_to_keras` builds the layer for).
+        Negative axes other than ``-1`` are known only once built."""
+        rank = self.input_spec.ndim if self.built and self.input_spec is not None else None
+        axis = self.axis % rank if rank is not None else self.axis
+        if axis == 1:
+            return "channels_first"
+        if self.axis == -1 or (rank is not None and axis == rank - 1):
+            return "channels_last"
+        raise ValueError(
+            f"axis={self.axis} is neither 1 (channels_first) nor -1 (channels_last)"
+            + ("" if self.built else " before the layer is built: build it on an input first")
+        )
 
     def _axis(self, rank: int) -> int:
         if not -rank <= self.axis < rank:

@@ -8,6 +8,8 @@ torch (:mod:`symconv.nn`)          Keras (:mod:`symconv.keras`)
 ``GlobalConv1d``                   ``GlobalConv1D``
 ``TopKPool``                       ``TopKPool`` (no weights)
 ``GroupConv1d/2d/3d``              ``GroupConv1D/2D/3D``
+``GroupPool``                      ``GroupPool`` (no weights)
+``GroupBatchNorm1d/2d/3d``         ``GroupBatchNormalization`` (any rank)
 =================================  ==================================
 
 The pairs are :data:`symconv.registry.FAMILIES`. :func:`torch_to_keras` and
@@ -15,7 +17,8 @@ The pairs are :data:`symconv.registry.FAMILIES`. :func:`torch_to_keras` and
 none is given) with one loop for every family: the layer's spec
 (:class:`~symconv.core.spec.LayerSpec`) lists its parameters with their torch and Keras
 layouts, so a copy is a transpose (torch keeps ``(out, in, *k)``, Keras ``(*k, in, out)``)
-and the twins compute the same function up to float rounding:
+and the twins compute the same function up to float rounding. Kept statistics (a batch
+norm's running mean and variance) are copied like the parameters:
 
     >>> import symconv, symconv.keras
     >>> t = symconv.SymmetricConv2d(3, 8, 3, padding=1, symmetry={"hv": 4})

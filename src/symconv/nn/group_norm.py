@@ -75,10 +75,18 @@ class _GroupBatchNorm:
         cls, spec: GroupBatchNormSpec, *, device: Any = None, dtype: Any = None
     ) -> _GroupBatchNorm:
         """The layer a (validated) spec describes."""
-        if not isinstance(spec, GroupBatchNormSpec) or spec.ndim != cls._ndim:
-            raise type_error("spec", spec, f"a {cls._ndim}-D GroupBatchNormSpec")
-        if spec.channels is None:
-            raise ValueError(f"spec={spec!r} has no channels yet (an unbuilt Keras layer's)")
+        if not isinstance(spec, GroupBatchNormSpec):
+            raise type_error("spec", spec, "a GroupBatchNormSpec")
+        if spec.ndim is None or spec.channels is None:
+            raise ValueError(
+                "spec has no input rank and channels yet (an unbuilt Keras layer's): build "
+                "the layer first"
+            )
+        if spec.ndim != cls._ndim:
+            raise ValueError(
+                f"spec is for {spec.ndim} spatial axes; {cls.__name__} takes {cls._ndim} (use "
+                f"GroupBatchNorm{spec.ndim}d)"
+            )
         layer = cls.__new__(cls)
         layer._build(spec, device, dtype)
         return layer
