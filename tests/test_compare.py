@@ -580,7 +580,7 @@ def test_resume_checks_every_checkpoint(tmp_path: Path, capsys: pytest.CaptureFi
     state = torch.load(ckpts / "plain-run0.pt", weights_only=True)
     state["config"]["settings"]["lr"] = 0.5
     torch.save(state, ckpts / "plain-run0.pt")
-    refused("was made with other options than this run: settings: was")
+    refused("was made with other options than this run: settings.lr: was 0.5, now 0.004")
     # a file that is no checkpoint
     (ckpts / "plain-run0.pt").write_text("junk")
     refused(f"cannot read checkpoint {ckpts / 'plain-run0.pt'}")
