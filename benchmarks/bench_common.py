@@ -25,6 +25,8 @@ class Row:
     params_plain: int
     t_plain: float
     t_layer: float
+    #: Median over rounds of each round's layer / plain time (``None``: not measured so).
+    paired: float | None = None
 
     @property
     def ratio(self) -> float:
@@ -37,16 +39,20 @@ def markdown_table(
 ) -> str:  # fmt: skip
     """The rows as a markdown table under a line naming ``device`` and ``rounds`` (e.g.
     "median of 5 interleaved rounds")."""
+    paired = any(r.paired is not None for r in rows)
+    extra = " paired ratio |" if paired else ""
     lines = [
         f"Device: {device}; torch {torch.__version__}; {rounds}.",
         "",
-        f"| layer | input | precision | mode | plain ms | {layer_col} | ratio | {params_col} |",
-        "|---|---|---|---|---:|---:|---:|---:|",
+        f"| layer | input | precision | mode | plain ms | {layer_col} | ratio |{extra} "
+        f"{params_col} |",
+        "|---|---|---|---|---:|---:|---:|" + ("---:|" if paired else "") + "---:|",
     ]
     for r in rows:
+        cell = "" if not paired else " - |" if r.paired is None else f" {r.paired:.2f} |"
         lines.append(
             f"| {r.layer} | {r.shape} | {r.precision} | {r.mode} | {r.t_plain * 1e3:.2f} | "
-            f"{r.t_layer * 1e3:.2f} | {r.ratio:.2f} | {r.params} / {r.params_plain} |"
+            f"{r.t_layer * 1e3:.2f} | {r.ratio:.2f} |{cell} {r.params} / {r.params_plain} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -5,8 +5,9 @@ bias), each precision (float32; bfloat16 autocast with channels_last) and each m
 training step = forward + backward to the input and the parameters; eval = forward under
 ``torch.no_grad``, the cached kernel), the script times ``nn.Conv2d(C, C, 3)`` and
 ``GroupConv2d(C, C, 3, group=g)`` for ``g`` in ``r`` (C4, p4), ``hr`` (D4, p4m) and ``hv``
-(D2), interleaved over several rounds, and reports the median times and the ratio of
-medians to the plain layer of the same round.
+(D2), interleaved over several rounds, and reports the median times, the ratio of
+medians to the plain layer, and the paired ratio: the median over rounds of each round's
+layer / plain time (steadier when the machine's speed drifts).
 
 Memory: the bytes autograd saves for backward in one training step (unique storages, via
 ``torch.autograd.graph.saved_tensors_hooks``), split into *activations* (what grows with
@@ -228,15 +229,20 @@ def run_shape(
             for k in layers:
                 if k == "nn.Conv2d":
                     continue
+                # Each round's plain and layer blocks run minutes apart at most: the
+                # median of their ratios resists a machine whose speed drifts between rounds.
+                pairs = [t / p for t, p in zip(times[k], times["nn.Conv2d"], strict=True)]
                 r = Row(
                     k, f"{args.batch}x{c}x{hw}x{hw}", precision, mode, params[k],
                     params["nn.Conv2d"], base, statistics.median(times[k]),
+                    statistics.median(pairs),
                 )  # fmt: skip
                 rows.append(r)
                 print(
                     f"{r.layer:17s} {r.shape:15s} {r.precision:7s} {r.mode:5s} "
                     f"plain {r.t_plain * 1e3:8.2f} ms  layer {r.t_layer * 1e3:8.2f} ms  "
-                    f"ratio {r.ratio:5.2f}  params {r.params}/{r.params_plain}",
+                    f"ratio {r.ratio:5.2f}  paired {r.paired:5.2f}  "
+                    f"params {r.params}/{r.params_plain}",
                     flush=True,
                 )
     return rows
