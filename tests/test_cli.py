@@ -79,6 +79,19 @@ def test_os_error_is_one_line_with_the_path_exit_1(monkeypatch, capsys) -> None:
     )
 
 
+def test_a_reader_that_goes_away_is_no_error() -> None:
+    """``symconv flow --list-presets | head -0``: stdout closes before the first line."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "symconv", "flow", "--list-presets"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    proc.stdout.close()  # before the interpreter has even started
+    assert proc.wait(timeout=120) == 0
+    assert proc.stderr.read() == b""
+    proc.stderr.close()
+
+
 def test_ctrl_c_before_a_command_can_save_is_one_line_exit_130(monkeypatch, capsys) -> None:
     """Ctrl-C while a command still imports torch (before it has anything to save)."""
 

@@ -264,6 +264,22 @@ def test_resume_reproduces_an_uninterrupted_run(
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
 
 
+@pytest.mark.parametrize(
+    ("content", "cause"),
+    [("{", r"\(Expecting property name"), ("[]", r"\(not a compare run's configuration\)")],
+)
+def test_a_damaged_run_config_is_one_line_on_resume(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, cause: str
+) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(content)
+    assert _compare("--out", str(run), "--resume") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert re.search(rf"--resume: .*config.json is damaged {cause}.*cannot be resumed", err)
+
+
 def test_bad_arguments_fail_before_training(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

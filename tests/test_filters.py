@@ -225,6 +225,25 @@ def test_bad_filter_arguments(tmp_path) -> None:
     assert not (tmp_path / "x.png").exists()
 
 
+def test_damaged_or_foreign_files_are_named_and_not_blamed_on_pickling(tmp_path, capsys) -> None:
+    """A cut-off or non-torch file says so, with its path; only a sound pickle of Python
+    objects suggests --trust (which would let the file run code)."""
+    torch.save({"w": torch.randn(100_000), "b": torch.randn(50_000)}, tmp_path / "big.pt")
+    data = (tmp_path / "big.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[:50_000])  # torch's reader: OSError(EINVAL)
+    (tmp_path / "stub.pt").write_bytes(data[:400])  # RuntimeError: no central directory
+    (tmp_path / "junk.pt").write_text("garbage\n")  # weights_only: unsupported operand
+    for name in ("cut.pt", "stub.pt", "junk.pt"):
+        for trust in (False, True):
+            with pytest.raises(ValueError, match=rf"^cannot read checkpoint .*{name}: not a "
+                               r"torch checkpoint, or a damaged one \(.+\)$") as info:  # fmt: skip
+                load_checkpoint(tmp_path / name, trust=trust)
+            assert "trust" not in str(info.value)
+        assert run_cli(["filters", str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"{name}: not a torch checkpoint" in err
+
+
 def test_row_limits_are_noted(tmp_path) -> None:
     torch.manual_seed(0)
     layer = SymmetricConv2d(12, 40, 3, symmetry={"h": 20})

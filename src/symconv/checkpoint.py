@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -128,18 +129,31 @@ def load(
     try:
         # On the CPU: RNG states must stay CPU tensors; load_state_dict moves the rest.
         return torch.load(path, map_location="cpu", weights_only=not trust)
-    except OSError:
-        raise
+    except OSError as err:
+        if err.filename is not None:  # the file system's error (missing, no permission)
+            raise
+        # torch's zip reader on a truncated file: the file's fault, not the system's.
+        raise CheckpointError(_damaged(path, err.strerror or str(err))) from err
     except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
-        hint = ""
-        if trust_hint is not None and not trust and "weights_only" in str(err):
-            hint = (
-                f"; it pickles Python objects (e.g. a whole nn.Module): pass {trust_hint} if "
-                "you trust the file"
-            )
-        raise CheckpointError(
-            f"cannot read checkpoint {path}{hint}: {str(err).splitlines()[0]}"
-        ) from err
+        text = str(err)
+        unpickler = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
+        if not trust and unpickler and "Unsupported global" in unpickler.group(1):
+            # A sound pickle that names other Python objects: only trust can load it.
+            hint = f"; pass {trust_hint} if you trust the file" if trust_hint is not None else ""
+            raise CheckpointError(
+                f"cannot read checkpoint {path}: it pickles Python objects (e.g. a whole "
+                f"nn.Module){hint}: {_first_sentence(unpickler.group(1))}"
+            ) from err
+        cause = unpickler.group(1) if unpickler else (text.splitlines() or [repr(err)])[0]
+        raise CheckpointError(_damaged(path, _first_sentence(cause))) from err
+
+
+def _damaged(path: str | os.PathLike[str], cause: str) -> str:
+    return f"cannot read checkpoint {path}: not a torch checkpoint, or a damaged one ({cause})"
+
+
+def _first_sentence(text: str) -> str:
+    return text.strip().split(". ")[0].rstrip(".")
 
 
 def is_compare_checkpoint(obj: object) -> bool:

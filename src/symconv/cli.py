@@ -15,6 +15,7 @@ keeps its traceback. Subcommands turn the library's ``ValueError`` about user in
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -69,6 +70,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as err:
         print(f"symconv {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader of stdout went away (`symconv flow --list-presets | head -1`): what it
+        # wanted it has; stdout now goes nowhere, so the exit's flush cannot fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except OSError as err:
         print(f"symconv {args.command}: error: {describe_os_error(err)}", file=sys.stderr)
         return 1

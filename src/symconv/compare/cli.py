@@ -35,7 +35,7 @@ __all__ = ["add_parser", "config_from_args", "run"]
 
 _EPILOG = """\
 examples:
-  symconv compare                                   # MNIST subset, cnn, all variants
+  symconv compare                                   # MNIST subset, cnn, default variants
   symconv compare --variants plain,twist --runs 3
   symconv compare --data animals --model resnet --epochs 10
   symconv compare --data ~/data/imagenette2-160 --size 96 --model resnet --device cuda

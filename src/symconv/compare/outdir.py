@@ -148,6 +148,19 @@ def _slug(data: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
+def _read_run_config(path: Path) -> dict[str, Any]:
+    """A run's ``config.json``; :class:`CompareError` naming it when it is damaged."""
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
+        raise CompareError(f"--resume: {path} is damaged ({err}); it cannot be resumed") from err
+    if not isinstance(saved, dict) or not isinstance(saved.get("config", {}), dict):
+        raise CompareError(
+            f"--resume: {path} is damaged (not a compare run's configuration); it cannot be resumed"
+        )
+    return saved
+
+
 def open_out(config: CompareConfig, identity: dict[str, Any]) -> tuple[Path, FolderLock]:
     """The output folder, created if new and locked against other runs, checked against
     ``--resume`` (its ``config.json`` must give the same :func:`fingerprint` as
@@ -177,7 +190,7 @@ def open_out(config: CompareConfig, identity: dict[str, Any]) -> tuple[Path, Fol
     lock = FolderLock(out).acquire()
     try:
         if config.resume:
-            saved = json.loads(cfg_path.read_text(encoding="utf-8"))
+            saved = _read_run_config(cfg_path)
             previous = fingerprint(saved.get("config", {}), saved.get("world_size", 1))
             differ = differences(previous, identity)
             if differ:
