@@ -264,6 +264,23 @@ def test_resume_reproduces_an_uninterrupted_run(
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
 
 
+def test_a_resumed_run_reports_the_peak_memory_of_its_earlier_epochs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The process that resumes may only evaluate (interrupted after the last epoch): the
+    peak of the epochs before the interruption, kept in the history, still counts."""
+    from symconv.compare import train
+
+    args = ["--epochs", "2", "--variants", "plain", "--no-plots", "--out", str(tmp_path / "r")]
+    assert _compare(*args, "--max-epochs-this-run", "1") == 0
+    monkeypatch.setattr(train, "peak_memory", lambda device: (0.5, "stub"))
+    assert _compare(*args, "--resume") == 0
+    run = _load(tmp_path / "r")["variants"]["plain"]["runs"][0]
+    first = run["history"][0]["peak_memory_mb"]
+    assert first > 1 and run["history"][1]["peak_memory_mb"] == 0.5
+    assert run["peak_memory_mb"] == first
+
+
 @pytest.mark.parametrize(
     ("content", "cause"),
     [("{", r"\(Expecting property name"), ("[]", r"\(not a compare run's configuration\)")],

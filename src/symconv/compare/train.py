@@ -257,6 +257,8 @@ class _Trainer:
             "lr": float(self.scheduler.get_last_lr()[0]),
             "seconds": seconds,
             "images_per_s": count / seconds if seconds > 0 else float("nan"),
+            # Kept with the epoch: a run resumed after it must still report its peak.
+            "peak_memory_mb": peak_memory(self.device)[0],
         }
         self.history.append(record)
         return record
@@ -429,6 +431,8 @@ def _result(
 ) -> dict[str, Any]:
     """The result record of a trained run: accuracy per transform, cost, history."""
     memory_mb, memory_kind = peak_memory(t.device)
+    # Epochs trained by an earlier process (before an interruption) count too.
+    memory_mb = max([memory_mb] + [h.get("peak_memory_mb", 0.0) for h in t.history])
     accuracy = {
         name: math.nan if diverged else t.evaluate(TRANSFORMS[name]) for name in t.s.transforms
     }
