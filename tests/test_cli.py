@@ -150,7 +150,7 @@ def test_flow_usage_errors_are_usage_errors(tmp_path, capsys) -> None:
 def test_filters_usage_error(tmp_path, capsys) -> None:
     assert main(["filters", str(tmp_path / "none.pt"), "--max-rows", "0"]) == 2
     assert capsys.readouterr().err == (
-        "symconv filters: error: --max-rows and --max-in must be >= 1\n"
+        "symconv filters: error: --max-rows 0 is not allowed; give 1 or more\n"
     )
 
 

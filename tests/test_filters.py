@@ -244,6 +244,16 @@ def test_damaged_or_foreign_files_are_named_and_not_blamed_on_pickling(tmp_path,
         assert err.count("\n") == 1 and f"{name}: not a torch checkpoint" in err
 
 
+def test_filters_are_written_in_the_format_the_extension_names(tmp_path) -> None:
+    from PIL import Image
+
+    plot_filters(tiny_model(), tmp_path / "f.jpg")
+    assert Image.open(tmp_path / "f.jpg").format == "JPEG"
+    with pytest.raises(ValueError, match=r"has extension '.txt'"):
+        plot_filters(tiny_model(), tmp_path / "f.txt")
+    assert not (tmp_path / "f.txt").exists()
+
+
 def test_row_limits_are_noted(tmp_path) -> None:
     torch.manual_seed(0)
     layer = SymmetricConv2d(12, 40, 3, symmetry={"h": 20})
@@ -281,13 +291,18 @@ def test_cli_filters(tmp_path, capsys) -> None:
     [
         (["{tmp}/missing.pt"], "does not exist"),
         (["{tmp}/ckpt.pt", "--layer", "9"], "layer '9' is not a 2-D convolution"),
-        (["{tmp}/ckpt.pt", "--max-rows", "0"], "--max-rows and --max-in must be >= 1"),
+        (["{tmp}/ckpt.pt", "--max-rows", "0"], "--max-rows 0 is not allowed; give 1 or more"),
+        (["{tmp}/ckpt.pt", "--max-in", "0"], "--max-in 0 is not allowed; give 1 or more"),
+        (["{tmp}/ckpt.pt", "--out", "{tmp}/o.txt"], "o.txt' has extension '.txt'; the format"),
+        (["{tmp}/ckpt.pt", "--out", "{tmp}/no/o.png"], "/no does not exist"),
     ],
 )
 def test_cli_filters_bad_arguments(tmp_path, capsys, argv: list[str], match: str) -> None:
     torch.save(tiny_model().state_dict(), tmp_path / "ckpt.pt")
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
-    assert run_cli(["filters", *argv, "--out", str(tmp_path / "o.png")]) == 2
+    if "--out" not in argv:
+        argv += ["--out", str(tmp_path / "o.png")]
+    assert run_cli(["filters", *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("symconv filters: error:") and match in err
     assert len(err.splitlines()) == 1

@@ -435,7 +435,7 @@ def _complete(results: _Results, say: Callable[[str], None]) -> dict[str, Any]:
             )
     results.write()
     say(
-        f"results: {out / 'results.json'}, {out / 'results.csv'}"
+        f"results: {out / 'results.json'}, {out / 'results.csv'}, {out / 'table.md'}"
         + (", plots" if doc.get("plots") else "")
     )
     ctx.barrier()

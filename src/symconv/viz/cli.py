@@ -165,7 +165,11 @@ def _add_filters_parser(subparsers: argparse._SubParsersAction) -> None:
     filters.add_argument(
         "--layer", default=None, help="layer name (default: the first convolution)"
     )
-    filters.add_argument("--out", default="filters.png", help="output PNG (default: filters.png)")
+    filters.add_argument(
+        "--out",
+        default="filters.png",
+        help="output picture, format from the extension: .png, .jpg, ... (default: filters.png)",
+    )
     filters.add_argument(
         "--max-rows",
         type=int,
@@ -400,11 +404,19 @@ def run_flow(args: argparse.Namespace) -> int:
 
 def run_filters(args: argparse.Namespace) -> int:
     """Run ``symconv filters``; returns the exit code."""
-    from symconv.cli import UsageError
+    from symconv.cli import UsageError, describe_os_error
+    from symconv.viz import drawing
     from symconv.viz import filters as filters_mod
 
-    if args.max_rows < 1 or args.max_in < 1:
-        raise UsageError("--max-rows and --max-in must be >= 1")
+    for flag, value in (("--max-rows", args.max_rows), ("--max-in", args.max_in)):
+        if value < 1:
+            raise UsageError(f"{flag} {value} is not allowed; give 1 or more")
+    try:  # before the checkpoint is read: a bad --out wastes no work
+        drawing.check_output_path(args.out)
+    except ValueError as err:
+        raise UsageError(f"--out: {err}") from None
+    except OSError as err:
+        raise UsageError(f"--out: {describe_os_error(err)}") from None
     if not os.path.isfile(args.checkpoint):
         raise UsageError(f"checkpoint {args.checkpoint!r} does not exist or is not a file")
     try:

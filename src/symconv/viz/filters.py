@@ -361,12 +361,15 @@ def plot_filters(
     max_rows: int = FILTER_MAX_ROWS,
     max_in: int = FILTER_MAX_IN,
 ) -> FilterFigure:
-    """Draw the filters of one layer, one orbit per row, and save a PNG to ``out``.
+    """Draw the filters of one layer, one orbit per row, and save the picture to ``out``.
 
     Args:
         model_or_state: an ``nn.Module``; a state_dict; or what :func:`load_checkpoint`
             returns (a module or a ``{layer: LayerFilters}`` dict).
-        out: the PNG to write.
+        out: the picture to write, in the format its extension names (``.png``,
+            ``.jpg``, ...: :data:`symconv.viz.limits.STRIP_FORMATS`); ``ValueError`` for
+            another extension, ``OSError`` for a folder that cannot take it (checked
+            before drawing).
         layer: the layer's name (``model.named_modules()`` / state_dict prefix); default:
             the first convolution.
         symmetry, out_channels: for a state_dict, ``{layer: spec}`` (and channel counts)
@@ -383,6 +386,7 @@ def plot_filters(
     for name, value in (("max_rows", max_rows), ("max_in", max_in)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name}={value!r} is not allowed; give an integer >= 1")
+    fmt = drawing.check_output_path(out)
     layers = layers_of(model_or_state, symmetry, out_channels)
     layer = _pick_layer(layers, layer)
     info = layers[layer]
@@ -421,7 +425,7 @@ def plot_filters(
         _draw_row(canvas, info, row, r, geometry, n_in_shown, zoom, scale)
         for r, row in enumerate(rows)
     ]
-    canvas.save(os.fspath(out), format="PNG")
+    canvas.save(os.fspath(out), format=fmt)
     return FilterFigure(
         layer=layer,
         info=info,
