@@ -281,6 +281,32 @@ def test_a_resumed_run_reports_the_peak_memory_of_its_earlier_epochs(
     assert run["peak_memory_mb"] == first
 
 
+def test_a_network_too_big_for_memory_is_one_line_before_any_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from symconv.compare import runner
+
+    def too_big(*args: object, **kwargs: object) -> None:
+        raise RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+            "memory: you tried to allocate 720000000000 bytes. Error code 12"
+        )
+
+    monkeypatch.setattr(runner, "build_variant", too_big)
+    assert _compare("--width", "100000", "--out", str(tmp_path / "r")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "the plain network at --width 100000 does not fit in" in err
+    assert "(can't allocate memory: you tried to allocate 720000000000 bytes" in err
+    assert not (tmp_path / "r").exists()
+
+    def bug(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("shape mismatch in a layer")  # a bug: its traceback stays
+
+    monkeypatch.setattr(runner, "build_variant", bug)
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        _compare("--out", str(tmp_path / "r2"))
+
+
 @pytest.mark.parametrize(
     ("content", "cause"),
     [("{", r"\(Expecting property name"), ("[]", r"\(not a compare run's configuration\)")],

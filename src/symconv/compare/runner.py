@@ -193,7 +193,28 @@ def _load_checked_data(config: CompareConfig) -> ImageData:
             )
         except ValueError as err:
             raise CompareError(str(err)) from err
+        except (MemoryError, RuntimeError) as err:
+            if not _out_of_memory(err):
+                raise
+            raise CompareError(
+                f"the {variant} network at --width {s.width or 'default'} does not fit in "
+                f"memory ({_allocation(err)}); choose a smaller --width"
+            ) from err
     return data
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` is an allocation failure (Python's, or torch's CPU or CUDA one)."""
+    text = str(err)
+    return isinstance(err, MemoryError | torch.OutOfMemoryError) or (
+        "can't allocate memory" in text or "out of memory" in text.lower()
+    )
+
+
+def _allocation(err: BaseException) -> str:
+    """The allocator's words for a failed allocation, without torch's source location."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return text.split("DefaultCPUAllocator: ")[-1]
 
 
 def _run(
