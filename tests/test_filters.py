@@ -254,6 +254,33 @@ def test_filters_are_written_in_the_format_the_extension_names(tmp_path) -> None
     assert not (tmp_path / "f.txt").exists()
 
 
+def test_group_convolutions_are_drawn_one_field_per_row(tmp_path) -> None:
+    """A GroupConv2d is an nn.Conv2d whose ``weight`` is the free kernel: the figure shows
+    the full kernel, a field's |G| members in a row, member r the quarter turn of e with
+    the input fields' members moved along."""
+    from symconv import GroupConv2d
+
+    torch.manual_seed(0)
+    layer = GroupConv2d(4, 8, 3, group="r")
+    info = layers_of(nn.Sequential(layer))["0"]
+    assert info.describe() == "group, 8 filters of 4 x 3 x 3, 2 fields of |G|=4 (group 'r')"
+    fig = plot_filters(nn.Sequential(layer), tmp_path / "g.png")
+    pixels = read_png(tmp_path / "g.png")
+    weight = layer.expanded_weight.detach().double().numpy()
+    assert [r.label for r in fig.rows] == ["field 0 (r)", "field 1 (r)"]
+    for f, row in enumerate(fig.rows):
+        assert row.channels == tuple(range(4 * f, 4 * f + 4))
+        assert row.tiles == ("e", "r", "r2", "r3")
+        for channel, boxes in zip(row.channels, row.boxes, strict=True):
+            for i, box in enumerate(boxes):
+                expected = expected_tile(weight[channel, i], fig)
+                np.testing.assert_array_equal(tile(pixels, box), expected)
+        # Read off the picture: member r's input member 1 is member e's input member 0
+        # turned a quarter (counterclockwise, as torch.rot90 on (H, W)).
+        e_in0, r_in1 = tile(pixels, row.boxes[0][0]), tile(pixels, row.boxes[1][1])
+        np.testing.assert_array_equal(np.rot90(e_in0), r_in1)
+
+
 def test_row_limits_are_noted(tmp_path) -> None:
     torch.manual_seed(0)
     layer = SymmetricConv2d(12, 40, 3, symmetry={"h": 20})

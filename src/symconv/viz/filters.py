@@ -60,16 +60,21 @@ class LayerFilters:
     ``Wx`` and ``Wy`` of the same shape.
     """
 
-    kind: str  # 'symmetric', 'conv' or 'twist'
+    kind: str  # 'symmetric', 'group', 'conv' or 'twist'
     weight: np.ndarray
     plan: SymmetryPlan | None = None
     extra: dict[str, np.ndarray] = field(default_factory=dict)
+    #: A group convolution's group key and member names (each field is one row).
+    group: tuple[str, tuple[str, ...]] | None = None
 
     def describe(self) -> str:
         out, cin, kh, kw = self.weight.shape
         text = f"{self.kind}, {out} filters of {cin} x {kh} x {kw}"
         if self.plan is not None:
             text += f", {self.plan.n_free} orbits"
+        if self.group is not None:
+            key, names = self.group
+            text += f", {out // len(names)} fields of |G|={len(names)} (group {key!r})"
         return text
 
 
@@ -108,7 +113,9 @@ def _numpy(t: Tensor) -> np.ndarray:
 
 
 def conv_layers(model: nn.Module) -> dict[str, LayerFilters]:
-    """Every 2-D convolution of ``model`` (``nn.Conv2d``, ``SymmetricConv2d``, ``ConvTwist``)."""
+    """Every 2-D convolution of ``model`` (``nn.Conv2d``, ``SymmetricConv2d``,
+    ``GroupConv2d``, ``ConvTwist``); symmetric and group layers with their full kernels."""
+    from symconv.nn.group_conv import GroupConv2d
     from symconv.nn.symmetric import SymmetricConv2d
 
     try:
@@ -121,6 +128,11 @@ def conv_layers(model: nn.Module) -> dict[str, LayerFilters]:
         if isinstance(module, SymmetricConv2d):
             found[name] = LayerFilters(
                 "symmetric", _numpy(module.expanded_weight), plan=module.plan
+            )
+        elif isinstance(module, GroupConv2d):
+            grp = module.spec.group
+            found[name] = LayerFilters(
+                "group", _numpy(module.expanded_weight), group=(grp.key, tuple(grp.names))
             )
         elif isinstance(module, ConvTwist):
             found[name] = LayerFilters(
@@ -269,6 +281,11 @@ def _rows(info: LayerFilters) -> list[tuple[str, tuple[int, ...], tuple[str, ...
     out = info.weight.shape[0]
     if info.kind == "twist":
         return [(f"channel {c}", (c, c, c), ("W", "Wx", "Wy")) for c in range(out)]
+    if info.group is not None:  # field f: channels f |G| .. f |G| + |G| - 1, member order
+        key, names = info.group
+        n = len(names)
+        fields = range(out // n)
+        return [(f"field {f} ({key})", tuple(range(f * n, f * n + n)), names) for f in fields]
     if info.plan is None:
         return _plain_rows(list(range(out)))
     plan = info.plan
