@@ -28,13 +28,8 @@ if TYPE_CHECKING:
 
 __all__ = ["PADDING_MODES", "ConvGeometry", "ConvSpec", "check_turnable", "same_padding"]
 
-#: Keras' names of the arguments whose torch names differ.
-_KERAS_NAMES = {
-    "stride": "strides",
-    "dilation": "dilation_rate",
-    "out_channels": "filters",
-    "bias": "use_bias",
-}
+#: Keras' names of the grid arguments whose torch names differ.
+_KERAS_NAMES = {"stride": "strides", "dilation": "dilation_rate"}
 
 
 def check_turnable(
@@ -53,10 +48,7 @@ def check_turnable(
     ``'symmetry key'``)."""
     if not grp.has_rotations:
         return
-    if kernel_size[-1] != kernel_size[-2]:
-        raise value_error(
-            "kernel_size", tuple(kernel_size), f"square for {what} {grp.key!r} (it turns kernels)"
-        )
+    grp.check_kernel(tuple(kernel_size), what=what)
     for name, value in (("stride", stride), ("dilation", dilation), ("padding", padding)):
         if not isinstance(value, str) and value[-2] != value[-1]:
             raise value_error(

@@ -249,11 +249,14 @@ class Group:
                 covered.update(int(self.table[h, c]) for h in sub)
         return _readonly(self.table[np.ix_(sub, np.array(reps))].copy())
 
-    def check_kernel(self, kernel_size: tuple[int, ...], name: str = "kernel_size") -> None:
-        """Raise ``ValueError`` when a rotation group meets a non-square kernel."""
+    def check_kernel(
+        self, kernel_size: tuple[int, ...], name: str = "kernel_size", what: str = "group"
+    ) -> None:
+        """Raise ``ValueError`` when a rotation group meets a non-square kernel (``what``:
+        the argument that chose the group, e.g. ``'symmetry key'``)."""
         if self.has_rotations and kernel_size[-1] != kernel_size[-2]:
             raise value_error(
-                name, tuple(kernel_size), f"square for group {self.key!r} (it turns kernels)"
+                name, tuple(kernel_size), f"square for {what} {self.key!r} (it turns kernels)"
             )
 
     def apply(self, x: np.ndarray, member: int, first_axis: int) -> np.ndarray:

@@ -214,22 +214,29 @@ def _check_options(args: argparse.Namespace) -> None:
         raise UsageError(f"--columns {args.columns} is not allowed; give 1 or more")
 
 
+def _check_output(option: str, path: str, animation: bool = False) -> None:
+    """:func:`symconv.viz.drawing.check_output_path` as a one-line ``UsageError`` naming
+    ``option``."""
+    from symconv.cli import UsageError, describe_os_error
+    from symconv.viz import drawing
+
+    try:
+        drawing.check_output_path(path, animation=animation)
+    except ValueError as err:
+        raise UsageError(f"{option}: {err}") from None
+    except OSError as err:
+        raise UsageError(f"{option}: {describe_os_error(err)}") from None
+
+
 def _output_paths(args: argparse.Namespace, name: str) -> tuple[str, str | None]:
     """``(--out, --gif or None)`` with their defaults, checked: format and directory."""
-    from symconv.cli import UsageError, describe_os_error
-    from symconv.viz import flow as flow_mod
+    from symconv.cli import UsageError
 
     out = args.out or f"flow_{name}.png"
     gif = None if args.gif is None else args.gif or os.path.splitext(out)[0] + ".gif"
     for option, path in (("--out", out), ("--gif", gif)):
-        if path is None:
-            continue
-        try:
-            flow_mod.check_output_path(path, animation=option == "--gif")
-        except ValueError as err:
-            raise UsageError(f"{option}: {err}") from None
-        except OSError as err:
-            raise UsageError(f"{option}: {describe_os_error(err)}") from None
+        if path is not None:
+            _check_output(option, path, animation=option == "--gif")
     if gif is not None and os.path.abspath(gif) == os.path.abspath(out):
         raise UsageError(f"--gif {gif} would overwrite --out; give another name")
     return out, gif
@@ -404,19 +411,13 @@ def run_flow(args: argparse.Namespace) -> int:
 
 def run_filters(args: argparse.Namespace) -> int:
     """Run ``symconv filters``; returns the exit code."""
-    from symconv.cli import UsageError, describe_os_error
-    from symconv.viz import drawing
+    from symconv.cli import UsageError
     from symconv.viz import filters as filters_mod
 
     for flag, value in (("--max-rows", args.max_rows), ("--max-in", args.max_in)):
         if value < 1:
             raise UsageError(f"{flag} {value} is not allowed; give 1 or more")
-    try:  # before the checkpoint is read: a bad --out wastes no work
-        drawing.check_output_path(args.out)
-    except ValueError as err:
-        raise UsageError(f"--out: {err}") from None
-    except OSError as err:
-        raise UsageError(f"--out: {describe_os_error(err)}") from None
+    _check_output("--out", args.out)  # before the checkpoint is read: no wasted work
     if not os.path.isfile(args.checkpoint):
         raise UsageError(f"checkpoint {args.checkpoint!r} does not exist or is not a file")
     try:
