@@ -235,11 +235,11 @@ def config_from_args(args: argparse.Namespace) -> CompareConfig:
     return config
 
 
-#: Options that shape one family of variants: (flag, TrainSettings field, its variants).
+#: Options that shape one family of variants: (TrainSettings field, its variants).
 _VARIANT_OPTIONS = (
-    ("--symmetry", "symmetry", ("sym",)),
-    ("--invariant-to", "invariant_key", ("sym-inv",)),
-    ("--group-width", "group_width", tuple(GROUP_VARIANTS)),
+    ("symmetry", ("sym",)),
+    ("invariant_key", ("sym-inv",)),
+    ("group_width", tuple(GROUP_VARIANTS)),
 )
 
 
@@ -248,11 +248,11 @@ def _check_options_reach_a_variant(config: CompareConfig) -> None:
     (the run would silently ignore it)."""
     from symconv.cli import UsageError
 
-    for flag, name, users in _VARIANT_OPTIONS:
+    for name, users in _VARIANT_OPTIONS:
         value = getattr(config.settings, name)
         if value != _settings(name) and not set(users) & set(config.variants):
             raise UsageError(
-                f"{flag}={value!r} shapes the {'/'.join(users)} variant"
+                f"{_FLAGS[name]}={value!r} shapes the {'/'.join(users)} variant"
                 f"{'s' if len(users) > 1 else ''} only, and --variants="
                 f"{','.join(config.variants)} has none of them"
             )
