@@ -1,39 +1,64 @@
 #!/usr/bin/env bash
 # Every CUDA check of symconv in one call, for a machine with one CUDA GPU.
 #
-#   bash benchmarks/gpu_check.sh OUT_DIR            # the real check (about 10 min in all)
-#   bash benchmarks/gpu_check.sh OUT_DIR --dry-run  # the same parts, tiny, on the CPU
+#   bash benchmarks/gpu_check.sh OUT_DIR                  # the real check (limits: 15 min in all)
+#   bash benchmarks/gpu_check.sh OUT_DIR --parts tests,bench_group,bench_escnn
+#   bash benchmarks/gpu_check.sh OUT_DIR --dry-run        # the same parts, tiny, on the CPU
 #
 # Installs what is missing (torch with CUDA, the project, the test extras; offline it uses
 # what is there and the source tree), then runs each part under its own time limit, so one
 # hang cannot eat the rest:
 #
-#   env            versions, GPU name, nvidia-smi
+#   env            versions, GPU name, nvidia-smi (always run)
 #   tests          the CUDA tests: every test parametrized over devices, run for 'cuda'
 #   bench_symmetric, bench_twist, bench_group: batch 64, against nn.Conv2d
-#   bench_escnn    bench_group.py --escnn: escnn's (else e2cnn's) R2Conv beside GroupConv2d,
-#                  installed into a throwaway venv over this Python's packages
-#   compare        `symconv compare` (the default job) and `--model resnet` on the GPU
+#   compare        `symconv compare` (the default job) on the GPU
+#   compare_resnet the same with `--model resnet`
+#   bench_escnn    bench_group.py --escnn: e2cnn's R2Conv beside GroupConv2d, installed from
+#                  the wheels in .whl/ (benchmarks/gpu_wheels.sh fetches them; a machine that
+#                  reaches no registry needs them carried) into a throwaway venv
 #
 # Everything lands in OUT_DIR: one log per part, the benchmark tables as Markdown, the
 # compare results (tables, JSON, plots; no checkpoints) and summary.txt (each part's exit
 # code and seconds). The exit code is the number of failed parts.
 set -uo pipefail
 
-usage="usage: bash benchmarks/gpu_check.sh OUT_DIR [--dry-run]"
-if [[ $# -lt 1 || $# -gt 2 || "$1" == -* ]]; then
+all_parts=(tests bench_symmetric bench_twist bench_group compare compare_resnet bench_escnn)
+usage="usage: bash benchmarks/gpu_check.sh OUT_DIR [--dry-run] [--parts NAME,...]
+parts: ${all_parts[*]}"
+if [[ $# -lt 1 || "$1" == -* ]]; then
     echo "$usage" >&2
     exit 2
 fi
 out=$1
+shift
 dry=0
-if [[ $# -eq 2 ]]; then
-    if [[ "$2" != "--dry-run" ]]; then
-        echo "gpu_check: unknown option '$2'; $usage" >&2
+selected=("${all_parts[@]}")
+while [[ $# -gt 0 ]]; do
+    case $1 in
+    --dry-run) dry=1 ;;
+    --parts)
+        if [[ $# -lt 2 || -z "$2" ]]; then
+            echo "gpu_check: --parts needs a comma-separated list; $usage" >&2
+            exit 2
+        fi
+        IFS=, read -r -a selected <<<"$2"
+        for name in "${selected[@]}"; do
+            if [[ " ${all_parts[*]} " != *" $name "* ]]; then
+                echo "gpu_check: --parts: unknown part '$name'; $usage" >&2
+                exit 2
+            fi
+        done
+        shift
+        ;;
+    *)
+        echo "gpu_check: unknown option '$1'; $usage" >&2
         exit 2
-    fi
-    dry=1
-fi
+        ;;
+    esac
+    shift
+done
+wanted() { [[ " ${selected[*]} " == *" $1 "* ]]; }
 repo=$(cd "$(dirname "$0")/.." && pwd)
 mkdir -p "$out" || { echo "gpu_check: cannot create OUT_DIR '$out'" >&2; exit 2; }
 out=$(cd "$out" && pwd)
@@ -51,6 +76,7 @@ log() { echo "[gpu_check $(date +%H:%M:%S)] $*"; }
 part() {
     local name=$1 limit=$2
     shift 2
+    [[ $name == env ]] || wanted "$name" || return 0
     log "$name (limit ${limit}s): $*"
     local t0=$SECONDS rc
     timeout --kill-after=10 "$limit" "$@" >"$out/$name.log" 2>&1
@@ -121,7 +147,7 @@ if [[ $dry -eq 0 ]] && ! "$PY" -c "import torch, sys; sys.exit(not torch.cuda.is
     echo "gpu_check: torch sees no CUDA GPU; nothing to check (try --dry-run)" >&2
     exit 2
 fi
-part tests 120 "$PY" -m pytest -q -p no:cacheprovider -o addopts="" -k "$tests_k" \
+part tests 180 "$PY" -m pytest -q -p no:cacheprovider -o addopts="" -k "$tests_k" \
     --junitxml="$out/tests.xml" tests
 part bench_symmetric 100 "$PY" benchmarks/bench_symmetric.py --device "$device" \
     --batch "$batch" "${sym_args[@]}" --markdown "$out/bench_symmetric.md"
@@ -135,33 +161,49 @@ part compare_resnet 90 "$PY" -m symconv compare --device "$device" --no-progress
     --model resnet --out "$out/compare-resnet" "${cmp_args[@]}"
 # Checkpoints are large and not results.
 rm -rf "$out"/compare-*/checkpoints
-# Last, so that a caller's time limit costs only this part: escnn's R2Conv beside
-# GroupConv2d. escnn needs py3nj, which builds only with a Fortran compiler; e2cnn 0.2.3 has
-# the same layers but wants numpy < 2. Both go into a throwaway venv that sees this Python's
-# packages (the CUDA torch) through a .pth file, behind its own, so the main environment is
-# never touched. The dry run installs nothing: it runs the --escnn path with this Python.
+# Last, so that a caller's time limit costs only this part: e2cnn's R2Conv beside
+# GroupConv2d. e2cnn needs numpy < 2 and a scipy built for it (benchmarks/gpu_wheels.sh says
+# why not escnn); they go into a throwaway venv that sees this Python's packages (the CUDA
+# torch) through a .pth file, behind its own, so the main environment is never touched.
+# The wheels come from .whl/ (carried to a machine that reaches no registry), else
+# gpu_wheels.sh fetches them for this Python (not in a dry run, which uses the wheels when
+# they are there and otherwise runs the --escnn path with whatever this Python has).
 escnn_bench() {
-    local venv site
+    local venv site rc
+    if ! compgen -G "$repo/.whl/numpy-*-$tag-*.whl" >/dev/null; then
+        echo "no $tag wheels in $repo/.whl: fetching them with benchmarks/gpu_wheels.sh"
+        bash "$repo/benchmarks/gpu_wheels.sh" "$pyver" || {
+            echo "gpu_check: no e2cnn wheels for $tag; run benchmarks/gpu_wheels.sh where a" \
+                "package registry is reachable and carry .whl" >&2
+            return 1
+        }
+    fi
     venv=$(mktemp -d)/venv
+    # shellcheck disable=SC2064  # the path is known now
+    trap "rm -rf '${venv%/venv}'" RETURN
     "$PY" -m venv "$venv" || return 1
     site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
     "$PY" -c 'import sysconfig as s; print(s.get_paths()["purelib"]); print(s.get_paths()["platlib"])' \
         >"$site/gpu_check_parent.pth"
-    "$venv/bin/python" -m pip install -q escnn || {
-        echo "escnn did not install (py3nj needs gfortran); trying e2cnn 0.2.3"
-        "$venv/bin/python" -m pip install -q e2cnn==0.2.3 "numpy<2"
-    } || echo "neither escnn nor e2cnn installed: the benchmark says it skips"
+    "$venv/bin/python" -m pip install -q --no-index --no-deps "$repo"/.whl/e2cnn-*.whl \
+        "$repo"/.whl/numpy-*-"$tag"-*.whl "$repo"/.whl/scipy-*-"$tag"-*.whl || return 1
+    "$venv/bin/python" -c 'from importlib.metadata import version as v
+print(*(f"{n} {v(n)}" for n in ("e2cnn", "numpy", "scipy", "torch")))' || return 1
     PYTHONPATH="$repo/src" "$venv/bin/python" benchmarks/bench_group.py --device "$device" \
-        --batch "$batch" --groups hr,r --rounds 3 --min-time 0.05 --escnn \
-        --markdown "$out/bench_escnn.md"
+        --batch "$batch" "$@" --escnn --markdown "$out/bench_escnn.md"
 }
-if [[ $dry -eq 1 ]]; then
+pyver=$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+tag=cp${pyver/./}
+export -f escnn_bench
+export PY repo device batch out pyver tag
+if [[ $dry -eq 0 ]]; then
+    part bench_escnn 240 bash -c 'escnn_bench "$@"' escnn_bench --groups hr,r --rounds 3 \
+        --min-time 0.05
+elif compgen -G "$repo/.whl/numpy-*-$tag-*.whl" >/dev/null; then
+    part bench_escnn 120 bash -c 'escnn_bench "$@"' escnn_bench "${grp_args[@]}" --groups hr
+else  # a dry run fetches nothing: the --escnn path with whatever this Python has
     part bench_escnn 120 "$PY" benchmarks/bench_group.py --device "$device" --batch "$batch" \
         "${grp_args[@]}" --groups hr --escnn --markdown "$out/bench_escnn.md"
-else
-    export -f escnn_bench
-    export PY repo device batch out
-    part bench_escnn 300 bash -c escnn_bench
 fi
 
 printf '%-16s %-26s %4ds\n' total "$failed failed part(s)" $((SECONDS - t_start)) | tee -a "$summary"

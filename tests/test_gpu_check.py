@@ -18,10 +18,26 @@ def _run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.parametrize("args", [(), ("--dry-run",), ("out", "--fast"), ("a", "b", "c")])
-def test_usage_errors_exit_2(args: tuple[str, ...]) -> None:
-    proc = _run(*args)
+@pytest.mark.parametrize(
+    "args",
+    [(), ("--dry-run",), ("out", "--fast"), ("a", "b", "c"), ("out", "--parts")]
+    + [("out", "--parts", "tests,bench"), ("out", "--parts", "")],
+)
+def test_usage_errors_exit_2(args: tuple[str, ...], tmp_path: Path) -> None:
+    proc = subprocess.run(
+        ["bash", str(SCRIPT), *args], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
     assert proc.returncode == 2 and "usage: bash benchmarks/gpu_check.sh" in proc.stderr
+    assert not (tmp_path / "out").exists()  # refused before anything is made
+
+
+def test_parts_runs_only_the_parts_named(tmp_path: Path) -> None:
+    out = tmp_path / "check"
+    proc = _run(str(out), "--dry-run", "--parts", "bench_group", timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    names = [line.split()[0] for line in (out / "summary.txt").read_text().splitlines()]
+    assert names == ["env", "bench_group", "total"]
+    assert "|" in (out / "bench_group.md").read_text()
 
 
 @pytest.mark.slow

@@ -4,6 +4,8 @@ broken layer."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -49,6 +51,24 @@ def test_stack_is_exactly_invariant(key, stride, size, train):
     errors = equivariance_error(model, x, key)
     assert list(errors) == [word or "e" for word in _names(key)]
     assert max(errors.values()) < 1e-10
+
+
+@pytest.mark.requires_cuda
+@pytest.mark.parametrize("key", KEYS_2D)
+@pytest.mark.parametrize("train", [True, False])
+def test_stack_is_exactly_invariant_on_cuda(key, train):
+    """The same network on the GPU (cuDNN, the CUDA gather): exact, and equal to the CPU."""
+    model = network(key, 2)
+    x = torch.randn(4, 3, 9, 9, dtype=torch.float64)
+    model(x)
+    gpu = copy.deepcopy(model).cuda().train(train)
+    model.train(train)
+    with torch.no_grad():
+        y = gpu(x.cuda())
+        torch.testing.assert_close(y.cpu(), model(x), atol=1e-10, rtol=0)
+        for word in MEMBERS[key]:
+            torch.testing.assert_close(gpu(apply(word, x).cuda()), y, atol=1e-10, rtol=0)
+    assert max(equivariance_error(gpu, x.cuda(), key).values()) < 1e-10
 
 
 def _names(key):

@@ -4,7 +4,10 @@ in every framework it exists in.
 Per family: the spec describes the real parameters; the torch layer equals a naive
 reference (float64); torch <-> Keras parity both ways; ``state_dict`` and ``.keras`` round
 trips; ``torch.compile`` (forward and gradients); ONNX through onnxruntime; DDP equals one
-process; channels_last; CPU autocast; CUDA equals CPU where a GPU exists. A new family gets
+process; channels_last; CPU autocast. Where a GPU exists (``benchmarks/gpu_check.sh``): a
+layer built on the device equals the CPU's in float64 (output, gradients, statistics), also
+after ``meta`` + ``to_empty``; channels_last, bf16 autocast, bitwise-repeatable gradients
+under deterministic algorithms, and inductor for the 2-D group families. A new family gets
 all of this from its registry line and a reference in ``_references.py``.
 """
 
@@ -188,13 +191,122 @@ def test_cpu_autocast_bfloat16(family):
     assert ((got.float() - want).abs().max() / scale) < 0.05
 
 
+# -- CUDA (run by benchmarks/gpu_check.sh on a lent GPU; skipped without one) -------------------
+# float64 where the result must equal the CPU's: cuDNN runs float32 convolutions in TF32 by
+# default on Ampere and later, which is a precision choice, not an error of the layer.
+def _forward_backward(layer: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The output, the input's and every parameter's gradient, and the kept statistics,
+    on the CPU, by name."""
+    module = getattr(layer, "_orig_mod", layer)  # a compiled layer's names are its module's
+    x = x.detach().requires_grad_()
+    out = layer(x)
+    grads = torch.autograd.grad(out.square().sum(), [x, *module.parameters()])
+    names = ["output", "input.grad", *(f"{n}.grad" for n, _ in module.named_parameters())]
+    result = dict(zip(names, [out.detach(), *grads], strict=True))
+    result |= {n: s.detach() for n, s in _statistics(module).items()}
+    return {n: t.cpu() for n, t in result.items()}
+
+
+def _assert_all_close(got: dict, want: dict, tol: float) -> None:
+    assert list(got) == list(want)
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=tol, atol=tol, msg=name)
+
+
 @pytest.mark.requires_cuda
 @pytest.mark.parametrize("family", PARAMS)
-def test_cuda_matches_cpu(family):
+def test_cuda_float64_equals_cpu_forward_backward_and_statistics(family):
+    """Built on the device (not moved there), so every derived tensor (gather indices,
+    cosets) must be made on it too."""
+    layer = _torch_layer(family, torch.float64)
+    x = _input(family, torch.float64)
+    gpu = family.torch_class.from_spec(family.example(), device="cuda", dtype=torch.float64)
+    gpu.load_state_dict(layer.state_dict())
+    _assert_all_close(_forward_backward(gpu, x.cuda()), _forward_backward(layer, x), 1e-10)
+
+
+@pytest.mark.requires_cuda
+@pytest.mark.parametrize("family", PARAMS)
+def test_cuda_float32_matches_cpu(family):
     layer = _torch_layer(family)
     x = _input(family)
     gpu = copy.deepcopy(layer).cuda()
-    _close(gpu(x.cuda()).cpu(), layer(x), 1e-4)
+    _close(gpu(x.cuda()).cpu(), layer(x), 1e-2)  # TF32
+
+
+@pytest.mark.requires_cuda
+@pytest.mark.parametrize("family", PARAMS)
+def test_cuda_meta_device_then_to_empty_and_load(family):
+    layer = _torch_layer(family, torch.float64)
+    deferred = family.torch_class.from_spec(family.example(), device="meta", dtype=torch.float64)
+    deferred.to_empty(device="cuda")
+    deferred.load_state_dict(layer.state_dict())
+    x = _input(family, torch.float64)
+    _close(deferred(x.cuda()).cpu(), layer(x), 1e-10)
+
+
+@pytest.mark.requires_cuda
+@pytest.mark.parametrize("family", PARAMS)
+def test_cuda_channels_last_matches_contiguous(family):
+    x = _input(family, torch.float64).cuda()
+    if x.dim() not in (4, 5):
+        pytest.skip("channels_last is a layout of 4-D and 5-D tensors")
+    fmt = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
+    layer = _torch_layer(family, torch.float64).cuda()
+    want = _forward_backward(layer, x)
+    layer = _torch_layer(family, torch.float64).cuda().to(memory_format=fmt)
+    _assert_all_close(_forward_backward(layer, x.to(memory_format=fmt)), want, 1e-10)
+
+
+@pytest.mark.requires_cuda
+@pytest.mark.parametrize("family", PARAMS)
+def test_cuda_autocast_bfloat16(family):
+    layer = _torch_layer(family).cuda()
+    x = _input(family).cuda().requires_grad_()
+    want = layer(x)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        got = layer(x)
+        got.float().square().sum().backward()
+    assert torch.isfinite(got).all()
+    assert ((got.float() - want).abs().max() / want.abs().max()) < 0.05
+    grads = [x.grad, *(p.grad for p in layer.parameters())]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert all(p.grad.dtype == p.dtype for p in layer.parameters())  # master weights stay
+
+
+@pytest.mark.requires_cuda
+@pytest.mark.parametrize("family", PARAMS)
+def test_cuda_deterministic_gradients_are_bitwise_repeatable(family, monkeypatch):
+    """With deterministic algorithms on, the expansion's backward (an ``index_add``) and
+    everything else must run (no 'does not have a deterministic implementation' error)
+    and give the same bits twice."""
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        runs = []
+        for _ in range(2):
+            layer = _torch_layer(family).cuda()
+            runs.append(_forward_backward(layer, _input(family).cuda()))
+    finally:
+        torch.use_deterministic_algorithms(before)
+    _assert_all_close(runs[1], runs[0], 0)
+
+
+_COMPILED_ON_CUDA = ("symmetric2d", "group_conv2d", "group_batch_norm2d", "group_pool")
+
+
+@pytest.mark.slow
+@pytest.mark.requires_cuda
+@pytest.mark.parametrize("family", [f for f in PARAMS if f.values[0].name in _COMPILED_ON_CUDA])
+def test_cuda_inductor_compile_matches_eager(family):
+    """The default backend on the GPU (Triton kernels), forward and gradients: the 2-D
+    gathered and group families (each compile costs seconds of a lent GPU's minutes)."""
+    torch._dynamo.reset()
+    layer = _torch_layer(family, torch.float64).cuda()
+    x = _input(family, torch.float64).cuda()
+    compiled = torch.compile(layer, fullgraph=True)
+    _assert_all_close(_forward_backward(compiled, x), _forward_backward(layer, x), 1e-10)
 
 
 # -- DDP: one harness for every family ---------------------------------------------------------
