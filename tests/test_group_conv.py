@@ -338,3 +338,19 @@ def test_signatures_show_the_conv_arguments_and_the_family_keywords():
     assert params["group"].kind is inspect.Parameter.KEYWORD_ONLY
     params = inspect.signature(symconv.SymmetricConv2d).parameters
     assert {"padding_mode", "dtype", "symmetry", "share_bias"} <= set(params)
+
+
+@pytest.mark.parametrize(
+    ("cls", "extra", "keywords"),
+    [
+        (symconv.GroupConv2d, "hr", "pass group by keyword"),
+        (symconv.SymmetricConv2d, {"h": 2}, "pass symmetry and share_bias by keyword"),
+        (symconv.GroupConv1d, "h", "pass group by keyword"),
+    ],
+)
+def test_family_option_by_position_is_named(cls, extra, keywords):
+    """nn.ConvNd's 11 positional arguments, then the family's option by position."""
+    args = (8, 16, 3, 1, 1, 1, 1, True, "zeros", None, None, extra)
+    with pytest.raises(TypeError, match=rf"^{cls.__name__}\(\) takes at most 11 positional "
+                       rf"arguments \(nn\.Conv\dd's\), got 12; {keywords}$"):  # fmt: skip
+        cls(*args)

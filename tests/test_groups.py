@@ -122,6 +122,20 @@ def test_bad_keys(key, ndim, error, match):
         group(key, ndim)
 
 
+def test_no_group_where_no_rank_picks_a_default():
+    """GroupPool and Keras' GroupBatchNormalization do not know their input's rank at
+    construction, so ``group=None`` cannot mean the rank's default there, as it does in
+    GroupConv2d and GroupBatchNorm2d: the message says so."""
+    import symconv
+
+    why = r"group=None must be a str, .*\(no default: this layer does not know its input's rank\)"
+    with pytest.raises(TypeError, match=why):
+        symconv.GroupPool(None)
+    assert symconv.GroupConv2d(8, 8, 3, group=None).group == "hr"
+    with pytest.raises(TypeError, match=r"group=None must be a str, one of the keys of a 2-D"):
+        group(None, 2)
+
+
 def test_rotation_keys_need_square_kernels():
     group("hr").check_kernel((3, 3))
     group("hv").check_kernel((3, 5))

@@ -223,3 +223,30 @@ def test_invalid_input_channels_same_message_as_torch():
         GroupConv2D(8, 3, group="hr").build((None, 5, 5, None))
     with pytest.raises(ValueError, match=r"too small for kernel_size=\(3, 3\)"):
         GroupConv2D(8, 3, group="hr").compute_output_shape((None, 2, 5, 8))
+
+
+@pytest.mark.parametrize("rank", [1, 2, 3])
+@pytest.mark.parametrize("family", ["GroupConv", "SymmetricConv"])
+def test_positional_arguments_are_keras_conv_ones_in_order(family, rank):
+    """A drop-in for keras.layers.ConvND: the same positional parameters, in its order
+    (``activation`` before ``use_bias``), then the family's keywords."""
+    import inspect
+
+    import symconv.keras as sk
+
+    cls = getattr(sk, f"{family}{rank}D")
+    plain = getattr(keras.layers, f"Conv{rank}D")
+
+    def positional(c):
+        kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.POSITIONAL_ONLY)
+        return [n for n, p in inspect.signature(c).parameters.items() if p.kind in kinds]
+
+    assert positional(cls) == positional(plain)
+    args = (4 * 2**rank, 3, 1, "same", None, 1, 1, "relu", False, "he_normal")
+    layer, twin = cls(*args), plain(*args)
+    for name in ("activation", "use_bias", "kernel_initializer", "padding"):
+        assert type(getattr(layer, name)) is type(getattr(twin, name)), name
+    assert layer.activation is twin.activation and layer.use_bias is False
+    too_many = (*args, "zeros", None, None, None, None, None, "h")
+    with pytest.raises(TypeError, match=rf"^{cls.__name__}\(\) takes at most 16 positional"):
+        cls(*too_many)

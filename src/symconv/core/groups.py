@@ -82,6 +82,12 @@ def canonical_group_key(key: object, ndim: int | None = None) -> str:
         allowed = f"one of the keys of a {ndim}-D layer: {allowed}"
     else:
         allowed = f"one of {allowed}"
+    if key is None and ndim is None:  # rank-fixed layers resolve None to DEFAULT_GROUP
+        raise type_error(
+            "group",
+            key,
+            f"a str, {allowed} (no default: this layer does not know its input's rank)",
+        )
     if not isinstance(key, str):
         raise type_error("group", key, f"a str, {allowed}")
     letters = key.strip().lower()

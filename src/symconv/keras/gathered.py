@@ -60,12 +60,38 @@ class GatheredConv(SymconvLayer):
         data_format: str | None = None,
         dilation_rate: int | tuple[int, ...] = 1,
         groups: int = 1,
+        activation: Any = None,
         use_bias: bool = True,
-        *,
+        kernel_initializer: Any = "glorot_uniform",
+        bias_initializer: Any = "zeros",
+        kernel_regularizer: Any = None,
+        bias_regularizer: Any = None,
+        activity_regularizer: Any = None,
+        kernel_constraint: Any = None,
+        bias_constraint: Any = None,
+        *extra: Any,
         family_options: dict[str, Any],
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
+        """``keras.layers.ConvND``'s arguments, in its order, plus the family's keyword-only
+        options (``symmetry``/``share_bias`` or ``group``)."""
+        if extra:  # the family's options passed by position after keras' own
+            raise TypeError(
+                f"{type(self).__name__}() takes at most 16 positional arguments "
+                f"(keras.layers.{self._plain_name}'s), got {16 + len(extra)}; pass "
+                f"{' and '.join(family_options)} by keyword"
+            )
+        super().__init__(
+            activation=activation,
+            kernel_initializer=kernel_initializer,
+            bias_initializer=bias_initializer,
+            kernel_regularizer=kernel_regularizer,
+            bias_regularizer=bias_regularizer,
+            activity_regularizer=activity_regularizer,
+            kernel_constraint=kernel_constraint,
+            bias_constraint=bias_constraint,
+            **kwargs,
+        )
         # The shared spec validates every argument: the same rules and messages as torch.
         conv_args = {
             "filters": filters,

@@ -58,11 +58,19 @@ class GatheredConvNd:
         padding_mode: str = "zeros",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        *extra: Any,
         **options: Any,
     ) -> None:
         """``nn.ConvNd``'s arguments plus the family's keyword-only ``options`` (e.g.
         ``symmetry``/``share_bias`` or ``group``), all validated by the family's spec
         before ``nn.ConvNd`` allocates anything."""
+        allowed = _family_options(type(self))
+        if extra:  # the family's options passed by position after nn.ConvNd's own
+            raise TypeError(
+                f"{type(self).__name__}() takes at most 11 positional arguments "
+                f"(nn.{self._plain_cls.__name__}'s), got {11 + len(extra)}; pass "
+                f"{' and '.join(allowed)} by keyword"
+            )
         conv = {
             "in_channels": in_channels,
             "out_channels": out_channels,
@@ -74,7 +82,6 @@ class GatheredConvNd:
             "bias": bias,
             "padding_mode": padding_mode,
         }
-        allowed = _family_options(type(self))
         for name in options:
             if name not in allowed:
                 raise TypeError(
