@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+import symconv
 from _group_reference import MEMBERS, act_group, apply, table
 from symconv.equivariance import act, equivariance_error
 from symconv.nn.group_conv import GroupConv2d, GroupConv3d
@@ -209,12 +210,23 @@ def test_lifting_with_rotation_keys_permutes_as_the_plan_says():
     y = layer(x).detach()
     for word in MEMBERS["hr"]:
         name = word.replace("rrr", "r3").replace("rr", "r2") or "e"
-        perm, eq = layer.plan.member_permutation(name)
-        expected = apply(word, y)[:, torch.from_numpy(perm)]
+        perm, eq = symconv.member_permutation(layer, name)  # torch, like flip_permutation
+        assert (perm.dtype, eq.dtype) == (torch.int64, torch.bool)
+        plan_perm, plan_eq = layer.plan.member_permutation(name)
+        assert perm.tolist() == plan_perm.tolist() and eq.tolist() == plan_eq.tolist()
+        expected = apply(word, y)[:, perm]
         got = layer(apply(word, x)).detach()
-        eq = torch.from_numpy(eq)
         torch.testing.assert_close(got[:, eq], expected[:, eq], atol=1e-12, rtol=0)
         assert eq.sum() == (40 if not word else 16 if "h" in word else 36)
+    for reflection in ("h", "v", "hv"):  # flip_permutation is member_permutation on flips
+        for a, b in zip(
+            symconv.flip_permutation(layer, reflection),
+            symconv.member_permutation(layer.plan, reflection),
+            strict=True,
+        ):
+            assert torch.equal(a, b)
+    with pytest.raises(TypeError, match="layer_or_plan"):
+        symconv.member_permutation(nn.Linear(2, 2), "r")
 
 
 def test_equivariance_error_checks_its_arguments_up_front():

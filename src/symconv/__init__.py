@@ -18,7 +18,6 @@ _EXPORTS = {
     "symconv.symmetry": ("SymmetryPlan", "make_plan", "parse_symmetry_string"),
     **LAYER_MODULES,
     "symconv.equivariance": ("equivariance_error",),
-    "symconv.core.symmetry": ("member_permutation",),
     "symconv.conversion": ("convert", "ConversionReport", "name_matches"),
 }
 
@@ -56,13 +55,12 @@ __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from symconv.conversion import ConversionReport, convert, name_matches
-    from symconv.core.symmetry import member_permutation
     from symconv.equivariance import equivariance_error
     from symconv.nn.global_conv import GlobalConv1d
     from symconv.nn.group_conv import GroupConv1d, GroupConv2d, GroupConv3d
     from symconv.nn.group_norm import GroupBatchNorm1d, GroupBatchNorm2d, GroupBatchNorm3d
     from symconv.nn.group_pool import GroupPool
-    from symconv.nn.orbit import OrbitConv2d, OrbitPool, flip_permutation
+    from symconv.nn.orbit import OrbitConv2d, OrbitPool, flip_permutation, member_permutation
     from symconv.nn.pooling import TopKPool
     from symconv.nn.symmetric import SymmetricConv1d, SymmetricConv2d, SymmetricConv3d
     from symconv.nn.twist import ConvTwist

@@ -7,7 +7,7 @@ from symconv._lazy import lazy_exports
 #: Module -> the layers it defines; the top-level package exports these too.
 LAYER_MODULES = {
     "symconv.nn.symmetric": ("SymmetricConv1d", "SymmetricConv2d", "SymmetricConv3d"),
-    "symconv.nn.orbit": ("OrbitConv2d", "OrbitPool", "flip_permutation"),
+    "symconv.nn.orbit": ("OrbitConv2d", "OrbitPool", "flip_permutation", "member_permutation"),
     "symconv.nn.twist": ("ConvTwist",),
     "symconv.nn.global_conv": ("GlobalConv1d",),
     "symconv.nn.pooling": ("TopKPool",),

@@ -1,4 +1,4 @@
-"""Invariance tools for symmetric layers: orbit pooling and flip permutations.
+"""Invariance tools for symmetric layers: orbit pooling and member permutations.
 
 A symmetric layer is flip-*equivariant*: flipping its input flips its output and
 permutes the channels inside each orbit. Pooling over the members of every orbit
@@ -20,7 +20,7 @@ from symconv.nn._cache import not_scriptable
 from symconv.nn.symmetric import SymmetricConv2d
 from symconv.symmetry import SymmetryPlan
 
-__all__ = ["OrbitConv2d", "OrbitPool", "flip_permutation"]
+__all__ = ["OrbitConv2d", "OrbitPool", "flip_permutation", "member_permutation"]
 
 #: The flip groups :class:`OrbitConv2d` can commute with: ``'h'`` (left-right), ``'v'``
 #: (top-bottom) or both.
@@ -51,6 +51,21 @@ def flip_permutation(layer_or_plan: SymmetryPlan | nn.Module, axes: str) -> tupl
     """
     plan = plan_of(layer_or_plan, "layer_or_plan")
     perm, equivariant = plan.flip_permutation(axes)
+    return torch.from_numpy(perm), torch.from_numpy(equivariant)
+
+
+def member_permutation(layer_or_plan: SymmetryPlan | nn.Module, g: object) -> tuple[Tensor, Tensor]:
+    """Channel permutation any group member ``g`` acting on the input induces on a
+    symmetric layer's output: turns too, where :func:`flip_permutation` takes only flips.
+
+    ``g``: a member's name (``'r'``, ``'r2'``, ``'rh'``, ``'e'``, ...; see
+    :meth:`symconv.symmetry.SymmetryPlan.member_permutation`) or ``(group key, index)``.
+    Returns ``(perm, equivariant)``, a long and a bool tensor of shape ``(out_channels,)``:
+    ``layer(g x)[:, c] == g(layer(x))[:, perm[c]]`` (``g`` acting spatially on the right)
+    for the channels where ``equivariant`` is true.
+    """
+    plan = plan_of(layer_or_plan, "layer_or_plan")
+    perm, equivariant = plan.member_permutation(g)
     return torch.from_numpy(perm), torch.from_numpy(equivariant)
 
 
