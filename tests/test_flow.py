@@ -748,10 +748,11 @@ def test_cli_bad_arguments(tmp_path, capsys, argv: list[str], match: str | None)
         (["--kernel", "{tmp}/missing.json"], "missing.json' does not exist"),
     ],
 )
-def test_cli_unreadable_inputs_are_os_errors(tmp_path, capsys, argv, match) -> None:
-    """A file that cannot be read is an OSError: one line naming it, exit code 1."""
+def test_cli_missing_inputs_are_usage_errors(tmp_path, capsys, argv, match) -> None:
+    """A named input that does not exist is the user's mistake, as in `symconv filters`:
+    one line naming it, exit code 2."""
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
-    assert run_cli(["flow", *argv, "--out", str(tmp_path / "o.png")]) == 1
+    assert run_cli(["flow", *argv, "--out", str(tmp_path / "o.png")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("symconv flow: error:") and match in err
     assert len(err.splitlines()) == 1

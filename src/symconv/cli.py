@@ -5,8 +5,9 @@ Each subcommand lives beside the code it drives and registers itself through an
 returning an exit code). Heavy imports happen inside ``func``, so ``symconv --help``
 is fast.
 
-Errors: a :class:`UsageError` (a mistake in what the user asked for) is one line and exit
-code 2; an :class:`OSError` (a path that cannot be read or written, a full disk) is one
+Errors: a :class:`UsageError` (a mistake in what the user asked for, including an input
+file that does not exist) is one line and exit code 2; an :class:`OSError` (a path that
+exists but cannot be read, one that cannot be written, a full disk) is one
 line naming the path and the cause, exit code 1. Anything else is a bug in symconv and
 keeps its traceback. Subcommands turn the library's ``ValueError`` about user input into a
 ``UsageError`` where they validate that input, not around whole runs.

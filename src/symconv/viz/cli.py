@@ -249,7 +249,8 @@ def _load_picture(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     if args.image is not None:
         try:
             pic = images.load_image(args.image)
-        except ValueError as err:  # not a picture; a missing file stays an OSError
+        # Not a picture, or no such file (as in `filters`); an unreadable one stays an OSError.
+        except (ValueError, FileNotFoundError) as err:
             raise UsageError(str(err)) from None
         return images.resize_image(pic, args.size or DEFAULT_SIZE), os.path.basename(args.image)
     if args.digit is not None:
@@ -292,7 +293,8 @@ def _flow_source(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         raise UsageError("--eps applies to presets only; scale your kernel file instead")
     try:
         kernel = flow_mod.load_kernel(args.kernel)
-    except ValueError as err:  # malformed; a missing file stays an OSError
+    # Malformed, or no such file; an unreadable one stays an OSError.
+    except (ValueError, FileNotFoundError) as err:
         raise UsageError(str(err)) from None
     return None, kernel, "kernel"
 
