@@ -297,3 +297,21 @@ def test_argument_parser_errors_are_one_line_exit_2(argv, capsys) -> None:
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("symconv") and "error:" in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "prog", "extras"),
+    [
+        (["compare", "--no-such-option"], "symconv compare", "--no-such-option"),
+        (["flow", "--preset", "blur", "--bogus", "x"], "symconv flow", "--bogus x"),
+        (["filters", "ckpt.pt", "--bogus"], "symconv filters", "--bogus"),
+        (["--bogus"], "symconv", "--bogus"),
+    ],
+)
+def test_unknown_options_are_named_by_the_command_they_were_given_to(argv, prog, extras, capsys):
+    """The subcommand's parser reports them, pointing at its own --help."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"{prog}: error: unrecognized arguments: {extras} (see {prog} --help)"
