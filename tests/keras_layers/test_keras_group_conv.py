@@ -8,10 +8,10 @@ import keras
 import numpy as np
 import pytest
 import torch
-from _arrays import keras_conv_reference, np_
+from _arrays import keras_conv_reference, np_, tensorflow_onednn_may_be_wrong
 from _group_numpy import MEMBERS, full_kernel
 from _tolerance import assert_close_to_scale
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from symconv.keras import GroupConv1D, GroupConv2D, GroupConv3D, keras_to_torch, torch_to_keras
@@ -66,6 +66,7 @@ def test_matches_naive_reference(cfg):
     layer = LAYERS[nd](**kwargs)
     first = kwargs["data_format"] == "channels_first"
     x = _input((2, cin, *size) if first else (2, *size, cin))
+    assume(not tensorflow_onednn_may_be_wrong(layer, x.shape))
     out = np_(layer(x))
     expected = reference(layer, x)
     assert out.shape == expected.shape == tuple(layer.compute_output_shape(x.shape))

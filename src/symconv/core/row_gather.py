@@ -20,7 +20,7 @@ import numpy as np
 
 from symconv.core.validate import check_int, value_error
 
-__all__ = ["RowGather"]
+__all__ = ["RowGather", "column_rows"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -86,3 +86,26 @@ def _row_index(flat: np.ndarray, source_size: int, rows: int) -> np.ndarray | No
     if not np.array_equal(blocks - offsets, np.broadcast_to(index, blocks.shape)):
         return None
     return index.copy()
+
+
+def column_rows(flat: np.ndarray, columns: int) -> RowGather | None:
+    """The row structure of a gather that yields a kernel with its out-channel axis *last*
+    (Keras' ``(*k, in, out)``) from free parameters ``(*k, in, columns)``, or ``None``.
+
+    ``flat``: ``(*k, in, out)`` positions in the free parameters read as one flat array.
+    Transposed, this is the out-channel-first gather that :class:`RowGather` factors; the
+    result is that factoring when it has one row per free column (``rows == columns``):
+    then output channel ``c * m + j`` (``m = out / columns`` channels per column) is free
+    column ``c`` read at rows ``index[j * K:(j + 1) * K]`` (``K = flat.size / out``).
+    """
+    flat = np.asarray(flat, dtype=np.int64)
+    columns = check_int("columns", columns, minimum=1)
+    out = flat.shape[-1]
+    if out % columns:
+        return None
+    rows_k = flat.reshape(-1, out)  # (K, out)
+    source_rows = rows_k.size * columns // out  # K
+    # free (K, columns) read transposed: position f * K + k
+    transposed = (rows_k % columns) * source_rows + rows_k // columns
+    gather = RowGather.of(np.ascontiguousarray(transposed.T), source_rows * columns)
+    return gather if gather.rows == columns else None

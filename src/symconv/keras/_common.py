@@ -101,6 +101,20 @@ def conv(
     )
 
 
+def gather_columns(values: Any, index: np.ndarray, shape: tuple[int, ...]) -> Any:
+    """The kernel ``shape`` (``(*k, in, out)``) whose output channel ``c * m + j`` is free
+    column ``c`` of ``values`` (``(*k, in, columns)``, ``m = out / columns``) read at rows
+    ``index[j * K:(j + 1) * K]`` of its ``(K, columns)`` view
+    (:func:`symconv.core.row_gather.column_rows`): one row gather of ``m * K`` rows and a
+    transpose, where :func:`gather` needs a full-size index."""
+    columns = values.shape[-1]
+    members = shape[-1] // columns
+    source = ops.reshape(values, (-1, columns))  # (K, columns)
+    rows = ops.take(source, index, axis=0)  # (m * K, columns): an embedding lookup
+    rows = ops.reshape(rows, (members, -1, columns))
+    return ops.reshape(ops.transpose(rows, (1, 2, 0)), shape)  # (K, columns, m)
+
+
 def gather(values: Any, index: np.ndarray) -> Any:
     """``values.reshape(-1)[index]``: shape ``index.shape``, differentiable in ``values``.
 

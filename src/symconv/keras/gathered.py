@@ -25,6 +25,7 @@ import numpy as np
 from keras import ops
 
 from symconv._lazy import ConstructorSignature
+from symconv.core.row_gather import column_rows
 from symconv.core.validate import type_error
 from symconv.keras._common import (
     SymconvLayer,
@@ -32,6 +33,7 @@ from symconv.keras._common import (
     conv_output_length,
     data_format_arg,
     gather,
+    gather_columns,
     weight_options_config,
 )
 
@@ -114,6 +116,7 @@ class GatheredConv(SymconvLayer):
         self.data_format = data_format_arg(data_format)
         self.input_spec = keras.layers.InputSpec(ndim=self.rank + 2)
         self._gather_index: np.ndarray | None = None
+        self._gather_columns = False
         self._bias_index: np.ndarray | None = None
 
     # help() and inspect.signature(SymmetricConv2D) show keras.layers.ConvND's arguments
@@ -162,8 +165,14 @@ class GatheredConv(SymconvLayer):
                 constraint=self.bias_constraint,
                 trainable=True,
             )
-        # Plain int arrays, not weights: derived from the spec, never saved.
+        # Plain int arrays, not weights: derived from the spec, never saved. The kernel's
+        # gather keeps one row index per member when each output channel reads one free
+        # filter (group convolutions, single-key symmetric layers), else the full index.
         index, bias_index = self._indices()
+        rows = None if index is None else column_rows(index, kernel.keras_shape[-1])
+        self._gather_columns = rows is not None
+        if rows is not None:
+            index = rows.index
         self._gather_index = None if index is None else index.astype(np.int32)
         self._bias_index = None if bias_index is None else bias_index.astype(np.int32)
 
@@ -188,6 +197,9 @@ class GatheredConv(SymconvLayer):
             raise ValueError(f"{type(self).__name__} is not built yet")
         if self._gather_index is None:
             return self.kernel
+        if self._gather_columns:
+            full_shape = (*self.kernel_size, self.spec.conv.in_per_group, self.filters)
+            return gather_columns(self.kernel, self._gather_index, full_shape)
         return gather(self.kernel, self._gather_index)
 
     @property
