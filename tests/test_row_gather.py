@@ -145,3 +145,43 @@ def test_group_conv_spec_builds_the_rows_of_its_gather_index(data):
     rows = spec.row_gather()
     np.testing.assert_array_equal(rows.flat(), spec.gather_index())
     assert rows.rows == spec.out_fields
+
+
+def _column_gather(source: np.ndarray, rows: RowGather, shape: tuple[int, ...]) -> np.ndarray:
+    """What symconv.keras._common.gather_columns computes, in numpy."""
+    columns = source.shape[-1]
+    taken = source.reshape(-1, columns)[rows.index]  # (m * K, columns)
+    return taken.reshape(shape[-1] // columns, -1, columns).transpose(1, 2, 0).reshape(shape)
+
+
+@pytest.mark.parametrize(
+    "spec_of",
+    [
+        lambda: GroupConv2d(16, 24, 3, group="hr").spec,
+        lambda: GroupConv2d(8, 8, (3, 3), group="r", groups=2).spec,
+        lambda: GroupConv3d(8, 16, (1, 2, 3), group="hz").spec,
+    ],
+)
+def test_column_rows_of_keras_group_kernels_gather_what_the_flat_index_does(spec_of):
+    from symconv.core.row_gather import column_rows
+
+    spec = spec_of()
+    flat = spec.gather_index(layout="keras")  # (*k, in/groups, out)
+    free = np.random.default_rng(0).standard_normal(spec.params()[0].keras_shape)
+    rows = column_rows(flat, free.shape[-1])
+    assert rows is not None and rows.rows == free.shape[-1]  # one row per free filter
+    assert rows.index.size == flat.size // rows.rows  # |G| * K entries, not flat.size
+    np.testing.assert_array_equal(_column_gather(free, rows, flat.shape), free.reshape(-1)[flat])
+
+
+def test_column_rows_is_none_when_channels_mix_free_filters():
+    from symconv.core.row_gather import column_rows
+
+    plan = SymmetricConv2d(3, 16, 3, symmetry={"h": 2, "hv": 8}).plan
+    flat = plan.gather_index(3, (3, 3), layout="keras")
+    assert column_rows(flat, plan.n_free) is None
+    single = SymmetricConv2d(3, 16, 3, symmetry={"hr": 16}).plan
+    flat = single.gather_index(3, (3, 3), layout="keras")
+    rows = column_rows(flat, single.n_free)
+    free = np.arange(9 * 3 * single.n_free, dtype=np.float64).reshape(3, 3, 3, single.n_free)
+    np.testing.assert_array_equal(_column_gather(free, rows, flat.shape), free.reshape(-1)[flat])
