@@ -7,6 +7,7 @@ import copy
 import math
 import re
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -247,3 +248,24 @@ def test_torchvision_resnet18() -> None:
     assert len(report) == 41 and report.invariant and not report.skipped
     check = report.check_invariance(model.eval(), (1, 3, 33, 33))
     assert check.promised and check.max_error < TOL, check
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "exc", "match"),
+    [
+        ((torch.randn(1, 3, 9, 9),), {}, TypeError, r"input_size=<torch.Tensor of shape \(1, 3"),
+        (((1, 3, 9.0, 9),), {}, TypeError, r"input_size=\(1, 3, 9.0, 9\) must be a tuple"),
+        (((1, 3, 9),), {}, ValueError, r"input_size=\(1, 3, 9\) is not allowed; it must be a"),
+        (((1, 3, 0, 9),), {}, ValueError, r"input_size=\(1, 3, 0, 9\) is not allowed"),
+        (((1, 3, 9, 9),), {"tol": -1}, ValueError, r"tol=-1 is not allowed"),
+        (((1, 3, 9, 9),), {"tol": "small"}, TypeError, r"tol='small' must be"),
+        (((1, 3, 9, 9),), {"seed": -1}, ValueError, r"seed=-1 is not allowed"),
+    ],
+)
+def test_check_invariance_checks_its_arguments_up_front(args, kwargs, exc, match) -> None:
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(8, 2))  # fmt: skip
+    report = convert(model, "group", group="r")
+    with pytest.raises(exc, match=match):
+        report.check_invariance(model, *args, **kwargs)
+    assert report.check_invariance(model, (1, 3, np.int64(9), 9)).max_error < 1e-9

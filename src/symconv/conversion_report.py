@@ -12,10 +12,13 @@ padding and dilation on the height and width for rotation groups.
 from __future__ import annotations
 
 import copy
+import numbers
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+
+from symconv.core.validate import check_int, check_real, type_error, value_error
 
 __all__ = ["ConversionReport", "InvarianceCheck", "grid_problems"]
 
@@ -166,9 +169,16 @@ class ConversionReport:
 
         if self.to != "group":
             raise ValueError(f"check_invariance needs a report of to='group', not to={self.to!r}")
-        size = tuple(input_size)
-        if len(size) != 4 or not all(isinstance(n, int) and n > 0 for n in size):
-            raise ValueError(f"input_size={input_size!r} is not allowed; it must be (N, C, H, W)")
+        allowed = "a tuple (N, C, H, W) of 4 ints >= 1"
+        if not isinstance(input_size, (tuple, list, torch.Size)):
+            raise type_error("input_size", input_size, allowed)
+        if not all(isinstance(n, numbers.Integral) and not isinstance(n, bool) for n in input_size):
+            raise type_error("input_size", input_size, allowed)
+        size = tuple(int(n) for n in input_size)
+        if len(size) != 4 or min(size) < 1:
+            raise value_error("input_size", input_size, allowed)
+        tol = check_real("tol", tol, 0.0)
+        seed = check_int("seed", seed, 0)
         probe = copy.deepcopy(model).to(torch.float64)
         device = next((p.device for p in probe.parameters()), torch.device("cpu"))
         gen = torch.Generator(device="cpu").manual_seed(seed)

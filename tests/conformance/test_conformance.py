@@ -176,7 +176,36 @@ def test_channels_last_matches_contiguous(family):
     layer = _torch_layer(family)
     want = layer(x)
     layer = layer.to(memory_format=fmt)
-    _close(layer(x.to(memory_format=fmt)), want)
+    got = layer(x.to(memory_format=fmt))
+    _close(got, want)
+    assert got.is_contiguous(memory_format=fmt)  # kept for the next layer, as nn.Conv2d does
+
+
+@pytest.mark.parametrize("family", PARAMS)
+def test_torch_jit_script_works_or_says_what_to_use(family):
+    layer = _torch_layer(family)
+    try:
+        scripted = torch.jit.script(layer)
+    except TypeError as error:
+        assert str(error).startswith(f"torch.jit.script does not support {type(layer).__name__};")
+    else:
+        x = _input(family)
+        _close(scripted(x), layer(x))
+
+
+@pytest.mark.parametrize("family", PARAMS)
+@pytest.mark.parametrize(
+    "bad", [[1.0, 2.0], np.zeros((2, 16, 4, 4), np.float32)], ids=["list", "ndarray"]
+)
+def test_a_non_tensor_input_is_a_type_error(family, bad):
+    """Named by the layer; the convolutions, drop-ins for nn.ConvNd, raise its own error."""
+    layer = _torch_layer(family)
+    own = r"conv\dd\(\) received an invalid combination of arguments - got \((list|numpy)"
+    ours = rf"^{type(layer).__name__} expects a torch\.Tensor input, got (list|ndarray)$"
+    with pytest.raises(
+        TypeError, match=own if isinstance(layer, nn.modules.conv._ConvNd) else ours
+    ):
+        layer(bad)
 
 
 @pytest.mark.parametrize("family", PARAMS)

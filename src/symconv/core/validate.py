@@ -27,20 +27,39 @@ __all__ = [
     "check_padding",
     "check_real",
     "check_sizes",
+    "shown",
     "type_error",
     "value_error",
 ]
 
 
+#: Longest value repr a message quotes whole; longer ones are cut in the middle.
+_MAX_REPR = 80
+
+
+def shown(value: object) -> str:
+    """``value`` as a message quotes it: an array or tensor as its kind, shape and dtype
+    (its repr is its entries), anything else its repr, cut to about 80 characters."""
+    shape, dtype = getattr(value, "shape", None), getattr(value, "dtype", None)
+    if shape is not None and dtype is not None and not isinstance(value, (str, bytes)):
+        kind = f"{type(value).__module__.split('.')[0]}.{type(value).__name__}"
+        return f"<{kind} of shape {tuple(shape)}, {dtype}>"
+    text = repr(value)
+    if len(text) <= _MAX_REPR:
+        return text
+    half = (_MAX_REPR - 5) // 2
+    return f"{text[:half]} ... {text[-half:]}"
+
+
 def type_error(name: str, value: object, allowed: str, got: object | None = None) -> TypeError:
     """The ``TypeError`` for ``name=value``; ``got`` is the offending item (default: value)."""
     offender = value if got is None else got
-    return TypeError(f"{name}={value!r} must be {allowed}, got {type(offender).__name__}")
+    return TypeError(f"{name}={shown(value)} must be {allowed}, got {type(offender).__name__}")
 
 
 def value_error(name: str, value: object, allowed: str) -> ValueError:
     """The ``ValueError`` for ``name=value``, saying what is allowed."""
-    return ValueError(f"{name}={value!r} is not allowed; it must be {allowed}")
+    return ValueError(f"{name}={shown(value)} is not allowed; it must be {allowed}")
 
 
 def _is_int(value: object) -> bool:

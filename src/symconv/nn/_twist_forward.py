@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from symconv.nn._cache import caching_allowed, tracing, version_key
+from symconv.nn._inputs import check_tensor
 from symconv.nn._twist_export import export_forward
 from symconv.nn._twist_kernels import (
     autocast_enabled,
@@ -212,8 +213,7 @@ class TwistForward:
     def _check_input(self, input: object) -> None:
         """The input's type, shape and dtype, checked as ``nn.Conv2d`` checks them: the
         parameters' dtype, or under autocast any dtype autocast casts."""
-        if not isinstance(input, Tensor):
-            raise TypeError(f"ConvTwist expects a torch.Tensor input, got {type(input).__name__}")
+        check_tensor(input, "ConvTwist")
         if torch.jit.is_tracing():
             # The trace warns that sizes read in Python become constants: these are.
             with warnings.catch_warnings():

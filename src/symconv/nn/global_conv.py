@@ -30,12 +30,14 @@ from torch.nn import init
 from symconv.core.global_conv import GlobalConvSpec
 from symconv.core.validate import type_error
 from symconv.nn._cache import not_scriptable
+from symconv.nn._inputs import check_tensor
 
 __all__ = ["GlobalConv1d"]
 
 
 def _check_input(in_channels: int, input: Tensor, mask: Tensor | None) -> Tensor:
     """``input`` as ``(N, in_channels, n)`` once it and ``mask`` fit the layer."""
+    check_tensor(input, "GlobalConv1d")
     if input.dim() == 2:
         if in_channels != 1:
             raise ValueError(

@@ -14,7 +14,8 @@ from torch import Tensor, nn
 
 from symconv.core.group_norm import GroupBatchNormSpec
 from symconv.core.validate import type_error
-from symconv.nn.group_pool import check_fields_input
+from symconv.nn._cache import not_scriptable
+from symconv.nn.group_pool import check_fields_input, in_layout_of
 
 __all__ = ["GroupBatchNorm1d", "GroupBatchNorm2d", "GroupBatchNorm3d"]
 
@@ -113,7 +114,10 @@ class _GroupBatchNorm:
         )
         stacked = input.unflatten(1, (-1, self.order)).flatten(2, 3)  # (N, F, |G| * S0, ...)
         out = super().forward(stacked)  # type: ignore[misc]
-        return out.unflatten(2, (self.order, -1)).flatten(1, 2)
+        return in_layout_of(out.unflatten(2, (self.order, -1)).flatten(1, 2), input)
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        raise not_scriptable(self)
 
     def _check_input_dim(self, input: Tensor) -> None:
         """Done by :meth:`forward` before reshaping (``nn.BatchNormNd``'s own check would

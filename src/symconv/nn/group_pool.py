@@ -9,13 +9,15 @@ from torch import Tensor, nn
 from symconv.core.pooling import GroupPoolSpec
 from symconv.core.validate import type_error
 from symconv.nn._cache import not_scriptable
+from symconv.nn._inputs import check_tensor
 
-__all__ = ["GroupPool", "check_fields_input"]
+__all__ = ["GroupPool", "check_fields_input", "in_layout_of"]
 
 
 def check_fields_input(input: Tensor, order: int, name: str, dims: int | None = None) -> Tensor:
-    """``input`` itself, once it is ``(N, C, ...)`` (``dims`` dims in all, if given) with
-    ``C`` a multiple of ``order``."""
+    """``input`` itself, once it is a tensor ``(N, C, ...)`` (``dims`` dims in all, if
+    given) with ``C`` a multiple of ``order``."""
+    check_tensor(input, name)
     if input.dim() < 2 or input.shape[1] % order or dims not in (None, input.dim()):
         spatial = {None: "...", 3: "L", 4: "H, W", 5: "D, H, W"}.get(dims, "...")
         raise ValueError(
@@ -25,8 +27,20 @@ def check_fields_input(input: Tensor, order: int, name: str, dims: int | None = 
     return input
 
 
-# FX graphs call the check instead of tracing into its shape tests.
+def in_layout_of(output: Tensor, input: Tensor) -> Tensor:
+    """``output`` in ``input``'s channels_last layout when ``input`` has one (splitting the
+    channel axis into fields yields a channels-first result), else ``output`` itself, as
+    ``nn.BatchNorm2d`` and the convolutions keep the layout for the next layer."""
+    for dims, fmt in ((4, torch.channels_last), (5, torch.channels_last_3d)):
+        if input.dim() == dims == output.dim() and not input.is_contiguous():
+            if input.is_contiguous(memory_format=fmt):
+                return output.contiguous(memory_format=fmt)
+    return output
+
+
+# FX graphs call the checks instead of tracing into their shape tests.
 torch.fx.wrap("check_fields_input")
+torch.fx.wrap("in_layout_of")
 
 
 class GroupPool(nn.Module):
@@ -92,7 +106,7 @@ class GroupPool(nn.Module):
             fields = fields.index_select(2, self._cosets)
         fields = fields.unflatten(2, self._shape)  # (N, F, |H|, cosets, *spatial)
         pooled = fields.amax(3) if self.mode == "max" else fields.mean(3)
-        return pooled.flatten(1, 2)
+        return in_layout_of(pooled.flatten(1, 2), input)
 
     def __prepare_scriptable__(self) -> nn.Module:
         raise not_scriptable(self)

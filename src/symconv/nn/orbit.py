@@ -17,6 +17,8 @@ from torch import Tensor, nn
 from symconv.core.pooling import OrbitPoolSpec, plan_of
 from symconv.core.validate import check_choice, check_int
 from symconv.nn._cache import not_scriptable
+from symconv.nn._inputs import check_tensor
+from symconv.nn.group_pool import in_layout_of
 from symconv.nn.symmetric import SymmetricConv2d
 from symconv.symmetry import SymmetryPlan
 
@@ -28,7 +30,8 @@ ORBIT_KEYS = ("h", "v", "hv")
 
 
 def _check_orbit_input(input: Tensor, channels: int) -> Tensor:
-    """``input`` itself, once its shape is ``(N, channels, ...)``."""
+    """``input`` itself, once it is a tensor of shape ``(N, channels, ...)``."""
+    check_tensor(input, "OrbitPool")
     if input.dim() < 2 or input.shape[1] != channels:
         raise ValueError(
             f"OrbitPool expects input of shape (N, {channels}, ...), got {tuple(input.shape)}"
@@ -110,7 +113,7 @@ class OrbitPool(nn.Module):
             pieces.append(members.amax(2) if self.mode == "max" else members.mean(2))
         if self.plan.n_plain:
             pieces.append(input[:, self.plan.n_symmetric :])
-        return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
+        return in_layout_of(pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1), input)
 
     def __prepare_scriptable__(self) -> nn.Module:
         raise not_scriptable(self)

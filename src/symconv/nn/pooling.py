@@ -16,12 +16,14 @@ from torch import Tensor, nn
 from symconv.core.pooling import TopKPoolSpec, check_length
 from symconv.core.validate import type_error
 from symconv.nn._cache import not_scriptable
+from symconv.nn._inputs import check_tensor
 
 __all__ = ["TopKPool"]
 
 
 def _check_topk_input(input: Tensor, mask: Tensor | None, k: int) -> Tensor:
     """``input`` itself, once it and ``mask`` fit a ``TopKPool(k)``."""
+    check_tensor(input, "TopKPool")
     if input.dim() < 1:
         raise ValueError("TopKPool expects input of shape (N, C, L), got a scalar")
     check_length(k, input.shape[-1])

@@ -71,6 +71,7 @@ from torch import Tensor, nn
 from torch.nn import init
 
 from symconv.core.twist import TwistSpec, conversion_reason
+from symconv.nn._cache import not_scriptable
 from symconv.nn._twist_forward import ForwardSettings, TwistForward, conv_twist
 from symconv.nn._twist_kernels import odd_kernel
 
@@ -323,12 +324,9 @@ class ConvTwist(TwistForward, nn.Module):
         self._kernel_cache.clear()
 
     def __prepare_scriptable__(self) -> nn.Module:
-        # torch.jit.script calls this on every module before compiling it.
-        raise RuntimeError(
-            "ConvTwist does not support torch.jit.script (its forward chooses among paths "
-            "TorchScript cannot compile); use torch.compile, torch.jit.trace or "
-            "torch.export instead"
-        )
+        # torch.jit.script calls this on every module before compiling it; the forward
+        # chooses among paths TorchScript cannot compile.
+        raise not_scriptable(self)
 
     # -- conversion ----------------------------------------------------------------------
     @classmethod
