@@ -883,3 +883,20 @@ def test_viz_exports_load_on_first_use() -> None:
     assert sorted(viz.__all__) == sorted(n for names in viz._EXPORTS.values() for n in names)
     assert viz.flow_frames is flow_frames and viz.default_image is images.default_image
     assert all(callable(getattr(viz, name)) or name == "PRESETS" for name in viz.__all__)
+
+
+def test_a_kernel_file_that_fails_to_read_is_named(tmp_path, monkeypatch, capsys) -> None:
+    """A read error (EIO) carries no file name; the one-line message must still name it."""
+    import errno
+    import json
+
+    path = tmp_path / "k.json"
+    path.write_text("[[0, 0, 0], [0, 1, 0], [0, 0, 0]]")
+
+    def fail(*args, **kwargs):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(json, "load", fail)
+    assert run_cli(["flow", "--kernel", str(path), "--out", str(tmp_path / "o.png")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"symconv flow: error: {path}: cannot read kernel file (Input/output error)"

@@ -325,3 +325,17 @@ def test_twins_without_an_equivalent_raise():
     gelu.build((None, None, 2))
     with pytest.raises(ValueError, match=r"activation='gelu' has no known torch equivalent"):
         keras_to_torch(gelu)
+
+
+def test_strict_must_be_a_bool_and_reading_weights_does_not_warn():
+    import warnings
+
+    from symconv import GroupConv2d
+    from symconv.keras import keras_to_torch, torch_to_keras
+
+    with pytest.raises(TypeError, match="strict='yes' must be a bool"):
+        torch_to_keras(GroupConv2d(8, 8, 3, group="hr"), strict="yes")
+    layer = torch_to_keras(GroupConv2d(8, 8, 3, group="hr"))
+    with warnings.catch_warnings():  # numpy's conversion of a variable warns (no `copy`)
+        warnings.simplefilter("error", DeprecationWarning)
+        keras_to_torch(layer)

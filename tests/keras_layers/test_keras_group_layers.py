@@ -14,7 +14,13 @@ from _group_numpy import MEMBERS, act
 from _tolerance import assert_close_to_scale
 
 from symconv.core.groups import group as make_group
-from symconv.keras import GroupBatchNormalization, GroupConv2D, GroupPool, SymmetricConv2D
+from symconv.keras import (
+    ConvTwist2D,
+    GroupBatchNormalization,
+    GroupConv2D,
+    GroupPool,
+    SymmetricConv2D,
+)
 from symconv.nn.group_norm import GroupBatchNorm2d
 from symconv.nn.group_pool import GroupPool as TorchGroupPool
 
@@ -303,3 +309,25 @@ def test_invalid_arguments_same_message_as_torch():
         GroupBatchNormalization("hr", center="yes")
     with pytest.raises(ValueError, match="needs a known channel dimension"):
         GroupPool("hr").build((None, 4, 4, None))
+
+
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda f: GroupConv2D(16, 3, group="hr", data_format=f),
+        lambda f: GroupConv2D(16, 3, strides=2, padding="same", group="r", data_format=f),
+        lambda f: SymmetricConv2D(8, 3, symmetry={"h": 2}, data_format=f),
+        lambda f: GroupPool("hr", data_format=f),
+        lambda f: GroupPool("hr", "mean", to="r", data_format=f),
+        lambda f: ConvTwist2D(8, 3, data_format=f),
+    ],
+    ids=["group_conv", "group_conv_strided", "symmetric", "pool_max", "pool_mean_to_r", "twist"],
+)
+def test_an_empty_batch_gives_an_empty_output_of_the_right_shape(make, data_format):
+    """TensorFlow's oneDNN convolution returns an empty input unchanged, and Keras refuses
+    the max of an empty tensor: neither may reach the user."""
+    layer = make(data_format)
+    shape = (0, 8, 8, 16) if data_format == "channels_last" else (0, 16, 8, 8)
+    out = np_(layer(np.zeros(shape, "float32")))
+    assert out.shape == tuple(layer.compute_output_shape(shape))

@@ -75,9 +75,17 @@ def conv(
     transposes: one code path on every machine, bit-identical to the ``channels_last``
     computation. The torch and JAX backends convolve either layout natively everywhere.
 
+    An empty batch (known when the layer is called eagerly) is convolved as one zero
+    sample and sliced away: TensorFlow's oneDNN convolution returns an empty input
+    unchanged, so the output would have the input's shape.
+
     Shapes: ``inputs`` ``(batch, *spatial, in)`` or ``(batch, in, *spatial)``, ``kernel``
     ``(*k, in / groups, out)``; the output has the input's layout.
     """
+    if inputs.shape[0] == 0:
+        one = ops.zeros((1, *inputs.shape[1:]), dtype=inputs.dtype)
+        options = {"strides": strides, "padding": padding, "dilation_rate": dilation_rate}
+        return conv(one, kernel, data_format=data_format, **options)[:0]
     if data_format == "channels_first" and keras.backend.backend() == "tensorflow":
         rank = len(inputs.shape) - 2
         to_last = (0, *range(2, rank + 2), 1)

@@ -81,6 +81,8 @@ class GroupPool(ChannelAxisLayer):
         picked = ops.take(inputs, self._index, axis=self._channel_axis % len(inputs.shape))
         axis = -1 if self.data_format == "channels_last" else 2
         if self.mode == "max":
+            if 0 in tuple(picked.shape):  # Keras refuses the max of an empty tensor
+                return ops.sum(picked, axis=axis)  # the (empty) result's shape
             return ops.max(picked, axis=axis)
         # A sum, not keras.ops.mean: on the torch backend that averages float64 in float32.
         return ops.sum(picked, axis=axis) / self._index.shape[1]

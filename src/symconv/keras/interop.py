@@ -55,6 +55,7 @@ from keras import ops
 from torch import nn
 
 from symconv.core.spec import LayerSpec
+from symconv.core.validate import check_bool
 from symconv.registry import FAMILIES, Family, family_of
 
 __all__ = ["keras_to_torch", "torch_to_keras"]
@@ -153,7 +154,7 @@ def keras_to_torch(
         for layout in spec.params():
             if not layout.present:
                 continue
-            array = np.asarray(ops.convert_to_numpy(getattr(keras_layer, layout.keras_name)))
+            array = _numpy(getattr(keras_layer, layout.keras_name))
             if layout.to_torch is not None:
                 array = array.transpose(layout.to_torch)
             param = getattr(torch_layer, layout.torch_name)
@@ -183,7 +184,21 @@ def _family(layer: object, argname: str, other: str) -> Family:
     return family
 
 
+def _numpy(weight: Any) -> np.ndarray:
+    """A Keras weight's values, read with the backend's own conversion: numpy's conversion
+    of a ``keras.Variable``, a ``tf.Variable`` or a torch tensor (which
+    ``keras.ops.convert_to_numpy`` uses) warns that ``__array__`` takes no ``copy``."""
+    value = getattr(weight, "value", weight)  # the backend's own tensor or variable
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        return np.asarray(value.numpy())
+    if backend == "torch":
+        return value.detach().cpu().numpy()
+    return np.asarray(ops.convert_to_numpy(value))
+
+
 def _check_pair(t: nn.Module, k: keras.layers.Layer, strict: bool) -> None:
+    strict = check_bool("strict", strict)
     mismatch = t.spec.describe_mismatch(k.spec, strict)
     if mismatch is not None:
         raise ValueError(mismatch)

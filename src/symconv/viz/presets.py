@@ -282,6 +282,10 @@ def load_kernel(path: str | os.PathLike[str]) -> np.ndarray:
             data = json.load(fh)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"kernel file {path!r} is not valid JSON: {err}") from err
+    except OSError as err:
+        if err.filename is None:  # a failed read names no file; the message must
+            raise OSError(err.errno, f"cannot read kernel file ({err.strerror})", path) from err
+        raise
     return validate_kernel(data, source=f"kernel file {path!r}")
 
 
