@@ -14,6 +14,7 @@ all of this from its registry line and a reference in ``_references.py``.
 from __future__ import annotations
 
 import copy
+import inspect
 import io
 
 import numpy as np
@@ -179,6 +180,20 @@ def test_channels_last_matches_contiguous(family):
     got = layer(x.to(memory_format=fmt))
     _close(got, want)
     assert got.is_contiguous(memory_format=fmt)  # kept for the next layer, as nn.Conv2d does
+
+
+@pytest.mark.parametrize("family", PARAMS)
+def test_fx_symbolic_trace_matches_eager(family):
+    """torch.fx (quantization and graph tools): shape checks are leaves of the graph."""
+    layer = _torch_layer(family)
+    # An optional mask is a graph input unless fixed, as for any FX-traced module.
+    masked = "mask" in inspect.signature(layer.forward).parameters
+    graph = torch.fx.symbolic_trace(layer, concrete_args={"mask": None} if masked else None)
+    x = _input(family)
+    _close(graph(x), layer(x))
+    if x.dim() in (4, 5):  # the layout helpers run at call time, not at trace time
+        fmt = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
+        _close(graph(x.to(memory_format=fmt)), layer(x))
 
 
 @pytest.mark.parametrize("family", PARAMS)

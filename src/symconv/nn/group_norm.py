@@ -33,6 +33,7 @@ def check_norm_input(input: Tensor, channels: int, order: int, name: str, dims: 
 
 # FX graphs call the shape check instead of tracing into it.
 torch.fx.wrap("check_norm_input")
+torch.fx.wrap("in_layout_of")  # a wrap holds only in the module that calls it
 
 
 class _GroupBatchNorm:

@@ -41,6 +41,7 @@ def _check_orbit_input(input: Tensor, channels: int) -> Tensor:
 
 # An FX graph calls the check instead of tracing into its shape tests (which FX cannot).
 torch.fx.wrap("_check_orbit_input")
+torch.fx.wrap("in_layout_of")  # a wrap holds only in the module that calls it
 
 
 def flip_permutation(layer_or_plan: SymmetryPlan | nn.Module, axes: str) -> tuple[Tensor, Tensor]:
