@@ -269,3 +269,18 @@ def test_check_invariance_checks_its_arguments_up_front(args, kwargs, exc, match
     with pytest.raises(exc, match=match):
         report.check_invariance(model, *args, **kwargs)
     assert report.check_invariance(model, (1, 3, np.int64(9), 9)).max_error < 1e-9
+
+
+def test_check_invariance_refuses_a_model_the_report_did_not_convert() -> None:
+    def cnn():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                             nn.Flatten(), nn.Linear(8, 2))  # fmt: skip
+
+    model, other = cnn(), cnn()
+    report = convert(model, "group", group="r")
+    with pytest.raises(ValueError, match=r"layer '0' is a Conv2d, where the conversion made"):
+        report.check_invariance(other, (1, 3, 9, 9))
+    with pytest.raises(TypeError, match=r"model=5 must be the nn.Module this report"):
+        report.check_invariance(5, (1, 3, 9, 9))
+    assert report.check_invariance(model, (1, 3, 9, 9)).max_error < 1e-9

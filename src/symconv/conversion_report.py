@@ -179,6 +179,7 @@ class ConversionReport:
             raise value_error("input_size", input_size, allowed)
         tol = check_real("tol", tol, 0.0)
         seed = check_int("seed", seed, 0)
+        self._check_is_converted(model)
         probe = copy.deepcopy(model).to(torch.float64)
         device = next((p.device for p in probe.parameters()), torch.device("cpu"))
         gen = torch.Generator(device="cpu").manual_seed(seed)
@@ -194,6 +195,23 @@ class ConversionReport:
                 "widened maps, or a plain layer between group layers)"
             ) from error
         return InvarianceCheck(size, errors, tol, not reasons, reasons)
+
+    def _check_is_converted(self, model: nn.Module) -> None:
+        """``ValueError`` unless ``model`` holds the layers this report made: its promise
+        (``breaks``) is about that model only."""
+        if not isinstance(model, nn.Module):
+            raise type_error("model", model, "the nn.Module this report converted")
+        modules = dict(model.named_modules())
+        for name, _, after in self.converted:
+            made = after.split("(", 1)[0]
+            found = modules.get(name)
+            first = found[0] if isinstance(found, nn.Sequential) and len(found) else found
+            if type(found).__name__ != made and type(first).__name__ != made:
+                what = "no such layer" if found is None else f"a {type(found).__name__}"
+                raise ValueError(
+                    f"model is not the model this report converted: layer {name!r} is "
+                    f"{what}, where the conversion made a {made}"
+                )
 
     def __str__(self) -> str:
         target = f"to={self.to!r}"
