@@ -333,3 +333,21 @@ def test_cli_filters_bad_arguments(tmp_path, capsys, argv: list[str], match: str
     err = capsys.readouterr().err.strip()
     assert err.startswith("symconv filters: error:") and match in err
     assert len(err.splitlines()) == 1
+
+
+def test_a_checkpoint_the_device_cannot_read_is_an_os_error_naming_it(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    """EIO carries no file name; it is the system's failure, not a damaged file (exit 1)."""
+    import errno
+
+    path = tmp_path / "ckpt.pt"
+    torch.save(tiny_model().state_dict(), path)
+
+    def fail(*args, **kwargs):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(torch, "load", fail)
+    assert run_cli(["filters", str(path), "--out", str(tmp_path / "o.png")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"symconv filters: error: {path}: Input/output error"

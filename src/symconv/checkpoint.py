@@ -30,6 +30,7 @@ A ``symconv compare`` checkpoint (``<out>/checkpoints/<variant>-run<k>.pt``, for
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import random
 import re
@@ -132,6 +133,8 @@ def load(
     except OSError as err:
         if err.filename is not None:  # the file system's error (missing, no permission)
             raise
+        if err.errno == errno.EIO:  # the device failed to read it: name the file
+            raise OSError(err.errno, err.strerror, os.fspath(path)) from err
         # torch's zip reader on a truncated file: the file's fault, not the system's.
         raise CheckpointError(_damaged(path, err.strerror or str(err))) from err
     except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
