@@ -254,7 +254,7 @@ def test_torchvision_resnet18() -> None:
     ("args", "kwargs", "exc", "match"),
     [
         ((torch.randn(1, 3, 9, 9),), {}, TypeError, r"input_size=<torch.Tensor of shape \(1, 3"),
-        (((1, 3, 9.0, 9),), {}, TypeError, r"input_size=\(1, 3, 9.0, 9\) must be a tuple"),
+        (((1, 3, 9.0, 9),), {}, TypeError, r"input_size=\(1, 3, 9.0, 9\) must be a .*got float$"),
         (((1, 3, 9),), {}, ValueError, r"input_size=\(1, 3, 9\) is not allowed; it must be a"),
         (((1, 3, 0, 9),), {}, ValueError, r"input_size=\(1, 3, 0, 9\) is not allowed"),
         (((1, 3, 9, 9),), {"tol": -1}, ValueError, r"tol=-1 is not allowed"),
@@ -279,8 +279,13 @@ def test_check_invariance_refuses_a_model_the_report_did_not_convert() -> None:
 
     model, other = cnn(), cnn()
     report = convert(model, "group", group="r")
-    with pytest.raises(ValueError, match=r"layer '0' is a Conv2d, where the conversion made"):
+    with pytest.raises(ValueError, match=r"layer '0' is Conv2d\(3, 8, .*where the conversion made"):
         report.check_invariance(other, (1, 3, 9, 9))
+    convert(other, "group", group="hv")  # converted too, but not by this report
+    with pytest.raises(ValueError, match=r"symmetry=\{'hv': 8\}.*where the conversion made .*'r'"):
+        report.check_invariance(other, (1, 3, 9, 9))
+    with pytest.raises(ValueError, match=r"input_size has 4 channels; the model's first converted"):
+        report.check_invariance(model, (1, 4, 9, 9))
     with pytest.raises(TypeError, match=r"model=5 must be the nn.Module this report"):
         report.check_invariance(5, (1, 3, 9, 9))
     assert report.check_invariance(model, (1, 3, 9, 9)).max_error < 1e-9

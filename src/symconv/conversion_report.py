@@ -172,14 +172,15 @@ class ConversionReport:
         allowed = "a tuple (N, C, H, W) of 4 ints >= 1"
         if not isinstance(input_size, (tuple, list, torch.Size)):
             raise type_error("input_size", input_size, allowed)
-        if not all(isinstance(n, numbers.Integral) and not isinstance(n, bool) for n in input_size):
-            raise type_error("input_size", input_size, allowed)
+        for n in input_size:
+            if not isinstance(n, numbers.Integral) or isinstance(n, bool):
+                raise type_error("input_size", input_size, allowed, got=n)
         size = tuple(int(n) for n in input_size)
         if len(size) != 4 or min(size) < 1:
             raise value_error("input_size", input_size, allowed)
         tol = check_real("tol", tol, 0.0)
         seed = check_int("seed", seed, 0)
-        self._check_is_converted(model)
+        self._check_is_converted(model, size[1])
         probe = copy.deepcopy(model).to(torch.float64)
         device = next((p.device for p in probe.parameters()), torch.device("cpu"))
         gen = torch.Generator(device="cpu").manual_seed(seed)
@@ -196,21 +197,31 @@ class ConversionReport:
             ) from error
         return InvarianceCheck(size, errors, tol, not reasons, reasons)
 
-    def _check_is_converted(self, model: nn.Module) -> None:
-        """``ValueError`` unless ``model`` holds the layers this report made: its promise
-        (``breaks``) is about that model only."""
+    def _check_is_converted(self, model: nn.Module, channels: int) -> None:
+        """``ValueError`` unless ``model`` holds the layers this report made, as it made
+        them (its promise, ``breaks``, is about that model only), and its first one takes
+        ``channels`` input channels."""
         if not isinstance(model, nn.Module):
             raise type_error("model", model, "the nn.Module this report converted")
         modules = dict(model.named_modules())
         for name, _, after in self.converted:
-            made = after.split("(", 1)[0]
+            made = after.rsplit(" [", 1)[0].split(" + ")[0]  # "GroupPool(...) + Linear(...)"
             found = modules.get(name)
             first = found[0] if isinstance(found, nn.Sequential) and len(found) else found
-            if type(found).__name__ != made and type(first).__name__ != made:
-                what = "no such layer" if found is None else f"a {type(found).__name__}"
+            if made not in (repr(found), repr(first)):
+                what = "no such layer" if found is None else repr(first)
                 raise ValueError(
                     f"model is not the model this report converted: layer {name!r} is "
-                    f"{what}, where the conversion made a {made}"
+                    f"{what}, where the conversion made {made}"
+                )
+        if self.converted:
+            name = self.converted[0][0]
+            first = modules[name]
+            expected = getattr(first, "in_channels", None)
+            if expected is not None and expected != channels:
+                raise ValueError(
+                    f"input_size has {channels} channels; the model's first converted layer "
+                    f"{name!r} takes {expected}"
                 )
 
     def __str__(self) -> str:

@@ -321,8 +321,10 @@ def test_invalid_arguments_same_message_as_torch():
         lambda f: GroupPool("hr", data_format=f),
         lambda f: GroupPool("hr", "mean", to="r", data_format=f),
         lambda f: ConvTwist2D(8, 3, data_format=f),
+        lambda f: ConvTwist2D(8, 3, strides=2, padding_mode="reflect", data_format=f),
     ],
-    ids=["group_conv", "group_conv_strided", "symmetric", "pool_max", "pool_mean_to_r", "twist"],
+    ids=["group_conv", "group_conv_strided", "symmetric", "pool_max", "pool_mean_to_r", "twist"]
+    + ["twist_reflect"],
 )
 def test_an_empty_batch_gives_an_empty_output_of_the_right_shape(make, data_format):
     """TensorFlow's oneDNN convolution returns an empty input unchanged, and Keras refuses
@@ -331,3 +333,14 @@ def test_an_empty_batch_gives_an_empty_output_of_the_right_shape(make, data_form
     shape = (0, 8, 8, 16) if data_format == "channels_last" else (0, 16, 8, 8)
     out = np_(layer(np.zeros(shape, "float32")))
     assert out.shape == tuple(layer.compute_output_shape(shape))
+
+
+def test_an_empty_training_batch_leaves_the_moving_statistics_alone():
+    """As torch's batch norm does; the moments of no sample are NaN."""
+    layer = GroupBatchNormalization("hr")
+    layer(np.ones((2, 4, 4, 16), "float32"), training=True)
+    before = [np_(w).copy() for w in (layer.moving_mean, layer.moving_variance)]
+    out = layer(np.zeros((0, 4, 4, 16), "float32"), training=True)
+    assert np_(out).shape == (0, 4, 4, 16)
+    for w, b in zip((layer.moving_mean, layer.moving_variance), before, strict=True):
+        np.testing.assert_array_equal(np_(w), b)

@@ -209,7 +209,9 @@ class GroupBatchNormalization(keras.layers.Layer):
         inputs = ops.cast(inputs, compute_dtype)
         moving_mean = ops.cast(self.moving_mean, compute_dtype)
         moving_variance = ops.cast(self.moving_variance, compute_dtype)
-        if training and self.trainable:
+        # An empty batch has no statistics: it leaves the moving ones as they are, as
+        # torch's batch norm does (its mean would be NaN).
+        if training and self.trainable and 0 not in tuple(inputs.shape):
             mean, variance = self._field_moments(inputs)
             self.moving_mean.assign(moving_mean * self.momentum + mean * (1.0 - self.momentum))
             self.moving_variance.assign(

@@ -208,6 +208,8 @@ class ConvTwist2D(SymconvLayer):
 
     # -- forward -------------------------------------------------------------------------
     def call(self, inputs: Any) -> Any:
+        if inputs.shape[0] == 0:  # reflect/replicate padding refuses an empty batch
+            return self.call(ops.zeros((1, *inputs.shape[1:]), dtype=inputs.dtype))[:0]
         p = self.kernel_size[0] // 2
         if p:
             pads = [[0, 0], [p, p], [p, p], [0, 0]]

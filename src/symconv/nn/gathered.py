@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+import torch.fx
 from torch import Tensor, nn
 from torch.nn import init
 
@@ -28,7 +29,11 @@ from symconv._lazy import ConstructorSignature
 from symconv.core.row_gather import RowGather
 from symconv.nn._cache import caching_allowed, not_scriptable, tracing, version_key
 from symconv.nn._gather import gather
+from symconv.nn._inputs import check_tensor
 from symconv.nn.conv_utils import copy_mode
+
+# FX graphs call the check on the real input instead of testing the proxy.
+torch.fx.wrap("check_tensor")
 
 __all__ = ["GatheredConvNd"]
 
@@ -229,6 +234,7 @@ class GatheredConvNd:
 
     def forward(self, input: Tensor) -> Tensor:
         """``(N, in_channels, *spatial)`` -> ``(N, out_channels, *spatial_out)``."""
+        check_tensor(input, type(self).__name__)  # torch's own error names conv2d()
         weight, bias = self.expanded()
         return self._conv_forward(input, weight, bias)  # type: ignore[attr-defined]
 
