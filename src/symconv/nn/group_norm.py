@@ -15,7 +15,8 @@ from torch import Tensor, nn
 from symconv.core.group_norm import GroupBatchNormSpec
 from symconv.core.validate import type_error
 from symconv.nn._cache import not_scriptable
-from symconv.nn.group_pool import check_fields_input, in_layout_of
+from symconv.nn._inputs import in_layout_of
+from symconv.nn.group_pool import check_fields_input
 
 __all__ = ["GroupBatchNorm1d", "GroupBatchNorm2d", "GroupBatchNorm3d"]
 

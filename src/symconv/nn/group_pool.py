@@ -9,9 +9,9 @@ from torch import Tensor, nn
 from symconv.core.pooling import GroupPoolSpec
 from symconv.core.validate import type_error
 from symconv.nn._cache import not_scriptable
-from symconv.nn._inputs import check_tensor
+from symconv.nn._inputs import check_tensor, in_layout_of
 
-__all__ = ["GroupPool", "check_fields_input", "in_layout_of"]
+__all__ = ["GroupPool", "check_fields_input"]
 
 
 def check_fields_input(input: Tensor, order: int, name: str, dims: int | None = None) -> Tensor:
@@ -27,20 +27,9 @@ def check_fields_input(input: Tensor, order: int, name: str, dims: int | None = 
     return input
 
 
-def in_layout_of(output: Tensor, input: Tensor) -> Tensor:
-    """``output`` in ``input``'s channels_last layout when ``input`` has one (splitting the
-    channel axis into fields yields a channels-first result), else ``output`` itself, as
-    ``nn.BatchNorm2d`` and the convolutions keep the layout for the next layer."""
-    for dims, fmt in ((4, torch.channels_last), (5, torch.channels_last_3d)):
-        if input.dim() == dims == output.dim() and not input.is_contiguous():
-            if input.is_contiguous(memory_format=fmt):
-                return output.contiguous(memory_format=fmt)
-    return output
-
-
 # FX graphs call the checks instead of tracing into their shape tests.
 torch.fx.wrap("check_fields_input")
-torch.fx.wrap("in_layout_of")
+torch.fx.wrap("in_layout_of")  # a wrap holds only in the module that calls it
 
 
 class GroupPool(nn.Module):

@@ -17,8 +17,7 @@ from torch import Tensor, nn
 from symconv.core.pooling import OrbitPoolSpec, plan_of
 from symconv.core.validate import check_choice, check_int
 from symconv.nn._cache import not_scriptable
-from symconv.nn._inputs import check_tensor
-from symconv.nn.group_pool import in_layout_of
+from symconv.nn._inputs import check_tensor, in_layout_of
 from symconv.nn.symmetric import SymmetricConv2d
 from symconv.symmetry import SymmetryPlan
 
